@@ -1,0 +1,1 @@
+"""moeframe: an MoE inference runtime for ablation studies."""

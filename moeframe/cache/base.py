@@ -1,0 +1,67 @@
+"""The KV-cache interface: what the scheduler asks of a cache, whatever it keeps.
+
+A cache owns the pool's allocation policy: ``match_prefix`` finds reusable
+slots for a prompt and pins them, ``allocate`` hands out fresh slots for a
+request (evicting unpinned cached entries when the pool runs short), and
+``release`` takes a finished (or preempted) request's slots back, keeping
+what it can reuse. A slot pinned by a running request is never evicted.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from moeframe.cache.pool import KVPool
+
+
+@dataclass
+class PrefixMatch:
+    """Slots of the longest reusable prefix of a prompt; ``handle`` unpins it on release."""
+
+    slots: list[int] = field(default_factory=list)
+    handle: Any = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.slots)
+
+
+@dataclass
+class CacheStats:
+    evicted_tokens: int = 0
+    matched_tokens: int = 0
+    queried_tokens: int = 0
+
+
+class KVCache(ABC):
+    def __init__(self, pool: KVPool) -> None:
+        self.pool = pool
+        self.stats = CacheStats()
+
+    @abstractmethod
+    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
+        """Longest cached prefix of ``token_ids``, pinned until ``release``."""
+
+    @abstractmethod
+    def allocate(self, owned: list[int], n: int) -> list[int] | None:
+        """n new slots for a request that already holds ``owned``; None if the pool cannot give them."""
+
+    @abstractmethod
+    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool) -> None:
+        """Take back a request's slots (``slots[i]`` holds the KV of ``token_ids[i]``).
+
+        When ``cacheable``, the cache may keep them for reuse; otherwise they return to the pool.
+        """
+
+    @abstractmethod
+    def num_cached_tokens(self) -> int:
+        """Slots the cache holds beyond running requests' own."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Drop every unpinned cached entry back to the pool."""
+
+    def num_evictable_slots(self) -> int:
+        return 0

@@ -1,0 +1,34 @@
+"""The router interface: gate logits of a layer in, a RoutingPlan out.
+
+A router instance is built once per MoE layer, so a stateful router (such as
+DeepSeek-V3's auxiliary-loss-free bias) keeps its own per-layer state. The MoE
+layer never knows which router it holds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from moeframe.routers.plan import RoutingPlan
+
+
+@dataclass
+class RouteContext:
+    """What a router may look at besides the gate logits."""
+
+    token_ids: torch.Tensor | None = None
+    correction_bias: torch.Tensor | None = None
+
+
+class Router(ABC):
+    # True when a token's routing depends on the other tokens of its batch
+    # (expert choice, capacity-limited routing): outputs are then not causal
+    # across a batch, and the engine reports it.
+    batch_dependent: bool = False
+
+    @abstractmethod
+    def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
+        """gate_logits: [T, E] float32."""
