@@ -1,0 +1,26 @@
+"""Session-wide test fixtures: a private moeframe cache and tiny checkpoints made once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from moeframe.model.presets import ensure_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def moeframe_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point $MOEFRAME_CACHE at a session temp folder, so no test writes into the home folder."""
+    root = tmp_path_factory.mktemp("moeframe_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOEFRAME_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """preset name -> folder of its seed-0 checkpoint, made at most once per session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return lambda preset: ensure_checkpoint(preset, cache_dir=root)
