@@ -1,1 +1,45 @@
-"""attention"""
+"""Attention over KV slot indices: the torch reference and the Triton decode/extend kernels.
+
+Every backend has the signature of ``attend_reference``:
+``attend(q [N, Hq, Dk], k_cache [S, Hkv, Dk], v_cache [S, Hkv, Dv], batch, scale) -> [N, Hq, Dv]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from moeframe.attention.batch import ForwardBatch
+from moeframe.attention.reference import attend_reference
+from moeframe.errors import ConfigError
+
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardBatch, float], torch.Tensor]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _triton_backend() -> AttendFn:
+    # Imported on first use: Triton decides between compiling and interpreting
+    # (TRITON_INTERPRET) when a kernel is defined, and CPU runs need neither.
+    from moeframe.attention.triton_decode import decode_attention
+    from moeframe.attention.triton_extend import extend_attention
+
+    def attend_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
+        if batch.is_decode:
+            return decode_attention(q, k_cache, v_cache, batch, scale)
+        return extend_attention(q, k_cache, v_cache, batch, scale)
+
+    return attend_triton
+
+
+def get_attention_backend(name: str, device: torch.device | str) -> AttendFn:
+    """``auto``: the Triton kernels on CUDA, the torch reference elsewhere."""
+    if name not in BACKENDS:
+        raise ConfigError(f"attention backend: unknown choice '{name}'; valid choices: {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "triton" if torch.device(device).type == "cuda" else "torch"
+    return _triton_backend() if name == "triton" else attend_reference
+
+
+__all__ = ["AttendFn", "ForwardBatch", "attend_reference", "get_attention_backend"]

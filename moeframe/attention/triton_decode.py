@@ -1,0 +1,170 @@
+"""Decode attention over KV slots: one query token per request, split-KV (flash-decoding).
+
+A decode batch has too few queries to fill the GPU, so each request's context
+is cut into ``num_kv_splits`` chunks processed in parallel, each writing a
+partial output and its log-sum-exp; a second kernel merges the chunks (Dao et
+al., "Flash-Decoding for long-context inference", 2023; the two-stage layout
+of SGLang's decode_attention). One program serves all query heads that share a
+KV head (grouped-query attention), so each K/V row is gathered once through
+``kv_indices`` and reused by the whole group in one MMA.
+
+The number of splits depends only on the batch size, the KV head count and the
+device, never on the context lengths (which the kernels read from
+``kv_indptr``), so a captured CUDA graph stays valid as contexts grow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from moeframe.attention.batch import ForwardBatch
+
+LOG2_E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    kv_indptr_ptr,
+    kv_indices_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    scale_log2,
+    stride_qn,
+    stride_qh,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    num_q_heads,
+    k_dim,
+    v_dim,
+    num_splits,
+    GROUP: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    req = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    kv_start = tl.load(kv_indptr_ptr + req)
+    kv_len = tl.load(kv_indptr_ptr + req + 1) - kv_start
+    per_split = tl.cdiv(kv_len, num_splits)
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, kv_len)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    head = kv_head * GROUP + offs_h
+    head_ok = offs_h < GROUP
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dk_ok = offs_dk < k_dim
+    dv_ok = offs_dv < v_dim
+    q = tl.load(q_ptr + req * stride_qn + head[:, None] * stride_qh + offs_dk[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
+    q = q.to(k_ptr.dtype.element_ty)
+
+    m_i = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_H, BLOCK_DV), dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi
+        slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
+        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & n_ok[None, :], other=0.0)
+        scores = tl.dot(q, k) * scale_log2
+        scores = tl.where(n_ok[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        p = tl.exp2(scores - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    # An empty split (context shorter than the split count) leaves l_i = 0:
+    # it writes zeros and a log-sum-exp of -inf, which the merge weighs 0.
+    has_keys = l_i > 0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    row = (req * num_q_heads + head) * num_splits + split
+    tl.store(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], out, mask=head_ok[:, None] & dv_ok[None, :])
+    tl.store(part_lse_ptr + row, lse, mask=head_ok)
+
+
+@triton.jit
+def _decode_merge_kernel(
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    stride_on,
+    stride_oh,
+    num_q_heads,
+    v_dim,
+    num_splits,
+    BLOCK_S: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    s_ok = offs_s < num_splits
+    dv_ok = offs_dv < v_dim
+    row = (req * num_q_heads + head) * num_splits + offs_s
+    lse = tl.load(part_lse_ptr + row, mask=s_ok, other=float("-inf"))
+    weight = tl.exp2(lse - tl.max(lse, 0))
+    weight = weight / tl.sum(weight, 0)
+    parts = tl.load(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], mask=s_ok[:, None] & dv_ok[None, :], other=0.0)
+    out = tl.sum(parts * weight[:, None], 0)
+    tl.store(out_ptr + req * stride_on + head * stride_oh + offs_dv, out.to(out_ptr.dtype.element_ty), mask=dv_ok)
+
+
+def default_num_kv_splits(batch_size: int, num_kv_heads: int, device: torch.device) -> int:
+    """Enough (request, KV head, split) programs for about two waves over the GPU's SMs, at most 32 splits."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(32, math.ceil(2 * sms / (batch_size * num_kv_heads))))
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    batch: ForwardBatch,
+    scale: float,
+    num_kv_splits: int | None = None,
+) -> torch.Tensor:
+    """q [B, Hq, Dk] (one new token per request); k_cache [S, Hkv, Dk]; v_cache [S, Hkv, Dv] -> [B, Hq, Dv]."""
+    if not batch.is_decode:
+        raise ValueError("decode_attention takes one query token per request; use extend_attention")
+    num_reqs, num_q_heads, k_dim = q.shape
+    num_kv_heads, v_dim = k_cache.shape[1], v_cache.shape[-1]
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"query heads ({num_q_heads}) must be a multiple of KV heads ({num_kv_heads})")
+    group = num_q_heads // num_kv_heads
+    splits = num_kv_splits or default_num_kv_splits(num_reqs, num_kv_heads, q.device)
+    q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
+
+    part_out = torch.empty(num_reqs, num_q_heads, splits, v_dim, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(num_reqs, num_q_heads, splits, dtype=torch.float32, device=q.device)
+    block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
+    _decode_split_kernel[(num_reqs, num_kv_heads, splits)](
+        q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, part_out, part_lse,
+        scale * LOG2_E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), num_q_heads, k_dim, v_dim, splits,
+        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=64 if block_dk <= 128 else 32,
+        BLOCK_DK=block_dk, BLOCK_DV=block_dv, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    out = q.new_empty(num_reqs, num_q_heads, v_dim)
+    _decode_merge_kernel[(num_reqs, num_q_heads)](
+        part_out, part_lse, out, out.stride(0), out.stride(1), num_q_heads, v_dim, splits,
+        BLOCK_S=triton.next_power_of_2(splits), BLOCK_DV=block_dv,
+    )  # fmt: skip
+    return out

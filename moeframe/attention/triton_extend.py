@@ -1,0 +1,118 @@
+"""Extend attention over KV slots: new tokens of each request on top of its cached prefix.
+
+FlashAttention-2's loop (Dao, 2023) with K and V gathered through
+``kv_indices`` instead of read from contiguous memory, as SGLang's
+extend_attention reads its token pool. The caller has already written the new
+tokens' K/V into their slots, so one pass over the whole context serves both
+the cached prefix (fully visible) and the new part (causal): new token i of a
+request sits at context position ``kv_len - q_len + i``. Each program owns
+``BLOCK_M`` new tokens of one query head and stops at the last key its rows
+can see.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from moeframe.attention.batch import ForwardBatch
+
+LOG2_E = 1.4426950408889634
+
+
+@triton.jit
+def _extend_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    q_indptr_ptr,
+    kv_indptr_ptr,
+    kv_indices_ptr,
+    scale_log2,
+    stride_qn,
+    stride_qh,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    stride_on,
+    stride_oh,
+    k_dim,
+    v_dim,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    m_block = tl.program_id(2)
+    q_start = tl.load(q_indptr_ptr + req)
+    q_len = tl.load(q_indptr_ptr + req + 1) - q_start
+    if m_block * BLOCK_M >= q_len:
+        return
+    kv_start = tl.load(kv_indptr_ptr + req)
+    kv_len = tl.load(kv_indptr_ptr + req + 1) - kv_start
+    prefix_len = kv_len - q_len
+    kv_head = head // GROUP
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < q_len
+    q_pos = prefix_len + offs_m
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dk_ok = offs_dk < k_dim
+    dv_ok = offs_dv < v_dim
+    rows = (q_start + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + rows[:, None] * stride_qn + head * stride_qh + offs_dk[None, :], mask=m_ok[:, None] & dk_ok[None, :], other=0.0)
+    q = q.to(k_ptr.dtype.element_ty)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    # Key 0 is visible to every row, so the first block gives each row a finite max.
+    kv_end = tl.minimum(kv_len, prefix_len + (m_block + 1) * BLOCK_M)
+    for start in range(0, kv_end, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < kv_end
+        slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
+        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & n_ok[None, :], other=0.0)
+        scores = tl.dot(q, k) * scale_log2
+        visible = n_ok[None, :] & (offs_n[None, :] <= q_pos[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        p = tl.exp2(scores - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    tl.store(out_ptr + rows[:, None] * stride_on + head * stride_oh + offs_dv[None, :], out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & dv_ok[None, :])
+
+
+def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
+    """q [N, Hq, Dk] (new tokens, ragged by ``q_indptr``); k_cache [S, Hkv, Dk]; v_cache [S, Hkv, Dv] -> [N, Hq, Dv]."""
+    num_tokens, num_q_heads, k_dim = q.shape
+    num_kv_heads, v_dim = k_cache.shape[1], v_cache.shape[-1]
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"query heads ({num_q_heads}) must be a multiple of KV heads ({num_kv_heads})")
+    q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
+    out = q.new_empty(num_tokens, num_q_heads, v_dim)
+    if num_tokens == 0:
+        return out
+    block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
+    block_m, block_n = 64, 64 if block_dk <= 128 else 32
+    grid = (batch.batch_size, num_q_heads, triton.cdiv(batch.max_q_len, block_m))
+    _extend_kernel[grid](
+        q, k_cache, v_cache, out, batch.q_indptr, batch.kv_indptr, batch.kv_indices, scale * LOG2_E,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        out.stride(0), out.stride(1), k_dim, v_dim,
+        GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
+        num_warps=4 if block_dk <= 64 else 8, num_stages=2,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,153 @@
+"""The two Triton kernels of the fused MoE: gate/up with SiLU-and-multiply, and down with routing weights.
+
+The design is vLLM's and SGLang's ``fused_moe``: rows come in expert order,
+padded per expert to ``BLOCK_M`` (moe_align.py), and each program computes one
+``BLOCK_M x BLOCK_N`` tile of one expert's GEMM, gathering its input rows by
+index. The gate/up kernel keeps two accumulators (gate rows ``[0:I]`` and up
+rows ``[I:2I]`` of ``w13``) so the activation ``silu(gate) * up`` is applied
+in the epilogue and the ``[*, 2I]`` product never reaches memory. The down
+kernel multiplies each row by its routing weight before the store.
+
+At decode sizes an expert holds about one row, so a block is mostly padding;
+the kernels are then weight-streaming GEMVs (one program per expert block and
+N-block) and the tuned configs pick small ``BLOCK_N`` and deep pipelines to
+keep enough loads in flight.
+
+This module is imported lazily (see triton_moe.py): Triton decides at
+decoration time whether to compile or interpret a kernel.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile_coords(num_rows_ptr, block_expert_ptr, padded_rows, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # Grouped ordering: GROUP_M row blocks sweep the N blocks together so the
+    # rows they gather stay in L2 (the ordering of Triton's matmul tutorial).
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(padded_rows, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_in_group = GROUP_M * num_pid_n
+    group_id = pid // pids_in_group
+    first_m = group_id * GROUP_M
+    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % pids_in_group) % group_size
+    pid_n = (pid % pids_in_group) // group_size
+    in_use = pid_m * BLOCK_M < tl.load(num_rows_ptr)
+    expert = tl.load(block_expert_ptr + pid_m, mask=in_use, other=-1)
+    return pid_m, pid_n, expert
+
+
+@triton.jit
+def gate_up_silu_kernel(
+    x_ptr,
+    w13_ptr,
+    act_ptr,
+    sorted_ids_ptr,
+    block_expert_ptr,
+    num_rows_ptr,
+    padded_rows,
+    N,
+    K,
+    num_assignments,
+    num_experts,
+    top_k,
+    stride_xm,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_am,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """act[a, n] = silu(x[a // k] . w13[e, n]) * (x[a // k] . w13[e, N + n]) for rows a of expert e."""
+    pid_m, pid_n, expert = _tile_coords(num_rows_ptr, block_expert_ptr, padded_rows, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if (expert < 0) | (expert >= num_experts):
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    assignment = tl.load(sorted_ids_ptr + offs_m)
+    row_ok = assignment < num_assignments
+    token = assignment // top_k
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+
+    x_ptrs = x_ptr + token[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    gate_ptrs = w13_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    up_ptrs = gate_ptrs + N * stride_wn
+    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        gate = tl.dot(x, tl.load(gate_ptrs, mask=w_mask, other=0.0), gate)
+        up = tl.dot(x, tl.load(up_ptrs, mask=w_mask, other=0.0), up)
+        x_ptrs += BLOCK_K
+        gate_ptrs += BLOCK_K * stride_wk
+        up_ptrs += BLOCK_K * stride_wk
+
+    act = gate * tl.sigmoid(gate) * up
+    act_ptrs = act_ptr + assignment[:, None].to(tl.int64) * stride_am + offs_n[None, :]
+    tl.store(act_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def down_weighted_kernel(
+    act_ptr,
+    w2_ptr,
+    out_ptr,
+    weights_ptr,
+    sorted_ids_ptr,
+    block_expert_ptr,
+    num_rows_ptr,
+    padded_rows,
+    N,
+    K,
+    num_assignments,
+    num_experts,
+    stride_am,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_om,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """out[a, n] = weight[a] * (act[a] . w2[e, n]) for rows a of expert e; zeros for dropped rows."""
+    pid_m, pid_n, expert = _tile_coords(num_rows_ptr, block_expert_ptr, padded_rows, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if expert < 0:
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    assignment = tl.load(sorted_ids_ptr + offs_m)
+    row_ok = assignment < num_assignments
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    out_ptrs = out_ptr + assignment[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    out_mask = row_ok[:, None] & col_ok[None, :]
+    if expert >= num_experts:
+        tl.store(out_ptrs, tl.zeros((BLOCK_M, BLOCK_N), dtype=out_ptr.dtype.element_ty), mask=out_mask)
+        return
+
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = act_ptr + assignment[:, None].to(tl.int64) * stride_am + offs_k[None, :]
+    w_ptrs = w2_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_wk
+
+    weight = tl.load(weights_ptr + assignment, mask=row_ok, other=0.0)
+    acc = acc * weight[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)

@@ -1,0 +1,122 @@
+"""``experts=triton``: the fused MoE of vLLM and SGLang, in two Triton kernels.
+
+    topk_ids -> align_by_expert (rows in expert order, padded per expert to block_m)
+      -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
+      -> down_weighted_kernel: y [T*k, H] = weight * act W_down^T
+      -> sum over the k assignments of each token (one torch reduction, fp32 accumulation)
+
+Block sizes come from the tuned JSON tables in ``configs/`` (tools/tune_moe.py)
+or a heuristic (moe_configs.py). Every shape is static and nothing syncs with
+the host, so a decode step with this kernel can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from moeframe.experts import EXPERTS
+from moeframe.experts.base import ExpertsKernel
+from moeframe.experts.moe_align import ExpertBlocks, align_by_expert
+from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
+from moeframe.routers.plan import RoutingPlan
+
+
+def _kernels() -> ModuleType:
+    # Imported on first use, not with the package: Triton chooses between
+    # compiling and interpreting (TRITON_INTERPRET) when a kernel is defined.
+    from moeframe.experts import _fused_moe_kernels
+
+    return _fused_moe_kernels
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def run_gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, act: torch.Tensor, top_k: int, tile: TileConfig) -> None:
+    """act[a] = silu(gate) * up of assignment a's token through its expert; rows of dropped assignments untouched."""
+    num_experts, two_inter, hidden = w13.shape
+    inter = two_inter // 2
+    rows = blocks.sorted_ids.numel()
+    grid = (_cdiv(rows, blocks.block_m) * _cdiv(inter, tile.block_n),)
+    _kernels().gate_up_silu_kernel[grid](
+        x, w13, act, blocks.sorted_ids, blocks.block_expert, blocks.num_rows,
+        rows, inter, hidden, blocks.num_assignments, num_experts, top_k,
+        x.stride(0), w13.stride(0), w13.stride(1), w13.stride(2), act.stride(0),
+        BLOCK_M=blocks.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+
+
+def run_down(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor, blocks: ExpertBlocks, out: torch.Tensor, tile: TileConfig) -> None:
+    """out[a] = weight[a] * down(act[a]) for every assignment, zeros for dropped ones."""
+    num_experts, hidden, inter = w2.shape
+    rows = blocks.sorted_ids.numel()
+    grid = (_cdiv(rows, blocks.block_m) * _cdiv(hidden, tile.block_n),)
+    _kernels().down_weighted_kernel[grid](
+        act, w2, out, weights, blocks.sorted_ids, blocks.block_expert, blocks.num_rows,
+        rows, hidden, inter, blocks.num_assignments, num_experts,
+        act.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), out.stride(0),
+        BLOCK_M=blocks.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+
+
+def check_shapes(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor) -> None:
+    num_experts, two_inter, hidden_size = w13.shape
+    if hidden.dim() != 2 or hidden.shape[1] != hidden_size:
+        raise ValueError(f"hidden must be [T, {hidden_size}], got {list(hidden.shape)}")
+    if two_inter % 2 or w2.shape != (num_experts, hidden_size, two_inter // 2):
+        raise ValueError(f"w2 must be [{num_experts}, {hidden_size}, {two_inter // 2}] for w13 {list(w13.shape)}, got {list(w2.shape)}")
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"topk_ids must be [T={hidden.shape[0]}, k], got {list(topk_ids.shape)}")
+    if not hidden.dtype == w13.dtype == w2.dtype:
+        raise ValueError(f"hidden, w13 and w2 must share a dtype, got {hidden.dtype}, {w13.dtype}, {w2.dtype}")
+
+
+def fused_moe(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    config: MoEConfig | None = None,
+) -> torch.Tensor:
+    """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
+    check_shapes(hidden, w13, w2, topk_ids)
+    num_tokens, top_k = topk_ids.shape
+    num_experts, two_inter, hidden_size = w13.shape
+    if num_tokens == 0:
+        return torch.empty_like(hidden)
+    if config is None:
+        config = pick_config(num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, True)
+    hidden, w13, w2 = hidden.contiguous(), w13.contiguous(), w2.contiguous()
+    blocks = align_by_expert(topk_ids, num_experts, config.block_m)
+    act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
+    out = hidden.new_empty(num_tokens * top_k, hidden_size)
+    run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)
+    run_down(act, w2, topk_weights.reshape(-1).float().contiguous(), blocks, out, config.down)
+    return out.view(num_tokens, top_k, hidden_size).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class TritonMoEParams:
+    # false: always the heuristic block sizes, to measure what tuning buys
+    use_tuned_configs: bool = True
+
+
+@EXPERTS.register("triton", params=TritonMoEParams)
+class TritonFusedMoE(ExpertsKernel):
+    def __init__(self, params: TritonMoEParams, **_: object) -> None:
+        self.use_tuned_configs = params.use_tuned_configs
+
+    def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        num_tokens, top_k = plan.topk_ids.shape
+        num_experts, two_inter, hidden_size = w13.shape
+        config = pick_config(
+            num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, self.use_tuned_configs
+        )
+        return fused_moe(hidden, w13, w2, plan.topk_ids, plan.topk_weights, config)
