@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from moeframe.errors import ConfigError
 from moeframe.model.checkpoint_maker import make_checkpoint, redraw_weights
 from moeframe.model.presets import PRESETS, ensure_checkpoint, make_config, preset_config, tiny_presets
-from moeframe.model.tokenizer import EOS_TOKEN, IM_END, IM_START, sample_text
+from moeframe.data import sample_text
+from moeframe.model.tokenizer import EOS_TOKEN, IM_END, IM_START, train_tokenizer
 
 TINY = tiny_presets()
 PROMPT_IDS = torch.tensor([[0, 5, 17, 300, 1000, 42, 7, 1999]])
@@ -104,14 +108,20 @@ def test_correction_bias_is_large_enough_to_change_routing(checkpoint_factory):
     assert 0.05 < bias.std().item() < 0.2
 
 
-def test_same_seed_gives_byte_identical_tensors_and_another_seed_differs(tmp_path):
+def test_same_seed_gives_byte_identical_tensors(tmp_path):
     config = make_config("deepseek_v3", num_hidden_layers=2)
     first = saved_tensors(make_checkpoint(config, tmp_path / "a", seed=7))
     again = saved_tensors(make_checkpoint(config, tmp_path / "b", seed=7))
-    other = saved_tensors(make_checkpoint(config, tmp_path / "c", seed=8))
-    assert first.keys() == again.keys() == other.keys()
+    assert first.keys() == again.keys()
     for name in first:
         assert first[name].numpy().tobytes() == again[name].numpy().tobytes(), name
+
+
+def test_another_seed_changes_every_tensor(tmp_path):
+    config = make_config("qwen2_moe", num_hidden_layers=1)
+    first = saved_tensors(make_checkpoint(config, tmp_path / "a", seed=7))
+    other = saved_tensors(make_checkpoint(config, tmp_path / "b", seed=8))
+    for name in first:
         assert not torch.equal(first[name], other[name]), name
 
 
@@ -220,3 +230,18 @@ def test_checkpoint_config_ids_are_the_tokenizers(checkpoint_factory):
     config = AutoModelForCausalLM.from_pretrained(folder).config
     eos_id = AutoTokenizer.from_pretrained(folder).eos_token_id
     assert config.bos_token_id == config.eos_token_id == config.pad_token_id == eos_id
+
+
+def test_tokenizer_training_is_the_same_in_a_fresh_process():
+    script = "from moeframe.model.tokenizer import train_tokenizer; print(train_tokenizer(2048).to_str())"
+    fresh = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+    assert fresh.stdout.strip() == train_tokenizer(2048).to_str()
+
+
+def test_tokenizer_refuses_a_vocabulary_smaller_than_bytes_plus_specials():
+    with pytest.raises(ValueError, match="at least 259"):
+        train_tokenizer(258)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from moeframe.data import sample_text
 
 EOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -28,11 +29,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def sample_text() -> str:
-    """The shipped English text (docstrings of Python stdlib modules)."""
-    return resources.files("moeframe.data").joinpath("sample.txt").read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=None)
