@@ -1,0 +1,132 @@
+"""cache=paged: vLLM-style fixed-size blocks, with hash-based reuse of full blocks.
+
+A request's slots come in blocks of ``block_size`` consecutive slots (its
+slot list is its block table written out token by token): ``allocate`` fills
+the request's last block before it takes a new one. With ``prefix_reuse``,
+a released request's full blocks are committed under hash-chained keys and
+a later prompt reuses its longest chain of cached blocks (vLLM v1's
+automatic prefix caching); unreferenced cached blocks are evicted least
+recently used first, a request's last block before its first, as vLLM frees
+them in reverse order. Without it, blocks go back to the pool on release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moeframe.cache import CACHES
+from moeframe.cache.base import KVCache, PoolParams, PrefixMatch
+from moeframe.cache.block_manager import Block, BlockManager, chain_keys
+from moeframe.cache.pool import KVPool
+
+
+@dataclass
+class PagedParams(PoolParams):
+    block_size: int = 16
+    prefix_reuse: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+
+
+@CACHES.register("paged", params=PagedParams)
+class PagedCache(KVCache):
+    def __init__(self, params: PagedParams, pool: KVPool, **_: object) -> None:
+        super().__init__(pool)
+        if params.block_size > pool.num_slots:
+            raise ValueError(f"block_size {params.block_size} exceeds the pool's {pool.num_slots} slots")
+        self.block_size = params.block_size
+        self.prefix_reuse = params.prefix_reuse
+        self.blocks = BlockManager(pool, params.block_size)
+
+    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
+        self.stats.queried_tokens += len(token_ids)
+        if not self.prefix_reuse:
+            return PrefixMatch(handle=[])
+        chain = self.blocks.lookup(token_ids)
+        slots: list[int] = []
+        for block in chain:
+            self.blocks.take(block)
+            slots.extend(block.slots)
+        self.stats.matched_tokens += len(slots)
+        return PrefixMatch(slots, chain)
+
+    def _tail_block(self, owned: list[int]) -> Block | None:
+        """The request's own last block, if it has room right after its last slot."""
+        if not owned:
+            return None
+        block = self.blocks.block_of(owned[-1])
+        if block is None or block.key is not None or block.ref_count != 1:
+            return None
+        if owned[-1] != block.first_slot + block.num_used - 1 or block.num_used == block.size:
+            return None
+        return block
+
+    def allocate(self, owned: list[int], n: int) -> list[int] | None:
+        tail = self._tail_block(owned)
+        from_tail = min(n, tail.size - tail.num_used) if tail else 0
+        rest = n - from_tail
+        need = -(-rest // self.block_size)
+        if need > self.blocks.num_free_blocks + self.blocks.num_evictable_blocks:
+            return None
+        while self.blocks.num_free_blocks < need:
+            self.blocks.evict_oldest()
+            self.stats.evicted_tokens += self.block_size
+        fresh: list[Block] = []
+        for _ in range(need):
+            block = self.blocks.new_block()
+            if block is None:
+                # The pool's free slots are fragmented by some other user: give back and fail cleanly.
+                for taken in fresh:
+                    self.blocks.drop(taken)
+                return None
+            fresh.append(block)
+        slots = self.blocks.hand_out(tail, from_tail) if from_tail else []
+        for block in fresh:
+            slots.extend(self.blocks.hand_out(block, min(self.block_size, n - len(slots))))
+        return slots
+
+    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool) -> None:
+        if len(token_ids) != len(slots):
+            raise ValueError(f"release needs one slot per token, got {len(token_ids)} tokens and {len(slots)} slots")
+        lent: list[Block] = match.handle or []
+        seen = {id(block) for block in lent}
+        own: list[Block] = []
+        for slot in slots:
+            block = self.blocks.block_of(slot)
+            if block is None:
+                raise ValueError(f"slot {slot} is in no block of this cache")
+            if id(block) not in seen:
+                seen.add(id(block))
+                own.append(block)
+        if cacheable and self.prefix_reuse:
+            self._commit_full_blocks(token_ids, slots)
+        for block in reversed(lent + own):
+            self.blocks.drop(block)
+
+    def _commit_full_blocks(self, token_ids: list[int], slots: list[int]) -> None:
+        size = self.block_size
+        for i, key in enumerate(chain_keys(token_ids, size)):
+            block = self.blocks.block_of(slots[i * size])
+            if block is None or block.key is not None or block.ref_count != 1 or block.num_used != size:
+                continue
+            if slots[i * size : (i + 1) * size] == block.slots:
+                self.blocks.commit(block, key)
+
+    def num_cached_tokens(self) -> int:
+        """Slots in cached blocks, plus the not yet used tail of running requests' last blocks."""
+        return self.block_size * self.blocks.num_cached_blocks + self.blocks.num_reserved_slots
+
+    def num_evictable_slots(self) -> int:
+        return self.block_size * self.blocks.num_evictable_blocks
+
+    def cached_prefix_len(self, token_ids: list[int]) -> int:
+        if not self.prefix_reuse:
+            return 0
+        return self.block_size * len(self.blocks.lookup(token_ids))
+
+    def clear(self) -> None:
+        while self.blocks.num_evictable_blocks:
+            self.blocks.evict_oldest()
