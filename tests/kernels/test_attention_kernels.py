@@ -1,0 +1,70 @@
+"""Triton decode and extend attention over KV slots against attend_reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_inputs import random_kv_batch
+
+from moeframe.attention import attend_reference, get_attention_backend
+from moeframe.errors import ConfigError
+
+NUM_SLOTS = 300
+
+
+def kv_pool(num_kv_heads, k_dim, v_dim, dtype, device, gen):
+    k = torch.randn(NUM_SLOTS, num_kv_heads, k_dim, generator=gen).to(dtype)
+    v = torch.randn(NUM_SLOTS, num_kv_heads, v_dim, generator=gen).to(dtype)
+    return k.to(device), v.to(device)
+
+
+def compare(q_lens, kv_lens, group, k_dim, v_dim, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    num_kv_heads = 2
+    k_cache, v_cache = kv_pool(num_kv_heads, k_dim, v_dim, dtype, device, gen)
+    batch = random_kv_batch(q_lens, kv_lens, NUM_SLOTS, device, gen)
+    q = torch.randn(batch.num_tokens, num_kv_heads * group, k_dim, generator=gen).to(dtype).to(device)
+    scale = k_dim**-0.5
+    out = get_attention_backend("triton", device)(q, k_cache, v_cache, batch, scale)
+    expected = attend_reference(q, k_cache, v_cache, batch, scale)
+    tol = {"atol": 2e-5, "rtol": 2e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    torch.testing.assert_close(out.float(), expected.float(), **tol)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_decode_matches_reference_for_requests_of_different_lengths(device, group):
+    compare([1, 1, 1], [1, 37, 130], group, k_dim=32, v_dim=32, dtype=torch.float32, device=device, seed=group)
+
+
+def test_decode_matches_reference_when_key_and_value_widths_differ(device, low_precision):
+    compare([1, 1], [70, 9], group=4, k_dim=48, v_dim=16, dtype=low_precision, device=device)
+
+
+def test_decode_with_more_splits_than_keys_ignores_the_empty_splits(device):
+    from moeframe.attention.triton_decode import decode_attention
+
+    gen = torch.Generator().manual_seed(4)
+    k_cache, v_cache = kv_pool(1, 16, 16, torch.float32, device, gen)
+    batch = random_kv_batch([1, 1], [3, 90], NUM_SLOTS, device, gen)
+    q = torch.randn(2, 2, 16, generator=gen).to(device)
+    out = decode_attention(q, k_cache, v_cache, batch, 0.25, num_kv_splits=8)
+    torch.testing.assert_close(out, attend_reference(q, k_cache, v_cache, batch, 0.25), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_extend_matches_reference_on_top_of_cached_prefixes(device, group):
+    compare([5, 70, 1], [5, 100, 40], group, k_dim=32, v_dim=32, dtype=torch.float32, device=device, seed=10 + group)
+
+
+def test_extend_matches_reference_when_key_and_value_widths_differ(device, low_precision):
+    compare([20, 3], [50, 3], group=2, k_dim=48, v_dim=16, dtype=low_precision, device=device)
+
+
+def test_auto_backend_is_the_torch_reference_on_cpu():
+    assert get_attention_backend("auto", "cpu") is attend_reference
+    assert get_attention_backend("torch", "cpu") is attend_reference
+
+
+def test_unknown_backend_lists_the_valid_choices():
+    with pytest.raises(ConfigError, match="auto, torch, triton"):
+        get_attention_backend("flash", "cpu")
