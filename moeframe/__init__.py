@@ -1,1 +1,5 @@
-"""moeframe: an MoE inference runtime for ablation studies."""
+"""moeframe: a GPU inference runtime for Mixture-of-Experts models, built for ablation studies."""
+
+from moeframe.api import Engine, GenerateOutput, SamplingParams
+
+__all__ = ["Engine", "GenerateOutput", "SamplingParams"]

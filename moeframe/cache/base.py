@@ -29,6 +29,20 @@ class PrefixMatch:
 
 
 @dataclass
+class PoolParams:
+    """Pool sizing every cache accepts: a slot count, or a fraction of free device memory."""
+
+    max_tokens: int | None = None
+    mem_fraction: float = 0.85
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 < self.mem_fraction <= 1:
+            raise ValueError(f"mem_fraction must be in (0, 1], got {self.mem_fraction}")
+
+
+@dataclass
 class CacheStats:
     evicted_tokens: int = 0
     matched_tokens: int = 0
@@ -42,7 +56,13 @@ class KVCache(ABC):
 
     @abstractmethod
     def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
-        """Longest cached prefix of ``token_ids``, pinned until ``release``."""
+        """Longest cached prefix of ``token_ids``, pinned until ``release``.
+
+        The match may cover all of ``token_ids``; a caller that needs the
+        logits of the last token keeps only the first ``len - 1`` matched
+        slots and recomputes the rest (``release`` accepts such a shorter
+        ``slots`` list).
+        """
 
     @abstractmethod
     def allocate(self, owned: list[int], n: int) -> list[int] | None:
@@ -64,4 +84,8 @@ class KVCache(ABC):
         """Drop every unpinned cached entry back to the pool."""
 
     def num_evictable_slots(self) -> int:
+        return 0
+
+    def cached_prefix_len(self, token_ids: list[int]) -> int:
+        """How many leading tokens a match would reuse, without pinning anything (for lpm)."""
         return 0

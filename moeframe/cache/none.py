@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from moeframe.cache import CACHES
-from moeframe.cache.base import KVCache, PrefixMatch
+from moeframe.cache.base import KVCache, PoolParams, PrefixMatch
 from moeframe.cache.pool import KVPool
-from moeframe.registry import NoParams
 
 
-@CACHES.register("none")
+@CACHES.register("none", params=PoolParams)
 class NoCache(KVCache):
-    def __init__(self, params: NoParams, pool: KVPool, **_: object) -> None:
+    def __init__(self, params: PoolParams, pool: KVPool, **_: object) -> None:
         super().__init__(pool)
 
     def match_prefix(self, token_ids: list[int]) -> PrefixMatch:

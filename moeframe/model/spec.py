@@ -89,6 +89,7 @@ class ModelSpec:
     rms_norm_eps: float
     max_position_embeddings: int
     tie_word_embeddings: bool
+    mlp_bias: bool
     attention: AttentionSpec
     rope: RopeSpec
     moe: MoESpec | None = None

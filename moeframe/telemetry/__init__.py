@@ -1,1 +1,1 @@
-"""telemetry"""
+"""Telemetry: request metrics, the expert-load recorder, run loggers (jsonl, wandb), plots."""

@@ -1,0 +1,213 @@
+"""The stable Python API: Engine, SamplingParams, GenerateOutput.
+
+    engine = Engine.from_overrides(["model=tiny-mixtral", "router=top2", "cache=radix"])
+    outs = engine.generate(["Hello"], SamplingParams(max_new_tokens=16))
+
+These names are a contract that tests, tools and outside checks call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from moeframe.config import CONF_DIR
+from moeframe.engine.builder import BuiltEngine, build
+from moeframe.engine.core import EngineCore
+from moeframe.engine.request import GenerateOutput, Request, Status
+from moeframe.engine.sampling_params import SamplingParams
+from moeframe.errors import ConfigError, RequestError
+
+__all__ = ["Engine", "GenerateOutput", "SamplingParams", "compose_config"]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """conf/ composed with Hydra overrides; a bad group choice becomes one ConfigError line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return compose("config", overrides=list(overrides))
+    except HydraException as err:
+        raise ConfigError(one_line_hydra_error(str(err))) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{getattr(err, 'full_key', '?')}: {getattr(err, 'msg', err)}") from None
+
+
+def one_line_hydra_error(message: str) -> str:
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", message)
+    if missing:
+        group, choice = missing.groups()
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        return f"{group}: unknown choice '{choice}'; valid choices: {', '.join(options)}"
+    return " ".join(message.split())
+
+
+class Engine:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.built: BuiltEngine = build(cfg)
+        self.spec = self.built.spec
+        self.tokenizer = load_tokenizer(self.built.checkpoint)
+        self._constraints: Any = None
+        jump_forward = bool(OmegaConf.select(cfg, "constraint.jump_forward", default=False))
+        self.core = EngineCore(
+            self.built.scheduler,
+            self.built.runner,
+            self.detokenize,
+            self.spec.eos_token_ids,
+            self.built.max_context,
+            jump_forward=jump_forward,
+            apply_bitmask=None,
+            vocab_size=self.spec.vocab_size,
+        )
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_overrides(cls, overrides: list[str]) -> "Engine":
+        return cls(compose_config(overrides))
+
+    # ---- tokens ----
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise RequestError("this checkpoint has no tokenizer.json: pass prompts as token id lists")
+        return list(self.tokenizer.encode(text))
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    # ---- requests ----
+    def make_request(self, prompt: str | list[int], params: SamplingParams) -> Request:
+        """A validated request; raises RequestError for bad input (the engine keeps serving others)."""
+        params.validate()
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise RequestError("the prompt is empty")
+        if any(not isinstance(t, int) or t < 0 or t >= self.spec.vocab_size for t in ids):
+            raise RequestError(f"prompt token ids must be integers in [0, {self.spec.vocab_size})")
+        if len(ids) >= self.built.max_context:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens; this model's context is {self.built.max_context} "
+                f"(prompt + at least one generated token must fit)"
+            )
+        if len(ids) + 1 > self.built.pool.num_slots:
+            raise RequestError(f"the prompt has {len(ids)} tokens but the KV pool holds only {self.built.pool.num_slots}")
+        req = Request(rid=next(self._ids), prompt_ids=ids, params=params)
+        if params.seed is not None:
+            req.generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        if params.constraint_kwargs:
+            req.constraint = self.constraint_state(params)
+        return req
+
+    def constraint_state(self, params: SamplingParams) -> Any:
+        from moeframe.constrain import CONSTRAINTS, ConstraintSpec, apply_bitmask
+
+        if self._constraints is None:
+            self._constraints = CONSTRAINTS.build(
+                self.cfg.constraint,
+                tokenizer=self.tokenizer,
+                vocab_size=self.spec.vocab_size,
+                eos_token_ids=self.spec.eos_token_ids,
+            )
+            self.core.apply_bitmask = apply_bitmask
+        spec = ConstraintSpec(**params.constraint_kwargs)
+        return self._constraints.new_state(self._constraints.compile(spec))
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams) -> Request:
+        req = self.make_request(prompt, params)
+        self.core.add(req)
+        return req
+
+    def step(self) -> list[Request]:
+        return self.core.step()
+
+    def generate_requests(
+        self, prompts: list[str] | list[list[int]], params: SamplingParams | list[SamplingParams]
+    ) -> tuple[list[Request], list[GenerateOutput]]:
+        """Run prompts to completion; a bad prompt gets an error output, the others run."""
+        if isinstance(prompts, (str, bytes)) or (prompts and isinstance(prompts[0], int)):
+            raise RequestError("prompts must be a list of strings or a list of token id lists")
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise RequestError(f"{len(prompts)} prompts but {len(plist)} SamplingParams")
+        requests: list[Request] = []
+        for prompt, p in zip(prompts, plist):
+            try:
+                requests.append(self.add_request(prompt, p))
+            except RequestError as err:
+                bad = Request(rid=next(self._ids), prompt_ids=[], params=p, status=Status.FINISHED)
+                bad.finish_reason, bad.error, bad.finished_s = "error", str(err), time.perf_counter()
+                requests.append(bad)
+        while self.core.has_work():
+            self.core.step()
+        return requests, [r.to_output() for r in requests]
+
+    def generate(
+        self, prompts: list[str] | list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[GenerateOutput]:
+        return self.generate_requests(prompts, params or SamplingParams())[1]
+
+    @torch.inference_mode()
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits [len, vocab] (float32) of a teacher-forced forward over ``token_ids``."""
+        if not token_ids:
+            raise RequestError("score() needs at least one token")
+        if len(token_ids) > self.built.max_context:
+            raise RequestError(f"{len(token_ids)} tokens exceed this model's context of {self.built.max_context}")
+        slots = self.built.cache.allocate([], len(token_ids))
+        if slots is None:
+            raise RequestError(f"{len(token_ids)} tokens do not fit in the free KV pool")
+        try:
+            from moeframe.attention.batch import ForwardBatch
+
+            batch = ForwardBatch.build([list(token_ids)], [slots], self.built.device, all_logits=True)
+            return self.built.runner.forward(batch)[:, : self.spec.vocab_size]
+        finally:
+            self.built.pool.free(slots)
+
+    def stats(self) -> dict[str, Any]:
+        built, core = self.built, self.core
+        cache_stats = built.cache.stats
+        stats: dict[str, Any] = {
+            "num_slots": built.pool.num_slots,
+            "num_free_slots": built.pool.num_free_slots,
+            "num_cached_tokens": built.cache.num_cached_tokens(),
+            "num_running": len(built.scheduler.running),
+            "num_waiting": len(built.scheduler.waiting),
+            "num_preemptions": built.scheduler.num_preemptions,
+            "cache": dict(vars(cache_stats)),
+            "forward_steps": core.stats.forward_steps,
+            "prefill_tokens": core.stats.prefill_tokens,
+            "generated_tokens": core.stats.generated_tokens,
+            "jump_forward_tokens": core.stats.jump_forward_tokens,
+            "batch_dependent_routing": built.batch_dependent_routing,
+        }
+        if built.recorder is not None:
+            stats["expert_load"] = built.recorder.stats()
+        if built.device.type == "cuda":
+            stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(built.device)
+        return stats
+
+    def close(self) -> None:
+        for req in list(self.core.requests.values()):
+            self.core.abort(req.rid)
+        self.built.cache.clear()
+
+
+def load_tokenizer(path: Any) -> Any:
+    if not (path / "tokenizer.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,105 @@
+"""The run's structured config: fixed sections as dataclasses, component groups as ``{name, **params}``.
+
+Fixed sections (model, runner, server, top-level device/dtype/seed) are typed
+here and checked by Hydra's ConfigStore; each component group is checked by
+its registry against the chosen component's own params dataclass
+(``Registry.parse_params``). ``validate`` runs both before anything heavy is
+built, so a bad sweep fails in its first second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from moeframe.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelConfig:
+    preset: str | None = "tiny-olmoe"  # a name from moeframe.model.presets, made on first use
+    path: str | None = None  # an HF checkpoint folder; wins over preset
+    cache_dir: str | None = None  # where presets are written (default $MOEFRAME_CACHE or ~/.cache/moeframe)
+    max_context: int | None = None  # cap on the checkpoint's context length
+
+
+@dataclass
+class RunnerConfig:
+    attention: str = "auto"  # auto | torch | triton
+    cuda_graph: bool = True  # capture decode steps on CUDA
+    cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 30000
+    model_name: str | None = None  # the id /v1/models reports (default: the preset or folder name)
+
+
+@dataclass
+class MoeframeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    router: Any = None
+    cache: Any = None
+    experts: Any = None
+    parallel: Any = None
+    constraint: Any = None
+    scheduler: Any = None
+    workload: Any = None
+    logger: Any = None
+
+
+ConfigStore.instance().store(name="moeframe_schema", node=MoeframeConfig)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: '{name}' is not a device; valid choices: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but CUDA is not available here; valid choices: auto, cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: '{name}' is not supported; valid choices: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"dtype: unknown choice '{name}'; valid choices: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every component group against its registry, and the fixed sections' values."""
+    from moeframe.components import GROUP_REGISTRIES
+
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype, device)
+    if cfg.runner.attention not in ("auto", "torch", "triton"):
+        raise ConfigError(f"runner.attention: unknown choice '{cfg.runner.attention}'; valid choices: auto, torch, triton")
+    if cfg.model.path is None and cfg.model.preset is None:
+        raise ConfigError("model: give model.path=DIR or model.preset=NAME")
+    for group, registry in GROUP_REGISTRIES().items():
+        node = cfg.get(group)
+        if node is None:
+            raise ConfigError(f"{group}: no choice made; valid choices: {', '.join(registry.names())}")
+        registry.parse_params(node)

@@ -1,0 +1,116 @@
+"""Config -> a ready engine: every component built once, at start, and handed down.
+
+Data flows one way (STYLE.md): this module reads the config; nothing below it
+does. The model receives its routers, kernel and parallel strategy through
+the MoE factory, the scheduler its policy and cache, the core its constraint
+backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from moeframe.cache import CACHES, KVCache, KVPool
+from moeframe.config import resolve_device, resolve_dtype, validate
+from moeframe.engine.model_runner import ModelRunner
+from moeframe.engine.policies import SCHEDULERS
+from moeframe.engine.scheduler import Scheduler
+from moeframe.experts import EXPERTS
+from moeframe.model.causal_lm import CausalLM
+from moeframe.model.layers.moe import MoEBlock
+from moeframe.model.loader import load_model, load_spec
+from moeframe.model.spec import ModelSpec
+from moeframe.parallel import PARALLEL, ParallelStrategy
+from moeframe.routers import ROUTERS
+from moeframe.telemetry.expert_load import ExpertLoadRecorder
+
+CPU_DEFAULT_SLOTS = 16384
+
+
+@dataclass
+class BuiltEngine:
+    cfg: DictConfig
+    device: torch.device
+    dtype: torch.dtype
+    checkpoint: Path
+    spec: ModelSpec
+    model: CausalLM
+    pool: KVPool
+    cache: KVCache
+    scheduler: Scheduler
+    runner: ModelRunner
+    parallel: ParallelStrategy
+    recorder: ExpertLoadRecorder | None
+    batch_dependent_routing: bool
+    max_context: int
+
+
+def checkpoint_path(cfg: DictConfig) -> Path:
+    if cfg.model.path is not None:
+        return Path(cfg.model.path)
+    from moeframe.model.presets import ensure_checkpoint
+
+    return ensure_checkpoint(cfg.model.preset, cfg.model.cache_dir)
+
+
+def pool_slots(params: Any, spec: ModelSpec, dtype: torch.dtype, device: torch.device, world_size: int) -> int:
+    if params.max_tokens is not None:
+        return params.max_tokens
+    if device.type != "cuda":
+        return CPU_DEFAULT_SLOTS
+    att = spec.attention
+    per_slot = KVPool.bytes_per_slot(spec.num_layers, att.cache_kv_heads, att.k_dim, att.v_dim, dtype)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(free * params.mem_fraction) // per_slot)
+
+
+def build(cfg: DictConfig) -> BuiltEngine:
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    torch.manual_seed(cfg.seed)
+    path = checkpoint_path(cfg)
+    spec, _ = load_spec(path)
+    parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
+    kernel = EXPERTS.build(cfg.experts, device=device)
+    recorder = ExpertLoadRecorder(spec.num_layers, spec.moe.num_experts) if spec.is_moe else None
+    routers: list[Any] = []
+
+    def moe_factory(layer_idx: int) -> MoEBlock:
+        router = ROUTERS.build(cfg.router, moe=spec.moe, layer_idx=layer_idx)
+        routers.append(router)
+        return MoEBlock(
+            spec.moe, spec.hidden_size, layer_idx, router, kernel, parallel.expert_runner(layer_idx), recorder
+        )
+
+    model, spec = load_model(path, moe_factory, dtype, device)
+    max_context = spec.max_position_embeddings
+    if cfg.model.max_context is not None:
+        max_context = min(max_context, cfg.model.max_context)
+    _, cache_params = CACHES.parse_params(cfg.cache)
+    att = spec.attention
+    slots = pool_slots(cache_params, spec, dtype, device, parallel.world_size)
+    pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device)
+    cache = CACHES.build(cfg.cache, pool=pool)
+    policy = SCHEDULERS.build(cfg.scheduler)
+    return BuiltEngine(
+        cfg=cfg,
+        device=device,
+        dtype=dtype,
+        checkpoint=path,
+        spec=spec,
+        model=model,
+        pool=pool,
+        cache=cache,
+        scheduler=Scheduler(policy, cache),
+        runner=ModelRunner(model, pool, device, cfg.runner.attention),
+        parallel=parallel,
+        recorder=recorder,
+        batch_dependent_routing=any(r.batch_dependent for r in routers),
+        max_context=max_context,
+    )

@@ -1,0 +1,169 @@
+"""The engine loop: schedule -> forward -> mask -> sample -> update, one step at a time.
+
+``step`` is the unit both the blocking ``Engine.generate`` and the server's
+asynchronous loop drive. Finished requests hand their KV to the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from moeframe.engine.model_runner import ModelRunner
+from moeframe.engine.request import Request, Status
+from moeframe.engine.sampler import sample, token_logprobs
+from moeframe.engine.scheduler import Scheduler
+
+Detokenize = Callable[[list[int]], str]
+
+
+@dataclass
+class StepStats:
+    forward_steps: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    generated_tokens: int = 0
+    jump_forward_tokens: int = 0
+
+
+class EngineCore:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: ModelRunner,
+        detokenize: Detokenize,
+        eos_token_ids: tuple[int, ...],
+        max_context: int,
+        jump_forward: bool = False,
+        apply_bitmask: Callable | None = None,
+        vocab_size: int = 0,
+    ) -> None:
+        self.scheduler, self.runner = scheduler, runner
+        self.detokenize = detokenize
+        self.eos_token_ids = set(eos_token_ids)
+        self.max_context = max_context
+        self.jump_forward = jump_forward
+        self.apply_bitmask = apply_bitmask
+        self.vocab_size = vocab_size
+        self.stats = StepStats()
+        self.requests: dict[int, Request] = {}
+
+    def add(self, req: Request) -> None:
+        self.requests[req.rid] = req
+        self.scheduler.add(req)
+
+    def abort(self, rid: int) -> None:
+        req = self.requests.get(rid)
+        if req is not None and not req.is_finished:
+            self.finish(req, "abort")
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[Request]:
+        """Run one forward step; returns the requests that got new tokens or finished."""
+        scheduled = self.scheduler.schedule()
+        if scheduled is None:
+            return self.unblock()
+        batch = self.runner.make_batch(scheduled)
+        logits = self.runner.forward(batch)
+        self.stats.forward_steps += 1
+        for req, n in zip(scheduled.requests, scheduled.num_new_tokens):
+            if req.num_pending == 0 and n == 1 and len(req.output_ids) > 0:
+                self.stats.decode_tokens += 1
+            else:
+                self.stats.prefill_tokens += n
+        ready = [i for i, req in enumerate(scheduled.requests) if req.num_pending == 0]
+        if not ready:
+            return []
+        reqs = [scheduled.requests[i] for i in ready]
+        logits = logits[ready]
+        self.mask(logits, reqs)
+        next_ids = sample(logits, reqs)
+        want_logprobs = [r.params.logprobs for r in reqs if r.params.logprobs is not None]
+        logprobs = token_logprobs(logits, next_ids, max(want_logprobs)) if want_logprobs else None
+        now = time.perf_counter()
+        for j, (req, token) in enumerate(zip(reqs, next_ids.tolist())):
+            if logprobs is not None and req.params.logprobs is not None:
+                entry = dict(logprobs[j])
+                entry["top"] = entry["top"][: req.params.logprobs]
+                req.logprobs.append(entry)
+            self.append(req, token, now)
+        return reqs
+
+    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> None:
+        constrained = [i for i, r in enumerate(reqs) if r.constraint is not None]
+        if logits.shape[-1] > self.vocab_size > 0:
+            logits[:, self.vocab_size :] = float("-inf")
+        if not constrained or self.apply_bitmask is None:
+            return
+        words = (logits.shape[-1] + 31) // 32
+        bitmask = torch.full((len(reqs), words), -1, dtype=torch.int32)
+        for i in constrained:
+            reqs[i].constraint.fill_bitmask(bitmask, i)
+        self.apply_bitmask(logits, bitmask.to(logits.device))
+
+    def append(self, req: Request, token: int, now: float) -> None:
+        if req.first_token_s is None:
+            req.first_token_s = now
+        req.token_times_s.append(now)
+        req.output_ids.append(token)
+        self.stats.generated_tokens += 1
+        reason = self.stop_reason(req, token)
+        if reason is None and req.constraint is not None:
+            if not req.constraint.advance(token):
+                req.error = f"token {token} was sampled outside the constraint"
+                reason = "error"
+            elif self.jump_forward:
+                forced = req.constraint.forced_continuation()
+                room = req.params.max_new_tokens - len(req.output_ids)
+                for forced_token in forced[:room]:
+                    req.constraint.advance(forced_token)
+                    req.output_ids.append(forced_token)
+                    self.stats.jump_forward_tokens += 1
+                if forced:
+                    reason = self.stop_reason(req, req.output_ids[-1])
+        req.text = self.detokenize(req.output_ids)
+        if reason is None:
+            reason = self.stop_string(req)
+        if reason is None and len(req.output_ids) >= req.params.max_new_tokens:
+            reason = "length"
+        if reason is None and len(req.all_ids) >= self.max_context:
+            reason = "length"
+        if reason is not None:
+            self.finish(req, reason)
+
+    def stop_reason(self, req: Request, token: int) -> str | None:
+        if token in req.params.stop_token_ids:
+            return "stop"
+        if token in self.eos_token_ids and not req.params.ignore_eos:
+            return "stop"
+        return None
+
+    def stop_string(self, req: Request) -> str | None:
+        for stop in req.params.stop:
+            at = req.text.find(stop)
+            if at >= 0:
+                req.text = req.text[:at]
+                return "stop"
+        return None
+
+    def finish(self, req: Request, reason: str, error: str | None = None) -> None:
+        self.scheduler.finish(req)
+        req.finish_reason = reason
+        if error is not None:
+            req.error = error
+        req.finished_s = time.perf_counter()
+
+    def unblock(self) -> list[Request]:
+        """Nothing could be scheduled: the pool cannot serve the request at the head, alone."""
+        stuck = list(self.scheduler.running) or self.scheduler.policy.order(self.scheduler.waiting, self.scheduler.cache)[:1]
+        for req in stuck:
+            if req.status is Status.RUNNING:
+                self.finish(req, "length", "the KV pool is exhausted by this request alone")
+            else:
+                self.finish(req, "error", "the request does not fit in the KV pool")
+        return stuck

@@ -1,0 +1,89 @@
+"""One request's life in the engine: its tokens, its KV slots, its timings, its result."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from moeframe.cache.base import PrefixMatch
+from moeframe.engine.sampling_params import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class GenerateOutput:
+    request_id: int
+    token_ids: list[int]  # generated tokens only
+    text: str
+    finish_reason: str  # "stop" | "length" | "abort" | "error"
+    cached_tokens: int  # prompt tokens served from the cache
+    prompt_tokens: int
+    logprobs: list[dict[str, Any]] | None = None
+    error: str | None = None
+    ttft_s: float | None = None
+    latency_s: float | None = None
+
+
+@dataclass
+class Request:
+    rid: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    # slots[i] holds the KV of all_ids[i]; len(slots) tokens are computed
+    slots: list[int] = field(default_factory=list)
+    match: PrefixMatch = field(default_factory=PrefixMatch)
+    cached_tokens: int | None = None
+    status: Status = Status.WAITING
+    finish_reason: str | None = None
+    error: str | None = None
+    constraint: Any = None  # a ConstraintState, or None
+    generator: torch.Generator | None = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""
+    arrival_s: float = field(default_factory=time.perf_counter)
+    first_token_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)
+    finished_s: float | None = None
+    num_preemptions: int = 0
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_computed(self) -> int:
+        return len(self.slots)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens whose KV is not yet computed (the rest of the prompt, or the last sampled token)."""
+        return len(self.prompt_ids) + len(self.output_ids) - len(self.slots)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def to_output(self) -> GenerateOutput:
+        end = self.finished_s or time.perf_counter()
+        return GenerateOutput(
+            request_id=self.rid,
+            token_ids=list(self.output_ids),
+            text=self.text,
+            finish_reason=self.finish_reason or "abort",
+            cached_tokens=self.cached_tokens or 0,
+            prompt_tokens=len(self.prompt_ids),
+            logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
+            error=self.error,
+            ttft_s=None if self.first_token_s is None else self.first_token_s - self.arrival_s,
+            latency_s=end - self.arrival_s,
+        )

@@ -1,0 +1,68 @@
+"""The decoder stack every family shares: embed -> (attention, MLP or MoE) x L -> norm -> logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from moeframe.model.layers.attention import Attention
+from moeframe.model.layers.context import ForwardContext
+from moeframe.model.layers.mla import MultiLatentAttention
+from moeframe.model.layers.mlp import GatedMLP
+from moeframe.model.layers.moe import MoEBlock
+from moeframe.model.layers.norm import RMSNorm
+from moeframe.model.layers.rotary import Rotary
+from moeframe.model.spec import ModelSpec
+
+# Builds layer i's MoE block; the engine supplies it so routers, kernels and
+# parallel strategy stay components chosen by config.
+MoEFactory = Callable[[int], MoEBlock]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int, rotary: Rotary, moe_factory: MoEFactory, hf_config: object | None) -> None:
+        super().__init__()
+        eps = spec.rms_norm_eps
+        self.input_layernorm = RMSNorm(spec.hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps)
+        if spec.attention.mla is not None:
+            scaling = spec.rope.scaling
+            self.self_attn = MultiLatentAttention(spec.attention, spec.hidden_size, eps, rotary, layer_idx, scaling)
+        else:
+            self.self_attn = Attention(spec.attention, spec.hidden_size, eps, rotary, layer_idx)
+        self.is_sparse = spec.is_moe and spec.sparse_layers[layer_idx]
+        if self.is_sparse:
+            self.mlp: nn.Module = moe_factory(layer_idx)
+        else:
+            self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size, bias=spec.mlp_bias)
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), positions, ctx)
+        x = self.post_attention_layernorm(h)
+        return h + (self.mlp(x, ctx.batch.input_ids) if self.is_sparse else self.mlp(x))
+
+
+class CausalLM(nn.Module):
+    def __init__(self, spec: ModelSpec, moe_factory: MoEFactory, hf_config: object | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        rotary = Rotary(spec.rope, hf_config)
+        self.layers = nn.ModuleList(
+            DecoderLayer(spec, i, rotary, moe_factory, hf_config) for i in range(spec.num_layers)
+        )
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, ctx: ForwardContext) -> torch.Tensor:
+        """Logits [R, V] (float32) of the rows ``ctx.batch.logits_indices`` selects."""
+        batch = ctx.batch
+        h = self.embed_tokens(batch.input_ids)
+        for layer in self.layers:
+            h = layer(h, batch.positions, ctx)
+        h = self.norm(h[batch.logits_indices])
+        return self.lm_head(h).float()

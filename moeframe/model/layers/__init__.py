@@ -1,0 +1,1 @@
+"""Layers shared by every model family; per-family differences come in as spec fields."""

@@ -1,0 +1,52 @@
+"""Multi-head / grouped-query attention that reads and writes the KV pool by slot.
+
+One module serves Llama, Qwen2, Mixtral, Qwen-MoE and OLMoE; their
+differences (qkv bias, q/k norms per head or over all heads, clipping) are
+AttentionSpec fields.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moeframe.model.layers.context import ForwardContext
+from moeframe.model.layers.norm import RMSNorm
+from moeframe.model.layers.rotary import Rotary
+from moeframe.model.spec import AttentionSpec
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: AttentionSpec, hidden_size: int, eps: float, rotary: Rotary, layer_idx: int) -> None:
+        super().__init__()
+        self.spec, self.rotary, self.layer_idx = spec, rotary, layer_idx
+        q_out, kv_out = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        self.q_proj = nn.Linear(hidden_size, q_out, bias=spec.qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, kv_out, bias=spec.qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, kv_out, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(q_out, hidden_size, bias=spec.out_bias)
+        if spec.qk_norm == "per_head":
+            self.q_norm, self.k_norm = RMSNorm(spec.head_dim, eps), RMSNorm(spec.head_dim, eps)
+        elif spec.qk_norm == "full":
+            self.q_norm, self.k_norm = RMSNorm(q_out, eps), RMSNorm(kv_out, eps)
+        self.scale = spec.head_dim**-0.5
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        spec, n = self.spec, x.shape[0]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if spec.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if spec.clip_qkv is not None:
+            q, k, v = (t.clamp(-spec.clip_qkv, spec.clip_qkv) for t in (q, k, v))
+        q = q.view(n, spec.num_heads, spec.head_dim)
+        k = k.view(n, spec.num_kv_heads, spec.head_dim)
+        v = v.view(n, spec.num_kv_heads, spec.head_dim)
+        if spec.qk_norm == "per_head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = self.rotary.cos_sin(positions, q.dtype)
+        q, k = self.rotary.apply(q, cos, sin), self.rotary.apply(k, cos, sin)
+        k_cache, v_cache = ctx.k_cache[self.layer_idx], ctx.v_cache[self.layer_idx]
+        k_cache[ctx.batch.out_slots] = k.to(k_cache.dtype)
+        v_cache[ctx.batch.out_slots] = v.to(v_cache.dtype)
+        out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
+        return self.o_proj(out.reshape(n, -1))

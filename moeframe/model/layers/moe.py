@@ -1,0 +1,82 @@
+"""The MoE block: gate -> router -> expert kernel (-> shared experts).
+
+    h -> gate logits -> router -> RoutingPlan -> parallel.dispatch -> experts -> parallel.combine
+
+The router, the expert kernel and the parallel strategy are components built
+from the config and handed in; this block never knows which ones it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moeframe.experts.base import ExpertsKernel
+from moeframe.model.layers.mlp import GatedMLP
+from moeframe.model.spec import MoESpec
+from moeframe.routers.base import RouteContext, Router
+from moeframe.routers.plan import RoutingPlan
+
+
+class RoutingObserver(Protocol):
+    def record(self, layer_idx: int, plan: RoutingPlan) -> None: ...
+
+
+class ExpertRunner(Protocol):
+    """How routed tokens reach their experts: locally, or across ranks (moeframe/parallel)."""
+
+    def run_experts(
+        self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan, kernel: ExpertsKernel
+    ) -> torch.Tensor: ...
+
+
+class LocalExperts:
+    """Every expert lives on this device: call the kernel directly."""
+
+    def run_experts(
+        self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan, kernel: ExpertsKernel
+    ) -> torch.Tensor:
+        return kernel.forward(hidden, w13, w2, plan)
+
+
+class MoEBlock(nn.Module):
+    def __init__(
+        self,
+        spec: MoESpec,
+        hidden_size: int,
+        layer_idx: int,
+        router: Router,
+        kernel: ExpertsKernel,
+        runner: ExpertRunner | None = None,
+        observer: RoutingObserver | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec, self.layer_idx = spec, layer_idx
+        self.router, self.kernel = router, kernel
+        self.runner = runner or LocalExperts()
+        self.observer = observer
+        num_experts, inter = spec.num_experts, spec.intermediate_size
+        self.gate = nn.Linear(hidden_size, num_experts, bias=False)
+        if spec.has_correction_bias:
+            self.register_buffer("e_score_correction_bias", torch.zeros(num_experts))
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * inter, hidden_size))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, inter))
+        self.shared_experts = GatedMLP(hidden_size, spec.shared_intermediate_size) if spec.shared_intermediate_size else None
+        self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False) if spec.shared_expert_gate else None
+
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        logits = F.linear(x.float(), self.gate.weight.float())
+        bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
+        plan = self.router.route(logits, RouteContext(token_ids=token_ids, correction_bias=bias))
+        if self.observer is not None:
+            self.observer.record(self.layer_idx, plan)
+        out = self.runner.run_experts(x, self.w13, self.w2, plan, self.kernel)
+        if self.shared_experts is not None:
+            shared = self.shared_experts(x)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+            out = out + shared
+        return out

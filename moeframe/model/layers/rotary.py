@@ -1,0 +1,55 @@
+"""Rotary position embeddings (Su et al., 2021) evaluated at arbitrary positions.
+
+Inverse frequencies come from transformers' RoPE parameter functions for
+scaled variants (yarn, llama3, ...), so every scaling a checkpoint names is
+computed as its reference does; plain RoPE is computed here.
+"""
+
+from __future__ import annotations
+
+import torch
+from moeframe.model.spec import RopeSpec
+
+
+def rope_inv_freq(rope: RopeSpec, hf_config: object | None) -> tuple[torch.Tensor, float]:
+    scaling = rope.scaling or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default" or hf_config is None:
+        exponent = torch.arange(0, rope.rotary_dim, 2, dtype=torch.float, device="cpu") / rope.rotary_dim
+        return 1.0 / (rope.theta**exponent), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, device=torch.device("cpu"))
+    return inv_freq.float(), float(attention_scaling)
+
+
+class Rotary:
+    """Holds no weights: the inverse frequencies are derived from the spec, once per device."""
+
+    def __init__(self, rope: RopeSpec, hf_config: object | None = None) -> None:
+        self._inv_freq, self.attention_scaling = rope_inv_freq(rope, hf_config)
+        self.interleave = rope.interleave
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, rotary_dim/2] cos and sin of each position's angles."""
+        if self._inv_freq.device != positions.device:
+            self._inv_freq = self._inv_freq.to(positions.device)
+        freqs = positions[:, None].float() * self._inv_freq[None, :]
+        cos = (freqs.cos() * self.attention_scaling).to(dtype)
+        sin = (freqs.sin() * self.attention_scaling).to(dtype)
+        return cos, sin
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [N, heads, rotary_dim]; rotates pairs (i, i + d/2), or (2i, 2i+1) when interleaved.
+
+        The interleaved form writes its output de-interleaved (evens' results,
+        then odds'), as transformers' DeepSeek-V3 does: the same permutation on
+        q and k leaves their dot products unchanged.
+        """
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        if self.interleave:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+        else:
+            half = x.shape[-1] // 2
+            x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

@@ -1,0 +1,138 @@
+"""HF checkpoint folder -> our CausalLM, with experts stacked into [E, ...] at load.
+
+The model is built on the meta device and its tensors are assigned straight
+from safetensors in the target dtype and device, so a checkpoint is read
+once and never held twice (nano-vllm's loader does the same per shard).
+Checkpoints may store experts per expert (hub naming) or fused as
+transformers 5 keeps them in memory; both load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from moeframe.errors import CheckpointError
+from moeframe.model.causal_lm import CausalLM, MoEFactory
+from moeframe.model.families import Family, family_of, rename
+from moeframe.model.spec import ModelSpec
+
+EXPERT_PART = re.compile(r"^layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+FUSED_PART = re.compile(r"^layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+FLOAT32_TENSORS = re.compile(r"e_score_correction_bias$")
+
+
+def read_hf_config(path: Path) -> tuple[dict, object]:
+    """config.json as a dict and as transformers' parsed config."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder {path} does not exist")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"checkpoint folder {path} has no config.json")
+    try:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    family_of(str(raw.get("model_type")))
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path))
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise CheckpointError(f"{config_file} could not be parsed: {err}") from None
+    return raw, hf_config
+
+
+def load_spec(path: str | Path) -> tuple[ModelSpec, object]:
+    _, hf_config = read_hf_config(Path(path))
+    return family_of(hf_config.model_type).parse(hf_config), hf_config
+
+
+def iter_tensors(path: Path, fam: Family):
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"checkpoint folder {path} has no *.safetensors files")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    yield rename(fam, name), f.get_tensor(name)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{file} is corrupt or unreadable: {err}") from None
+
+
+def load_model(
+    path: str | Path, moe_factory: MoEFactory, dtype: torch.dtype, device: torch.device | str
+) -> tuple[CausalLM, ModelSpec]:
+    path = Path(path)
+    spec, hf_config = load_spec(path)
+    fam = family_of(spec.family)
+    with torch.device("meta"):
+        model = CausalLM(spec, moe_factory, hf_config)
+    expected = dict(model.state_dict(keep_vars=True))
+    state: dict[str, torch.Tensor] = {}
+    experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+
+    def place(name: str, tensor: torch.Tensor) -> None:
+        target = torch.float32 if FLOAT32_TENSORS.search(name) else dtype
+        state[name] = tensor.to(device=device, dtype=target)
+
+    for name, tensor in iter_tensors(path, fam):
+        if (m := EXPERT_PART.match(name)) is not None:
+            experts.setdefault((int(m[1]), m[3]), {})[int(m[2])] = tensor
+        elif (m := FUSED_PART.match(name)) is not None:
+            place(f"layers.{m[1]}.mlp.{'w13' if m[2] == 'gate_up_proj' else 'w2'}", tensor)
+        elif name == "lm_head.weight" and spec.tie_word_embeddings:
+            continue
+        else:
+            place(name, tensor)
+    stack_experts(spec, experts, place)
+
+    if spec.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its {spec.family} config: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+    model.load_state_dict(state, assign=True, strict=False)
+    if spec.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    prepare_experts(model)
+    return model.eval(), spec
+
+
+def stack_experts(spec: ModelSpec, experts: dict, place) -> None:
+    """Per-expert gate/up/down tensors -> w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I]."""
+    if not experts:
+        return
+    num_experts = spec.moe.num_experts
+    for layer in sorted({layer for layer, _ in experts}):
+        parts = {}
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            got = experts.get((layer, proj), {})
+            if sorted(got) != list(range(num_experts)):
+                raise CheckpointError(f"layer {layer}: expected {num_experts} experts' {proj}, found {len(got)}")
+            parts[proj] = torch.stack([got[e] for e in range(num_experts)])
+        place(f"layers.{layer}.mlp.w13", torch.cat([parts["gate_proj"], parts["up_proj"]], dim=1))
+        place(f"layers.{layer}.mlp.w2", parts["down_proj"])
+
+
+def prepare_experts(model: CausalLM) -> None:
+    """Let each layer's expert kernel convert the stacked weights into its own layout, once."""
+    for layer in model.layers:
+        if layer.is_sparse:
+            moe = layer.mlp
+            w13, w2 = moe.kernel.prepare(moe.w13.data, moe.w2.data)
+            moe.w13 = torch.nn.Parameter(w13, requires_grad=False)
+            moe.w2 = torch.nn.Parameter(w2, requires_grad=False)
