@@ -39,6 +39,8 @@ class ExpertChoiceParams:
 
 @ROUTERS.register("expert_choice", params=ExpertChoiceParams)
 class ExpertChoiceRouter(Router):
+    """Each expert takes its top-C tokens of the batch: non-causal across the batch, batch_dependent."""
+
     batch_dependent = True
 
     def __init__(self, params: ExpertChoiceParams, *, moe: MoESpec, layer_idx: int, **_: object) -> None:

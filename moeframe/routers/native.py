@@ -59,13 +59,15 @@ def group_limited_topk(gate_logits: torch.Tensor, moe: MoESpec, k: int, bias: to
     group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1.0).bool()
     eligible = group_mask.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts)
     choice = choice.masked_fill(~eligible, float("-inf"))
-    # transformers takes an unsorted top-k; the same call gives the same set, then sort it by choice score
+    # transformers' unsorted top-k fixes the set and the order its normalising sum runs in;
+    # the columns are sorted by choice score only after the weights are final
     top_choice, ids = torch.topk(choice, k=k, dim=-1, sorted=False)
-    ids = ids.gather(1, torch.sort(top_choice, dim=-1, descending=True, stable=True).indices)
     weights = scores.gather(1, ids)
     if moe.norm_topk_prob:
         weights /= weights.sum(dim=-1, keepdim=True) + 1e-20
-    return RoutingPlan(topk_ids=ids, topk_weights=weights * moe.routed_scaling_factor)
+    weights = weights * moe.routed_scaling_factor
+    order = torch.sort(top_choice, dim=-1, descending=True, stable=True).indices
+    return RoutingPlan(topk_ids=ids.gather(1, order), topk_weights=weights.gather(1, order))
 
 
 @ROUTERS.register("native")

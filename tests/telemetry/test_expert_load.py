@@ -1,0 +1,79 @@
+"""ExpertLoadRecorder: counts, balance statistics, reset and heatmap on hand-made plans."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from moeframe.routers.plan import RoutingPlan
+from moeframe.telemetry.expert_load import ExpertLoadRecorder
+
+
+def plan(ids: list[list[int]]) -> RoutingPlan:
+    topk_ids = torch.tensor(ids)
+    return RoutingPlan(topk_ids, (topk_ids >= 0).float())
+
+
+def test_counts_kept_assignments_per_layer_and_expert_and_dropped_apart():
+    recorder = ExpertLoadRecorder(num_layers=2, num_experts=3)
+    recorder.record(1, plan([[0, 2], [0, -1]]))
+    recorder.record(1, plan([[2, -1]]))
+    assert recorder.load_counts().tolist() == [[0, 0, 0], [2, 0, 2]]
+    assert recorder.dropped_counts().tolist() == [0, 2]
+
+
+def test_stats_of_a_skewed_layer():
+    recorder = ExpertLoadRecorder(num_layers=1, num_experts=4)
+    recorder.record(0, plan([[0], [0], [0], [1], [-1]]))  # loads 3, 1, 0, 0; one dropped
+    layer = recorder.stats()["layers"][0]
+    mean = 1.0
+    std = math.sqrt(((3 - mean) ** 2 + 0 + 1 + 1) / 4)
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert layer["layer"] == 0 and layer["kept"] == 4 and layer["dropped"] == 1
+    assert layer["drop_rate"] == pytest.approx(1 / 5)
+    assert layer["max_mean_load"] == pytest.approx(3.0)
+    assert layer["cv"] == pytest.approx(std / mean)
+    assert layer["entropy"] == pytest.approx(entropy)
+    assert layer["entropy_norm"] == pytest.approx(entropy / math.log(4))
+
+
+def test_a_perfectly_balanced_layer_scores_one_zero_one():
+    recorder = ExpertLoadRecorder(num_layers=1, num_experts=4)
+    recorder.record(0, plan([[0, 1], [2, 3], [1, 0], [3, 2]]))
+    layer = recorder.stats()["layers"][0]
+    assert (layer["max_mean_load"], layer["cv"], layer["drop_rate"]) == (1.0, 0.0, 0.0)
+    assert layer["entropy_norm"] == pytest.approx(1.0)
+
+
+def test_totals_sum_over_layers_and_keep_the_worst_imbalance():
+    recorder = ExpertLoadRecorder(num_layers=3, num_experts=2)
+    recorder.record(0, plan([[0], [1]]))
+    recorder.record(2, plan([[0], [0], [-1], [-1]]))
+    stats = recorder.stats()
+    assert [layer["layer"] for layer in stats["layers"]] == [0, 2]  # layer 1 saw nothing
+    total = stats["total"]
+    assert (total["kept"], total["dropped"]) == (4, 2)
+    assert total["drop_rate"] == pytest.approx(2 / 6)
+    assert total["max_mean_load"] == pytest.approx(2.0)
+    assert total["mean_cv"] == pytest.approx((0.0 + 1.0) / 2)
+
+
+def test_reset_forgets_everything():
+    recorder = ExpertLoadRecorder(num_layers=1, num_experts=2)
+    recorder.record(0, plan([[0], [-1]]))
+    recorder.reset()
+    assert recorder.load_counts().tolist() == [[0, 0]]
+    assert recorder.stats() == {"layers": [], "total": {"kept": 0, "dropped": 0, "drop_rate": 0.0,
+                                                        "max_mean_load": 0.0, "mean_cv": 0.0, "mean_entropy_norm": 0.0}}
+
+
+def test_heatmap_is_a_png_image(tmp_path):
+    recorder = ExpertLoadRecorder(num_layers=4, num_experts=8)
+    for layer in range(4):
+        recorder.record(layer, plan([[layer, (layer + 1) % 8]] * 5))
+    path = recorder.heatmap_png(tmp_path / "expert_load.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
