@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_inputs import random_kv_batch
+from kernel_inputs import random_kv_batch, tolerance
 
 from moeframe.attention import attend_reference, get_attention_backend
 from moeframe.errors import ConfigError
@@ -27,8 +27,7 @@ def compare(q_lens, kv_lens, group, k_dim, v_dim, dtype, device, seed=0):
     scale = k_dim**-0.5
     out = get_attention_backend("triton", device)(q, k_cache, v_cache, batch, scale)
     expected = attend_reference(q, k_cache, v_cache, batch, scale)
-    tol = {"atol": 2e-5, "rtol": 2e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
-    torch.testing.assert_close(out.float(), expected.float(), **tol)
+    torch.testing.assert_close(out.float(), expected.float(), **tolerance(dtype, device))
 
 
 @pytest.mark.parametrize("group", [1, 2, 4])
@@ -48,7 +47,7 @@ def test_decode_with_more_splits_than_keys_ignores_the_empty_splits(device):
     batch = random_kv_batch([1, 1], [3, 90], NUM_SLOTS, device, gen)
     q = torch.randn(2, 2, 16, generator=gen).to(device)
     out = decode_attention(q, k_cache, v_cache, batch, 0.25, num_kv_splits=8)
-    torch.testing.assert_close(out, attend_reference(q, k_cache, v_cache, batch, 0.25), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out, attend_reference(q, k_cache, v_cache, batch, 0.25), **tolerance(torch.float32, device))
 
 
 @pytest.mark.parametrize("group", [1, 2, 4])
