@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -53,9 +54,10 @@ def one_line_hydra_error(message: str) -> str:
 
 
 class Engine:
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
+        """``weights``: (name, tensor) pairs in our layout, used instead of the checkpoint's (benchmarks)."""
         self.cfg = cfg
-        self.built: BuiltEngine = build(cfg)
+        self.built: BuiltEngine = build(cfg, weights)
         self.spec = self.built.spec
         self.tokenizer = load_tokenizer(self.built.checkpoint)
         self._constraints: Any = None
@@ -194,7 +196,8 @@ class Engine:
             "batch_dependent_routing": built.batch_dependent_routing,
         }
         if built.recorder is not None:
-            stats["expert_load"] = built.recorder.stats()
+            stats["expert_load"] = built.recorder.stats() | {"counts": built.recorder.load_counts().tolist()}
+        stats["parallel"] = built.parallel.stats()
         if built.device.type == "cuda":
             stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(built.device)
         return stats
@@ -206,7 +209,7 @@ class Engine:
 
 
 def load_tokenizer(path: Any) -> Any:
-    if not (path / "tokenizer.json").is_file():
+    if path is None or not (path / "tokenizer.json").is_file():
         return None
     from transformers import AutoTokenizer
 

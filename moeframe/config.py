@@ -29,6 +29,7 @@ class ModelConfig:
     path: str | None = None  # an HF checkpoint folder; wins over preset
     cache_dir: str | None = None  # where presets are written (default $MOEFRAME_CACHE or ~/.cache/moeframe)
     max_context: int | None = None  # cap on the checkpoint's context length
+    random_weights: bool = False  # real-shape presets: random weights made on the device, no files
 
 
 @dataclass

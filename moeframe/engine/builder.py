@@ -8,7 +8,8 @@ backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.moe import MoEBlock
-from moeframe.model.loader import load_model, load_spec
+from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
 from moeframe.model.spec import ModelSpec
 from moeframe.parallel import PARALLEL, ParallelStrategy
 from moeframe.routers import ROUTERS
@@ -37,7 +38,7 @@ class BuiltEngine:
     cfg: DictConfig
     device: torch.device
     dtype: torch.dtype
-    checkpoint: Path
+    checkpoint: Path | None
     spec: ModelSpec
     model: CausalLM
     pool: KVPool
@@ -69,13 +70,26 @@ def pool_slots(params: Any, spec: ModelSpec, dtype: torch.dtype, device: torch.d
     return max(1, int(free * params.mem_fraction) // per_slot)
 
 
-def build(cfg: DictConfig) -> BuiltEngine:
+def model_source(cfg: DictConfig) -> tuple[Path | None, ModelSpec, object]:
+    """The checkpoint folder (None for random weights), its spec and its transformers config."""
+    if cfg.model.random_weights and cfg.model.path is None:
+        from moeframe.model.families import family_of
+        from moeframe.model.presets import preset_config
+
+        hf_config = preset_config(cfg.model.preset)
+        return None, family_of(hf_config.model_type).parse(hf_config), hf_config
+    path = checkpoint_path(cfg)
+    spec, hf_config = load_spec(path)
+    return path, spec, hf_config
+
+
+def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> BuiltEngine:
+    """Every component from the config; ``weights`` (our names) replaces reading the checkpoint."""
     validate(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
-    path = checkpoint_path(cfg)
-    spec, _ = load_spec(path)
+    path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)
     recorder = ExpertLoadRecorder(spec.num_layers, spec.moe.num_experts) if spec.is_moe else None
@@ -88,13 +102,19 @@ def build(cfg: DictConfig) -> BuiltEngine:
             spec.moe, spec.hidden_size, layer_idx, router, kernel, parallel.expert_runner(layer_idx), recorder
         )
 
-    model, spec = load_model(path, moe_factory, dtype, device)
+    if weights is not None:
+        model = assemble_model(spec, hf_config, weights, moe_factory, dtype, device, "in-memory weights")
+    elif path is None:
+        model = random_model(spec, hf_config, moe_factory, dtype, device, cfg.seed)
+    else:
+        model = load_model(path, moe_factory, dtype, device)[0]
+    parallel.shard(model)
     max_context = spec.max_position_embeddings
     if cfg.model.max_context is not None:
         max_context = min(max_context, cfg.model.max_context)
     _, cache_params = CACHES.parse_params(cfg.cache)
-    att = spec.attention
-    slots = pool_slots(cache_params, spec, dtype, device, parallel.world_size)
+    att = parallel.local_attention(spec.attention)
+    slots = pool_slots(cache_params, replace(spec, attention=att), dtype, device, parallel.world_size)
     pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device)
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -70,7 +71,20 @@ def load_model(
 ) -> tuple[CausalLM, ModelSpec]:
     path = Path(path)
     spec, hf_config = load_spec(path)
-    fam = family_of(spec.family)
+    tensors = iter_tensors(path, family_of(spec.family))
+    return assemble_model(spec, hf_config, tensors, moe_factory, dtype, device, str(path)), spec
+
+
+def assemble_model(
+    spec: ModelSpec,
+    hf_config: object,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    moe_factory: MoEFactory,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    source: str,
+) -> CausalLM:
+    """Our model from (name, tensor) pairs already renamed to our layout (see families.rename)."""
     with torch.device("meta"):
         model = CausalLM(spec, moe_factory, hf_config)
     expected = dict(model.state_dict(keep_vars=True))
@@ -81,7 +95,7 @@ def load_model(
         target = torch.float32 if FLOAT32_TENSORS.search(name) else dtype
         state[name] = tensor.to(device=device, dtype=target)
 
-    for name, tensor in iter_tensors(path, fam):
+    for name, tensor in tensors:
         if (m := EXPERT_PART.match(name)) is not None:
             experts.setdefault((int(m[1]), m[3]), {})[int(m[2])] = tensor
         elif (m := FUSED_PART.match(name)) is not None:
@@ -98,18 +112,54 @@ def load_model(
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {path} does not match its {spec.family} config: "
+            f"checkpoint {source} does not match its {spec.family} config: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+            raise CheckpointError(f"checkpoint {source}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
     model.load_state_dict(state, assign=True, strict=False)
     if spec.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     prepare_experts(model)
-    return model.eval(), spec
+    return model.eval()
+
+
+def hf_state_tensors(spec: ModelSpec, state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """A transformers model's in-memory state dict, renamed to our layout (for benchmarks on shared weights)."""
+    fam = family_of(spec.family)
+    for name, tensor in state_dict.items():
+        yield rename(fam, name), tensor
+
+
+def random_model(
+    spec: ModelSpec, hf_config: object, moe_factory: MoEFactory, dtype: torch.dtype, device: torch.device | str, seed: int
+) -> CausalLM:
+    """Random weights made straight on the device, for real-shape benchmarks without checkpoint files.
+
+    Matrices ~ N(0, 0.02) (the HF initialiser's scale), norms 1, biases 0: the
+    speed of a forward does not depend on the values.
+    """
+    with torch.device("meta"):
+        model = CausalLM(spec, moe_factory, hf_config)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    state = {}
+    for name, ref in model.state_dict(keep_vars=True).items():
+        if spec.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        target = torch.float32 if FLOAT32_TENSORS.search(name) else dtype
+        if name.endswith("norm.weight"):
+            state[name] = torch.ones(ref.shape, dtype=target, device=device)
+        elif ref.dim() >= 2:
+            state[name] = torch.randn(ref.shape, generator=gen, dtype=target, device=device).mul_(0.02)
+        else:
+            state[name] = torch.zeros(ref.shape, dtype=target, device=device)
+    model.load_state_dict(state, assign=True, strict=False)
+    if spec.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    prepare_experts(model)
+    return model.eval()
 
 
 def stack_experts(spec: ModelSpec, experts: dict, place) -> None:
