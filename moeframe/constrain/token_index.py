@@ -1,0 +1,65 @@
+"""The token-level view of a byte DFA: for each state, the allowed tokens and where they lead.
+
+Outlines builds this index for every state up front; here a state's row is
+computed the first time a request reaches it and cached for every later
+request with the same constraint, so a large automaton costs only for the
+states generation visits. One visit walks the whole vocabulary through the
+DFA at once: tokens sorted longest first, one gather per byte position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moeframe.constrain.bitmask import pack_allowed
+from moeframe.constrain.dfa import DEAD, ByteDFA
+from moeframe.constrain.vocab import TokenVocab
+
+
+@dataclass(frozen=True)
+class VocabTable:
+    """A vocabulary laid out for vectorised DFA walks; built once per engine."""
+
+    ids: np.ndarray  # [N] token ids of non-empty tokens, longest first
+    table: np.ndarray  # [N, L] uint8 token bytes, zero padded
+    longer_than: np.ndarray  # [L] how many tokens are longer than each byte position
+    vocab_size: int
+
+    @classmethod
+    def from_vocab(cls, vocab: TokenVocab) -> "VocabTable":
+        ids, table, lengths = vocab.padded_bytes()
+        longer_than = np.array([(lengths > p).sum() for p in range(table.shape[1])], dtype=np.int64)
+        return cls(ids, table, longer_than, vocab.vocab_size)
+
+
+class TokenIndex:
+    def __init__(self, dfa: ByteDFA, vocab: VocabTable, eos_token_ids: tuple[int, ...]) -> None:
+        self.dfa = dfa
+        self.vocab = vocab
+        self.eos_token_ids = eos_token_ids
+        self._rows: dict[int, np.ndarray] = {}
+
+    def end_states(self, state: int) -> np.ndarray:
+        """[N] the state each token of ``vocab.ids`` leads to from ``state`` (DEAD if rejected)."""
+        current = np.full(len(self.vocab.ids), state, dtype=np.int32)
+        for position, count in enumerate(self.vocab.longer_than):
+            current[:count] = self.dfa.next_state[current[:count], self.vocab.table[:count, position]]
+        return current
+
+    def mask_row(self, state: int) -> np.ndarray:
+        """Packed int32 bitmask row of ``state``: tokens that keep the DFA alive, plus EOS if accepting."""
+        row = self._rows.get(state)
+        if row is None:
+            allowed = np.zeros(self.vocab.vocab_size, dtype=bool)
+            allowed[self.vocab.ids[self.end_states(state) != DEAD]] = True
+            if self.dfa.accepting[state]:
+                allowed[list(self.eos_token_ids)] = True
+            row = pack_allowed(allowed)
+            self._rows[state] = row
+        return row
+
+    @property
+    def num_states_indexed(self) -> int:
+        return len(self._rows)
