@@ -1,0 +1,82 @@
+"""The FastAPI app over one Engine: OpenAI routes plus /health, /stats, /metrics, /v1/models, /model_info.
+
+``build_app`` starts the engine thread; the app's lifespan stops it. The
+app holds no engine state of its own: everything it reports comes from the
+engine thread, between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from moeframe.api import Engine
+from moeframe.server.async_engine import AsyncEngine
+from moeframe.server.chat_format import ChatFormat, end_of_turn_ids
+from moeframe.server.engine_loop import EngineLoop
+from moeframe.server.errors import APIError, install_error_handlers
+from moeframe.server.metrics import ServerMetrics, metrics_snapshot
+from moeframe.server.openai_routes import OpenAIRoutes
+from moeframe.server.protocol import ModelCard, ModelList, now_s
+
+
+def chat_format_of(engine: Engine) -> ChatFormat:
+    tokenizer = engine.tokenizer
+    if tokenizer is None:
+        return ChatFormat(None)
+    special = {k: getattr(tokenizer, k, None) or "" for k in ("bos_token", "eos_token")}
+    return ChatFormat(getattr(tokenizer, "chat_template", None), special)
+
+
+def build_app(engine: Engine, model_name: str) -> FastAPI:
+    metrics = ServerMetrics()
+    chat = chat_format_of(engine)
+    end_of_turn = end_of_turn_ids(chat, engine.tokenizer)
+    engine_loop = EngineLoop(engine, on_finish=metrics.observe_finished)
+    async_engine = AsyncEngine(engine_loop)
+    created = now_s()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine_loop.close()
+
+    app = FastAPI(title="moeframe", lifespan=lifespan)
+    app.state.engine_loop = engine_loop
+    install_error_handlers(app, metrics.rejected.inc)
+    app.include_router(OpenAIRoutes(async_engine, model_name, chat, end_of_turn).router)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        if not engine_loop.alive:
+            raise APIError("the engine thread has stopped", 503, "server_error")
+        return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats() -> JSONResponse:
+        return JSONResponse(await async_engine.call(lambda e: e.stats()))
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        snapshot = await async_engine.call(metrics_snapshot)
+        return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=model_name, created=created, max_model_len=engine.built.max_context)])
+
+    @app.get("/model_info")
+    async def model_info() -> dict[str, Any]:
+        """What the DSL's server backend needs to format chat turns as this server does."""
+        return {
+            "model": model_name,
+            "max_context": engine.built.max_context,
+            "chat_template": chat.template_source,
+            "end_of_turn_token_ids": end_of_turn,
+        }
+
+    return app
