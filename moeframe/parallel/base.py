@@ -1,16 +1,40 @@
-"""The parallel-strategy interface: how a model's weights and MoE tokens are spread over ranks."""
+"""The parallel-strategy interface: how a model's weights and MoE tokens are spread over ranks.
+
+A strategy is built before the model (it joins the process group and checks
+the model's shapes against the world size, so a bad choice fails at start,
+identically on every rank), hands each MoE layer its ExpertRunner, and cuts
+the loaded weights down to its rank's part (``shard``), the way torchtitan's
+``parallelize`` step follows model construction.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
 
 from moeframe.model.layers.moe import ExpertRunner
+from moeframe.model.spec import AttentionSpec
+
+if TYPE_CHECKING:
+    from moeframe.model.causal_lm import CausalLM
 
 
 class ParallelStrategy(ABC):
+    name: str = "single"
     rank: int = 0
     world_size: int = 1
 
     @abstractmethod
     def expert_runner(self, layer_idx: int) -> ExpertRunner:
         """How layer ``layer_idx`` sends routed tokens to its experts and gathers the results."""
+
+    def shard(self, model: "CausalLM") -> None:
+        """Keep only this rank's part of the loaded weights (called once, right after loading)."""
+
+    def local_attention(self, attention: AttentionSpec) -> AttentionSpec:
+        """The attention shape this rank computes and caches (the KV pool is sized from it)."""
+        return attention
+
+    def stats(self) -> dict[str, Any]:
+        """Communication and load figures for ``engine.stats()["parallel"]``."""
+        return {"strategy": self.name, "rank": self.rank, "world_size": self.world_size}

@@ -10,6 +10,8 @@ from moeframe.registry import NoParams
 
 @PARALLEL.register("single")
 class SingleDevice(ParallelStrategy):
+    name = "single"
+
     def __init__(self, params: NoParams, **_: object) -> None:
         self.local = LocalExperts()
 

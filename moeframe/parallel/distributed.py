@@ -1,0 +1,54 @@
+"""Joining the process group a launcher set up: torchrun's env vars in, (rank, world size) out.
+
+The backend follows the device, as torchtitan and SGLang choose it: NCCL
+between GPUs, gloo between CPU processes (gloo's ``all_to_all_single`` takes
+uneven splits, which the expert dispatch needs). Each CUDA rank binds to its
+``LOCAL_RANK`` GPU, so a config saying ``device=cuda`` means "my GPU".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from moeframe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(device: torch.device) -> WorldInfo:
+    """Join (or reuse) the default process group; a single process without launcher env is a world of one."""
+    if dist.is_available() and dist.is_initialized():
+        return WorldInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return WorldInfo(0, 1, 0)
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ConfigError(f"parallel: WORLD_SIZE={world_size} but {', '.join(missing)} unset; launch with torchrun --nproc-per-node N")
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend_for(device), rank=int(os.environ["RANK"]), world_size=world_size)
+    return WorldInfo(dist.get_rank(), world_size, local_rank)
+
+
+def is_main_process() -> bool:
+    """True outside a process group and on rank 0: only this process prints and logs."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
