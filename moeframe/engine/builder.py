@@ -118,6 +118,11 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device)
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)
+    runner = ModelRunner(model, pool, device, cfg.runner.attention)
+    batch_dependent = any(r.batch_dependent for r in routers)
+    # Padding rows would join a batch-dependent router's choice, so those run eagerly.
+    if device.type == "cuda" and cfg.runner.cuda_graph and not batch_dependent and cfg.runner.attention != "torch":
+        runner.capture_cuda_graphs(list(cfg.runner.cuda_graph_batch_sizes), max_context)
     return BuiltEngine(
         cfg=cfg,
         device=device,
@@ -128,9 +133,9 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         pool=pool,
         cache=cache,
         scheduler=Scheduler(policy, cache),
-        runner=ModelRunner(model, pool, device, cfg.runner.attention),
+        runner=runner,
         parallel=parallel,
         recorder=recorder,
-        batch_dependent_routing=any(r.batch_dependent for r in routers),
+        batch_dependent_routing=batch_dependent,
         max_context=max_context,
     )
