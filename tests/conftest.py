@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-from moeframe.model.presets import ensure_checkpoint
+# Without a GPU, Triton kernels run in Triton's interpreter; Triton reads this
+# once, when it is first imported, so it is set before anything imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from moeframe.model.presets import ensure_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -151,3 +151,64 @@ def down_weighted_kernel(
     weight = tl.load(weights_ptr + assignment, mask=row_ok, other=0.0)
     acc = acc * weight[:, None]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _bucket_onehot(topk_ids_ptr, start, num_assignments, num_experts, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    offs = start + tl.arange(0, CHUNK)
+    ok = offs < num_assignments
+    ids = tl.load(topk_ids_ptr + offs, mask=ok, other=0)
+    bucket = tl.where(ids >= 0, ids, num_experts)
+    bucket = tl.where(ok, bucket, BLOCK_E)
+    return (bucket[:, None] == tl.arange(0, BLOCK_E)[None, :]).to(tl.int32)
+
+
+@triton.jit
+def align_kernel(
+    topk_ids_ptr,
+    sorted_ids_ptr,
+    block_expert_ptr,
+    num_rows_ptr,
+    num_assignments,
+    num_experts,
+    padded_rows,
+    BLOCK_M: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    """moe_align.align_by_expert in one program, for decode-sized batches.
+
+    The torch version is a dozen small kernels, as long as the expert GEMMs
+    themselves at batch 1 (SGLang and vLLM write moe_align_block_size as one
+    CUDA kernel for the same reason). Two passes over the assignments: a
+    histogram, then each assignment's rank within its expert (a cumulative
+    sum of one-hot rows) gives its padded row.
+    """
+    offs_e = tl.arange(0, BLOCK_E)
+    counts = tl.zeros((BLOCK_E,), dtype=tl.int32)
+    for start in range(0, num_assignments, CHUNK):
+        counts += tl.sum(_bucket_onehot(topk_ids_ptr, start, num_assignments, num_experts, CHUNK, BLOCK_E), 0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    padded_end = tl.cumsum(padded, 0)
+    padded_start = padded_end - padded
+
+    for start in range(0, padded_rows, CHUNK):
+        offs = start + tl.arange(0, CHUNK)
+        tl.store(sorted_ids_ptr + offs, tl.zeros((CHUNK,), dtype=tl.int32) + num_assignments, mask=offs < padded_rows)
+    tl.debug_barrier()
+    seen = tl.zeros((BLOCK_E,), dtype=tl.int32)
+    for start in range(0, num_assignments, CHUNK):
+        onehot = _bucket_onehot(topk_ids_ptr, start, num_assignments, num_experts, CHUNK, BLOCK_E)
+        earlier_same = tl.cumsum(onehot, 0) - onehot + seen[None, :]
+        dest = tl.sum(onehot * (earlier_same + padded_start[None, :]), 1)
+        offs = start + tl.arange(0, CHUNK)
+        tl.store(sorted_ids_ptr + dest, offs, mask=offs < num_assignments)
+        seen += tl.sum(onehot, 0)
+
+    num_blocks = padded_rows // BLOCK_M
+    ends = tl.where(offs_e <= num_experts, padded_end, 1 << 30)
+    for start in range(0, num_blocks, CHUNK):
+        block = start + tl.arange(0, CHUNK)
+        expert = tl.sum((ends[None, :] <= (block * BLOCK_M)[:, None]).to(tl.int32), 1)
+        tl.store(block_expert_ptr + block, tl.where(expert <= num_experts, expert, -1), mask=block < num_blocks)
+    tl.store(num_rows_ptr, tl.sum(padded, 0))

@@ -1,6 +1,6 @@
 """``experts=triton``: the fused MoE of vLLM and SGLang, in two Triton kernels.
 
-    topk_ids -> align_by_expert (rows in expert order, padded per expert to block_m)
+    topk_ids -> align (rows in expert order, padded per expert to block_m; one Triton program at decode sizes)
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
       -> down_weighted_kernel: y [T*k, H] = weight * act W_down^T
       -> sum over the k assignments of each token (one torch reduction, fp32 accumulation)
@@ -19,7 +19,7 @@ import torch
 
 from moeframe.experts import EXPERTS
 from moeframe.experts.base import ExpertsKernel
-from moeframe.experts.moe_align import ExpertBlocks, align_by_expert
+from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
 from moeframe.routers.plan import RoutingPlan
 
@@ -34,6 +34,33 @@ def _kernels() -> ModuleType:
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# Up to this many assignments the alignment runs as one Triton program; past
+# it the torch sort is faster than one program looping over chunks.
+MAX_ONE_PROGRAM_ALIGN = 2048
+
+
+def align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> ExpertBlocks:
+    """align_by_expert, as a single kernel launch for decode-sized batches."""
+    num_assignments = topk_ids.numel()
+    if num_assignments > MAX_ONE_PROGRAM_ALIGN:
+        return align_by_expert(topk_ids, num_experts, block_m)
+    rows = max_padded_rows(num_assignments, num_experts + 1, block_m)
+    device = topk_ids.device
+    blocks = ExpertBlocks(
+        sorted_ids=torch.empty(rows, dtype=torch.int32, device=device),
+        block_expert=torch.empty(rows // block_m, dtype=torch.int32, device=device),
+        num_rows=torch.empty(1, dtype=torch.int32, device=device),
+        block_m=block_m,
+        num_assignments=num_assignments,
+    )
+    _kernels().align_kernel[(1,)](
+        topk_ids.reshape(-1), blocks.sorted_ids, blocks.block_expert, blocks.num_rows,
+        num_assignments, num_experts, rows,
+        BLOCK_M=block_m, CHUNK=128, BLOCK_E=1 << num_experts.bit_length(), num_warps=4,
+    )  # fmt: skip
+    return blocks
 
 
 def run_gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, act: torch.Tensor, top_k: int, tile: TileConfig) -> None:
@@ -94,7 +121,7 @@ def fused_moe(
     if config is None:
         config = pick_config(num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, True)
     hidden, w13, w2 = hidden.contiguous(), w13.contiguous(), w2.contiguous()
-    blocks = align_by_expert(topk_ids, num_experts, config.block_m)
+    blocks = align(topk_ids, num_experts, config.block_m)
     act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
     out = hidden.new_empty(num_tokens * top_k, hidden_size)
     run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)

@@ -8,8 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-# Not even imported without a GPU: importing a kernel module here would define
-# its kernels compiled, before tests/kernels asks for the interpreter.
+# Not collected without a GPU (or without pytest-benchmark): there is nothing to time.
 if not torch.cuda.is_available() or importlib.util.find_spec("pytest_benchmark") is None:
     collect_ignore_glob = ["test_*.py"]
 

@@ -1,27 +1,19 @@
 """Kernel tests run compiled on CUDA, and under Triton's interpreter on the CPU (CI).
 
-TRITON_INTERPRET must be set before a kernel is defined. moeframe imports its
-kernel modules lazily, so setting it here, at collection, is early enough; a
-kernel module that an earlier test module already imported is reloaded so its
-kernels are defined again, interpreted.
+TRITON_INTERPRET must be set before Triton is first imported; the root
+conftest does it for the whole suite, and this repeats it for runs that skip
+the root conftest (``--confcutdir``).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 
 import pytest
 import torch
 
-KERNEL_MODULES = ("moeframe.experts._fused_moe_kernels", "moeframe.attention.triton_decode", "moeframe.attention.triton_extend")
-
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    os.environ["TRITON_INTERPRET"] = "1"
-    for name in KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -47,3 +47,15 @@ def test_padded_rows_bound_holds_when_every_token_picks_a_different_expert():
     aligned = align_by_expert(topk_ids, num_experts, block_m)
     assert int(aligned.num_rows.item()) == num_experts * block_m
     assert aligned.sorted_ids.numel() == max_padded_rows(64, num_experts + 1, block_m) >= num_experts * block_m
+
+
+@pytest.mark.parametrize("num_tokens,num_experts,top_k,block_m", [(1, 64, 8, 16), (40, 5, 2, 16), (70, 9, 3, 32), (3, 3, 1, 64)])
+def test_one_program_align_equals_the_torch_align(num_tokens, num_experts, top_k, block_m, device):
+    from moeframe.experts.triton_moe import align
+
+    plan = random_plan(num_tokens, num_experts, top_k, drop_fraction=0.2, gen=torch.Generator().manual_seed(2))
+    topk_ids = plan.topk_ids.to(device)
+    fast, torch_ = align(topk_ids, num_experts, block_m), align_by_expert(topk_ids, num_experts, block_m)
+    assert torch.equal(fast.sorted_ids, torch_.sorted_ids)
+    assert torch.equal(fast.block_expert, torch_.block_expert)
+    assert torch.equal(fast.num_rows, torch_.num_rows)
