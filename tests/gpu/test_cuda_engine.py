@@ -12,7 +12,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def engine(path, *extra: str) -> Engine:
-    return Engine.from_overrides([f"model.path={path}", "device=cuda", "dtype=bfloat16", *extra])
+    return Engine.from_overrides(
+        [f"model.path={path}", "device=cuda", "dtype=bfloat16", "runner.cuda_graph_batch_sizes=[1,2,4,8]", *extra]
+    )
 
 
 def prompts(vocab: int) -> list[list[int]]:
@@ -20,8 +22,9 @@ def prompts(vocab: int) -> list[list[int]]:
     return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in (5, 17, 9, 30, 3)]
 
 
-@pytest.mark.parametrize("preset", tiny_presets())
-@pytest.mark.parametrize("experts", ["triton", "grouped_mm"])
+@pytest.mark.parametrize(
+    ("preset", "experts"), [(p, "triton") for p in tiny_presets()] + [("tiny-olmoe", "grouped_mm")]
+)
 def test_cuda_graph_decode_equals_eager(preset: str, experts: str, checkpoint_factory) -> None:
     path = checkpoint_factory(preset)
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
