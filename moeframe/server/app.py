@@ -1,4 +1,4 @@
-"""The FastAPI app over one Engine: OpenAI routes plus /health, /stats, /metrics, /v1/models, /model_info.
+"""The FastAPI app over one Engine: OpenAI routes plus /health, /stats, /metrics, /v1/models, /model_info, /score.
 
 ``build_app`` starts the engine thread; the app's lifespan stops it. The
 app holds no engine state of its own: everything it reports comes from the
@@ -21,7 +21,8 @@ from moeframe.server.engine_loop import EngineLoop
 from moeframe.server.errors import APIError, install_error_handlers
 from moeframe.server.metrics import ServerMetrics, metrics_snapshot
 from moeframe.server.openai_routes import OpenAIRoutes
-from moeframe.server.protocol import ModelCard, ModelList, now_s
+from moeframe.server.protocol import ModelCard, ModelList, ScoreRequest, now_s
+from moeframe.server.scoring import continuation_logprobs
 
 
 def chat_format_of(engine: Engine) -> ChatFormat:
@@ -78,5 +79,10 @@ def build_app(engine: Engine, model_name: str) -> FastAPI:
             "chat_template": chat.template_source,
             "end_of_turn_token_ids": end_of_turn,
         }
+
+    @app.post("/score")
+    async def score(body: ScoreRequest) -> dict[str, Any]:
+        logprobs = await async_engine.call(lambda e: continuation_logprobs(e, body.prompt, body.continuations))
+        return {"logprobs": logprobs}
 
     return app

@@ -157,3 +157,10 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: str = "list"
     data: list[ModelCard]
+
+
+class ScoreRequest(_Body):
+    """Beyond OpenAI: token log-probabilities of continuations of a prompt (the DSL's ``select``)."""
+
+    prompt: str
+    continuations: list[str] = Field(min_length=1)

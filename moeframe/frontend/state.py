@@ -1,0 +1,125 @@
+"""A program's state ``s``: its text so far, its variables, and a worker that runs what is appended.
+
+As in SGLang's stream executor, ``s += expr`` only queues ``expr``; a
+worker thread per state runs the queue in order, so the branches of a
+``fork`` (each a state with its own worker) generate at the same time and
+share the engine's batches. Reading ``s[name]`` or ``s.text()`` waits for
+the work it depends on. ``fork(n)`` first computes the shared text once
+(``Backend.cache_prefix``), so the prefix cache serves it to every branch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from moeframe.frontend.backend import Backend
+from moeframe.frontend.ir import ExprLike, Gen, Role, Select, Seq, Text, as_expr, Expr
+
+
+class ProgramState:
+    def __init__(self, backend: Backend, text: str = "", variables: dict[str, Any] | None = None) -> None:
+        self.backend = backend
+        self._text = text
+        self._variables: dict[str, Any] = dict(variables or {})
+        self._messages: list[dict[str, str]] = []
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moeframe-program")
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+
+    # ---- building ----
+    def __iadd__(self, expr: ExprLike) -> "ProgramState":
+        node = as_expr(expr)
+        with self._lock:
+            self._pending.append(self._worker.submit(self._run, node, None))
+        return self
+
+    def fork(self, n: int) -> "ForkGroup":
+        """n branches that start from this state's text; the text is computed once for all of them."""
+        if n < 1:
+            raise ValueError(f"fork needs n >= 1, got {n}")
+        self.sync()
+        if n > 1:
+            self.backend.cache_prefix(self._text)
+        return ForkGroup([ProgramState(self.backend, self._text, self._variables) for _ in range(n)])
+
+    # ---- reading ----
+    def sync(self) -> None:
+        """Wait for everything appended so far; re-raises the first error of a step."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def text(self) -> str:
+        self.sync()
+        return self._text
+
+    def messages(self) -> list[dict[str, str]]:
+        """The role turns appended so far, as chat messages."""
+        self.sync()
+        return [dict(m) for m in self._messages]
+
+    def __getitem__(self, name: str) -> Any:
+        self.sync()
+        if name not in self._variables:
+            raise KeyError(f"no variable '{name}'; this state has {sorted(self._variables)}")
+        return self._variables[name]
+
+    def __contains__(self, name: str) -> bool:
+        self.sync()
+        return name in self._variables
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    # ---- running (worker thread) ----
+    def _run(self, node: Expr, role: str | None) -> None:
+        if isinstance(node, Text):
+            self._text += node.value
+        elif isinstance(node, Seq):
+            for part in node.parts:
+                self._run(part, role)
+        elif isinstance(node, Gen):
+            stop_ids = self.backend.end_of_turn_ids if role == "assistant" else []
+            value = self.backend.generate(self._text, node, stop_ids)
+            self._text += value
+            self._variables[node.name] = value
+        elif isinstance(node, Select):
+            value = self.backend.select(self._text, node)
+            self._text += value
+            self._variables[node.name] = value
+        elif isinstance(node, Role):
+            self._run_role(node)
+        else:
+            raise TypeError(f"cannot run {type(node).__name__}")
+
+    def _run_role(self, node: Role) -> None:
+        before, after = self.backend.chat.role_affixes(node.role)
+        self._text += before
+        start = len(self._text)
+        self._run(node.content, node.role)
+        self._messages.append({"role": node.role, "content": self._text[start:]})
+        self._text += after
+
+
+class ForkGroup:
+    """The branches of a fork: iterate them, index them, or wait for all with ``join``."""
+
+    def __init__(self, states: list[ProgramState]) -> None:
+        self.states = states
+
+    def __iter__(self) -> Iterator[ProgramState]:
+        return iter(self.states)
+
+    def __getitem__(self, i: int) -> ProgramState:
+        return self.states[i]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def join(self) -> None:
+        for state in self.states:
+            state.sync()
