@@ -1,0 +1,129 @@
+"""parallel=expert: routed experts partitioned over ranks, tokens moved by all-to-all (GShard-style EP).
+
+Attention, dense layers, shared experts, router gates and the LM head are
+replicated and every rank runs the same batch: the simplest choice that
+keeps routing (batch-dependent routers included) and sampling identical on
+every rank, and it needs no change to the scheduler. The MoE layers then
+split the work: each rank dispatches its share of the tokens to the experts'
+owners (see dispatch.py). Data-parallel attention (SGLang's DP attention)
+would cut the replicated attention work; it needs per-rank schedulers and is
+not done here.
+
+Experts sit in contiguous blocks, uneven when the expert count does not
+divide the world size; ``redundant_experts=r`` adds r replicas of the
+hottest experts per layer (placement.py), from a load file recorded by an
+earlier run (``load_file``: a counts file or that run's metrics.json).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moeframe.errors import ConfigError
+from moeframe.model.layers.moe import ExpertRunner, MoEBlock
+from moeframe.model.spec import ModelSpec
+from moeframe.parallel import PARALLEL
+from moeframe.parallel.base import ParallelStrategy
+from moeframe.parallel.clock import ForwardClock, comm_stats
+from moeframe.parallel.comm import Comm
+from moeframe.parallel.dispatch import ExpertParallelRunner
+from moeframe.parallel.distributed import init_distributed
+from moeframe.parallel.load_file import read_expert_counts
+from moeframe.parallel.placement import (
+    LayerPlacement,
+    add_redundant_experts,
+    contiguous_placement,
+    imbalance,
+    placement_report,
+)
+from moeframe.parallel.tp_layers import frozen
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpertParams:
+    redundant_experts: int = 0  # replicas of the hottest experts added per layer (EPLB)
+    load_file: str | None = None  # recorded expert counts: {"counts": [[...]]} or a run's metrics.json
+    time_comm: bool = True  # synchronise around collectives on CUDA to time them
+
+    def __post_init__(self) -> None:
+        if self.redundant_experts < 0:
+            raise ValueError(f"redundant_experts must be >= 0, got {self.redundant_experts}")
+        if self.redundant_experts > 0 and self.load_file is None:
+            raise ValueError("redundant_experts > 0 needs load_file (expert counts recorded by an earlier run)")
+
+
+def layer_placements(spec: ModelSpec, world_size: int, params: ExpertParams) -> tuple[dict[int, LayerPlacement], list[dict]]:
+    num_experts = spec.moe.num_experts
+    base = contiguous_placement(num_experts, world_size)
+    sparse = [i for i, is_sparse in enumerate(spec.sparse_layers) if is_sparse]
+    if params.redundant_experts == 0:
+        return {i: base for i in sparse}, []
+    counts = read_expert_counts(params.load_file)
+    if tuple(counts.shape) != (spec.num_layers, num_experts):
+        raise ConfigError(
+            f"parallel.load_file: counts are {tuple(counts.shape)} (layers x experts) but the model has "
+            f"{spec.num_layers} layers of {num_experts} experts"
+        )
+    placed, report = {}, []
+    for i in sparse:
+        placed[i] = add_redundant_experts(base, counts[i], params.redundant_experts)
+        report.append(placement_report(i, base, placed[i], counts[i]))
+    return placed, report
+
+
+@PARALLEL.register("expert", params=ExpertParams)
+class ExpertParallel(ParallelStrategy):
+    name = "expert"
+
+    def __init__(self, params: ExpertParams, spec: ModelSpec, device: torch.device, **_: object) -> None:
+        world = init_distributed(device)
+        self.rank, self.world_size = world.rank, world.world_size
+        if not spec.is_moe:
+            raise ConfigError(f"parallel=expert needs an MoE model; {spec.family} has no routed experts (use parallel=tensor)")
+        if self.world_size > spec.moe.num_experts:
+            raise ConfigError(
+                f"parallel=expert: {self.world_size} ranks but only {spec.moe.num_experts} experts; "
+                f"use at most {spec.moe.num_experts} ranks"
+            )
+        self.placements, self.placement_report = layer_placements(spec, self.world_size, params)
+        self.comm = Comm(self.world_size, params.time_comm)
+        self.clock = ForwardClock(sync_cuda=params.time_comm)
+        self.rank_load = torch.zeros(spec.num_layers, self.world_size, dtype=torch.long, device=device)
+        self.runners = {
+            i: ExpertParallelRunner(p, self.rank, self.comm, self.rank_load[i]) for i, p in self.placements.items()
+        }
+        if world.is_main and self.placement_report:
+            for layer in self.placement_report:
+                log.info("expert placement %s", layer)
+
+    def expert_runner(self, layer_idx: int) -> ExpertRunner:
+        return self.runners[layer_idx]
+
+    def shard(self, model: Any) -> None:
+        for i, layer in enumerate(model.layers):
+            if isinstance(layer.mlp, MoEBlock):
+                local = torch.tensor(self.placements[i].rank_experts[self.rank], device=layer.mlp.w13.device)
+                layer.mlp.w13 = frozen(layer.mlp.w13.data[local])
+                layer.mlp.w2 = frozen(layer.mlp.w2.data[local])
+        self.clock.attach(model)
+
+    def stats(self) -> dict[str, Any]:
+        rank_load = self.rank_load.cpu()
+        per_rank = rank_load.sum(dim=0).tolist()
+        layers = [i for i in self.placements if rank_load[i].sum() > 0]
+        out = super().stats() | comm_stats(self.comm, self.clock)
+        out |= {
+            "slots_per_rank": {i: p.slots_per_rank for i, p in self.placements.items()},
+            "rank_load": per_rank,
+            "rank_load_imbalance": imbalance([float(x) for x in per_rank]),
+            "max_layer_imbalance": max((imbalance([float(x) for x in rank_load[i].tolist()]) for i in layers), default=0.0),
+        }
+        if self.placement_report:
+            out["placement"] = self.placement_report
+        return out
