@@ -34,10 +34,12 @@ def greedy_assign(scores: torch.Tensor, k: int, capacity: int) -> torch.Tensor:
     """Sequential greedy by descending score, computed vectorised: ids [T, k], best first, -1 padded.
 
     Pairs are served in one global order (score descending, ties by row-major
-    index). Without caps every token would keep its first k pairs; the first
-    pair that would overfill an expert marks that expert full, so its later
-    pairs are removed and the token ranks are recomputed. Each round fills one
-    expert for good, so at most E rounds reproduce the sequential loop.
+    index). Without caps every token would keep its first k live pairs. Where
+    an expert's wanted pairs first overflow its capacity, that expert's pairs
+    from there on can never be served (removing pairs only lets tokens want
+    more pairs, so the expert fills no later than that), so they are removed
+    for every overflowing expert at once and the token ranks recomputed; the
+    fixed point is the sequential loop's result.
     """
     num_tokens, num_experts = scores.shape
     n = scores.numel()
@@ -49,17 +51,17 @@ def greedy_assign(scores: torch.Tensor, k: int, capacity: int) -> torch.Tensor:
     by_expert = position.argsort(dim=0)  # each expert's tokens in serving order
     position_by_expert = position.gather(0, by_expert)
     alive = torch.ones_like(scores, dtype=torch.bool)
+    # (cumsum of a bool tensor is slow on CPU, hence the int casts)
     while True:
         alive_by_token = alive.gather(1, by_token)
-        wanted_by_token = alive_by_token & (alive_by_token.cumsum(dim=1) <= k)
+        wanted_by_token = alive_by_token & (alive_by_token.int().cumsum(dim=1) <= k)
         wanted = torch.zeros_like(alive).scatter_(1, by_token, wanted_by_token)
         wanted_by_expert = wanted.gather(0, by_expert)
-        overflow = wanted_by_expert & (wanted_by_expert.cumsum(dim=0) > capacity)
+        overflow = wanted_by_expert & (wanted_by_expert.int().cumsum(dim=0) > capacity)
         if not overflow.any():
             break
-        first = int(torch.where(overflow, position_by_expert, n).flatten().argmin())
-        full_expert = first % num_experts
-        alive[:, full_expert] &= position[:, full_expert] < position_by_expert.flatten()[first]
+        first_overflow = position_by_expert.gather(0, overflow.int().argmax(dim=0, keepdim=True))
+        alive &= position < torch.where(overflow.any(dim=0, keepdim=True), first_overflow, n)
     chosen_by_token = wanted.gather(1, by_token)
     # chosen experts first, each token's in serving (= score) order
     columns = torch.sort((~chosen_by_token).to(torch.uint8), dim=1, stable=True).indices[:, :k]

@@ -39,7 +39,8 @@ def keep_within_capacity(ids: torch.Tensor, priority: torch.Tensor, capacity: in
     # dropped ids form group E, which keeps nothing
     group = torch.where(flat_ids >= 0, flat_ids, num_experts)
     grouped = torch.argsort(group * n + service_rank)
-    group_sizes = torch.bincount(group, minlength=num_experts + 1)
+    # scatter_add_, unlike bincount, needs no device sync (so CUDA graphs can capture it)
+    group_sizes = torch.zeros(num_experts + 1, dtype=torch.long, device=ids.device).scatter_add_(0, group, torch.ones_like(group))
     group_starts = torch.cumsum(group_sizes, 0) - group_sizes
     sorted_group = group[grouped]
     rank_in_group = torch.arange(n, device=ids.device) - group_starts[sorted_group]
