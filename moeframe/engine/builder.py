@@ -121,7 +121,8 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     runner = ModelRunner(model, pool, device, cfg.runner.attention)
     batch_dependent = any(r.batch_dependent for r in routers)
     # Padding rows would join a batch-dependent router's choice, so those run eagerly.
-    if device.type == "cuda" and cfg.runner.cuda_graph and not batch_dependent and cfg.runner.attention != "torch":
+    capturable = not batch_dependent and parallel.cuda_graph_safe and cfg.runner.attention != "torch"
+    if device.type == "cuda" and cfg.runner.cuda_graph and capturable:
         runner.capture_cuda_graphs(list(cfg.runner.cuda_graph_batch_sizes), max_context)
     return BuiltEngine(
         cfg=cfg,

@@ -23,6 +23,9 @@ class ParallelStrategy(ABC):
     name: str = "single"
     rank: int = 0
     world_size: int = 1
+    # False where a forward syncs with the host (split sizes read back, timed collectives):
+    # the engine then decodes eagerly instead of capturing CUDA graphs.
+    cuda_graph_safe: bool = True
 
     @abstractmethod
     def expert_runner(self, layer_idx: int) -> ExpertRunner:

@@ -80,6 +80,7 @@ def layer_placements(spec: ModelSpec, world_size: int, params: ExpertParams) -> 
 @PARALLEL.register("expert", params=ExpertParams)
 class ExpertParallel(ParallelStrategy):
     name = "expert"
+    cuda_graph_safe = False  # split sizes of the all-to-all are read back on the host each layer
 
     def __init__(self, params: ExpertParams, spec: ModelSpec, device: torch.device, **_: object) -> None:
         world = init_distributed(device)

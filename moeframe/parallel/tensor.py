@@ -78,6 +78,7 @@ class TensorParallel(ParallelStrategy):
         self.comm = Comm(self.world_size, params.time_comm)
         self.clock = ForwardClock(sync_cuda=params.time_comm)
         self.runner = TensorParallelExperts(self.comm)
+        self.cuda_graph_safe = not params.time_comm
 
     def expert_runner(self, layer_idx: int) -> ExpertRunner:
         return self.runner
