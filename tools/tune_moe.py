@@ -32,7 +32,7 @@ def candidate_block_ms(rows_per_expert: float) -> list[int]:
     if rows_per_expert <= 8:
         return [16]
     if rows_per_expert <= 64:
-        return [32, 64]
+        return [16, 32, 64]
     return [64, 128]
 
 

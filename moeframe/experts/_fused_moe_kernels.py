@@ -41,7 +41,7 @@ def _tile_coords(num_rows_ptr, block_expert_ptr, padded_rows, N, BLOCK_M: tl.con
     return pid_m, pid_n, expert
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_assignments"])
 def gate_up_silu_kernel(
     x_ptr,
     w13_ptr,
@@ -97,7 +97,7 @@ def gate_up_silu_kernel(
     tl.store(act_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_assignments"])
 def down_weighted_kernel(
     act_ptr,
     w2_ptr,
@@ -163,7 +163,7 @@ def _bucket_onehot(topk_ids_ptr, start, num_assignments, num_experts, CHUNK: tl.
     return (bucket[:, None] == tl.arange(0, BLOCK_E)[None, :]).to(tl.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_assignments", "padded_rows"])
 def align_kernel(
     topk_ids_ptr,
     sorted_ids_ptr,
