@@ -1,4 +1,9 @@
-"""The logger interface: a run's config, metrics, events and artifacts go through it."""
+"""The logger interface: a run's config, metrics, tables, images and files go through it.
+
+run.py writes every artifact to the run folder itself; a logger mirrors them
+to wherever it sends runs (a JSON-lines file, Weights & Biases), so the run
+folder alone is always enough for tools/compare.py.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ class RunLogger(ABC):
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         """Tables default to metrics rows; loggers with a table type override this."""
         self.log_metrics({name: [dict(zip(columns, row)) for row in rows]})
+
+    def log_file(self, path: Path) -> None:
+        """A finished run-folder file (metrics.json, config.yaml, ...); loggers that store files keep a copy."""
 
     def close(self) -> None:
         pass

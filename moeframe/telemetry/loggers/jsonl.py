@@ -32,5 +32,11 @@ class JsonlLogger(RunLogger):
     def log_image(self, name: str, path: Path) -> None:
         self._write("image", {"name": name, "path": str(path)})
 
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self._write("table", {"name": name, "columns": columns, "rows": rows})
+
+    def log_file(self, path: Path) -> None:
+        self._write("file", {"path": str(path)})
+
     def close(self) -> None:
         self._file.close()

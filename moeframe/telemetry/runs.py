@@ -1,0 +1,102 @@
+"""Recorded runs read back from disk: a run folder, a Hydra sweep folder, or W&B offline/online run files.
+
+A run record is what run.py wrote (metrics.json, config.yaml,
+provenance.json); the W&B logger keeps copies of the same files in each W&B
+run's ``files/moeframe/``, so both sources load the same way. Nothing here
+touches the engine: comparing runs never re-runs them (STYLE.md habit 12).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECORD_FILES = ("metrics.json", "config.yaml")
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> the yaml chosen (Hydra runs only)
+
+    @property
+    def name(self) -> str:
+        """The run folder's name (a sweep job's number); for a W&B copy, the W&B run's id."""
+        if self.path.parent.name == "files":
+            return self.path.parents[1].name.rsplit("-", 1)[-1]
+        if job_number(self.path.name) < 1 << 30:
+            return f"#{job_number(self.path.name)}"
+        return self.path.name
+
+    def value(self, dotted: str) -> Any:
+        """A config leaf by dotted key (``router.k``), or None."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def choice(self, group: str) -> Any:
+        """What a group was set to: the yaml chosen, else the component's name (model: preset or folder)."""
+        if group in self.choices:
+            return self.choices[group]
+        if group == "model":
+            path = self.value("model.path")
+            return Path(path).name if path else self.value("model.preset")
+        return self.value(f"{group}.name")
+
+    def expert_load_counts(self) -> list[list[int]] | None:
+        return self.stats.get("expert_load", {}).get("counts")
+
+
+def is_run_dir(path: Path) -> bool:
+    return all((path / name).is_file() for name in RECORD_FILES)
+
+
+def load_run(path: Path) -> RunRecord:
+    recorded = json.loads((path / "metrics.json").read_text())
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    choices: dict[str, str] = {}
+    provenance = path / "provenance.json"
+    if provenance.is_file():
+        hydra = json.loads(provenance.read_text()).get("hydra") or {}
+        choices = dict(hydra.get("choices") or {})
+    return RunRecord(path, config, recorded.get("metrics", {}), recorded.get("stats", {}), choices)
+
+
+def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a Hydra multirun folder, in job order (``0_...``, ``1_...``, ..., ``10_...``)."""
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and is_run_dir(p)]
+    return sorted(jobs, key=lambda p: (job_number(p.name), p.name))
+
+
+def job_number(name: str) -> int:
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else 1 << 30
+
+
+def wandb_run_dirs(wandb_dir: Path) -> list[Path]:
+    """Every W&B run under ``wandb_dir`` (at any depth) that holds a moeframe record, oldest first."""
+    found = [p.parent for p in wandb_dir.rglob("files/moeframe/metrics.json") if is_run_dir(p.parent)]
+    return sorted(found, key=lambda p: (p.parents[1].name.split("-", 2)[-1], str(p)))
+
+
+def collect_runs(run_dirs: list[Path], multirun_dirs: list[Path], wandb_dirs: list[Path]) -> list[RunRecord]:
+    paths: list[Path] = []
+    for path in run_dirs:
+        if not is_run_dir(path):
+            raise FileNotFoundError(f"{path} is not a run folder (it needs {' and '.join(RECORD_FILES)})")
+        paths.append(path)
+    for sweep in multirun_dirs:
+        paths.extend(sweep_run_dirs(sweep))
+    for wandb_dir in wandb_dirs:
+        paths.extend(wandb_run_dirs(wandb_dir))
+    return [load_run(p) for p in paths]
