@@ -34,6 +34,7 @@ class CudaGraphRunner:
         self.positions = torch.zeros(max_bs, **longs)
         self.out_slots = torch.full((max_bs,), self.scratch_slot, **longs)
         self.kv_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
+        self.q_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
         self.kv_indices = torch.full((max_bs * max_context,), self.scratch_slot, **longs)
         self.logits_indices = torch.arange(max_bs, **longs)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -45,7 +46,7 @@ class CudaGraphRunner:
             input_ids=self.input_ids[:bs],
             positions=self.positions[:bs],
             out_slots=self.out_slots[:bs],
-            q_indptr=self.kv_indptr.new_tensor(list(range(bs + 1))),
+            q_indptr=self.q_indptr[: bs + 1],
             kv_indptr=self.kv_indptr[: bs + 1],
             kv_indices=self.kv_indices,
             logits_indices=self.logits_indices[:bs],
