@@ -1,0 +1,81 @@
+"""Run by tests/parallel/test_distributed.py under torchrun: every parallel check of one process group.
+
+Spawning a group costs seconds, so one group runs them all and each rank
+writes what it saw to ``rank{R}.json``; the tests then assert on the files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from moeframe import Engine, SamplingParams
+from moeframe.errors import ConfigError
+from moeframe.parallel.distributed import init_distributed
+from moeframe.parallel.load_file import write_expert_counts
+
+
+def engine(path: str, *overrides: str) -> Engine:
+    return Engine.from_overrides([f"model.path={path}", "device=cpu", "dtype=float32", "cache=none", *overrides])
+
+
+def prompts(vocab: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(1, min(vocab, 2000), (n,), generator=g).tolist() for n in (17, 4, 9)]
+
+
+def run_checks(eng: Engine) -> dict:
+    """Logits of a teacher-forced pass, greedy tokens of a batch and of one prompt alone (1 token per decode step)."""
+    batch = prompts(eng.spec.vocab_size)
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    return {
+        "logits": eng.score(batch[0]),
+        "batch_tokens": [o.token_ids for o in eng.generate(batch, params)],
+        "alone_tokens": eng.generate([batch[1]], params)[0].token_ids,
+        "stats": eng.stats(),
+    }
+
+
+def compare(ours: dict, ref: dict) -> dict:
+    diff = torch.linalg.norm(ours["logits"] - ref["logits"]) / torch.linalg.norm(ref["logits"])
+    return {
+        "logits_rel_error": diff.item(),
+        "batch_tokens": ours["batch_tokens"],
+        "single_batch_tokens": ref["batch_tokens"],
+        "alone_tokens": ours["alone_tokens"],
+        "single_alone_tokens": ref["alone_tokens"],
+        "parallel_stats": ours["stats"]["parallel"],
+        "kept_assignments": ours["stats"].get("expert_load", {}).get("total", {}).get("kept"),
+    }
+
+
+def start_error(path: str, strategy: str) -> str | None:
+    try:
+        engine(path, f"parallel={strategy}")
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def main(args_file: str, out_dir: str) -> None:
+    args = json.loads(Path(args_file).read_text())
+    world = init_distributed(torch.device("cpu"))
+    results: dict = {"errors": {name: start_error(path, strategy) for name, (path, strategy) in args["bad"].items()}}
+    for name, path in args["models"].items():
+        single = run_checks(engine(path, "parallel=single"))
+        for strategy in args["strategies"][name]:
+            results[f"{name}/{strategy}"] = compare(run_checks(engine(path, f"parallel={strategy}")), single)
+        if name == args["redundant_model"]:
+            counts = torch.tensor(single["stats"]["expert_load"]["counts"])
+            load_file = write_expert_counts(counts, Path(out_dir) / f"counts_rank{world.rank}.json")
+            overrides = ("parallel=expert", "parallel.redundant_experts=3", f"parallel.load_file={load_file}")
+            results[f"{name}/expert_redundant"] = compare(run_checks(engine(path, *overrides)), single)
+    (Path(out_dir) / f"rank{world.rank}.json").write_text(json.dumps(results))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

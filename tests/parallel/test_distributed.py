@@ -1,0 +1,122 @@
+"""Tensor and expert parallel against single, on 2 CPU processes with gloo, launched by torchrun.
+
+One torchrun group runs every check (tests/parallel/dist_worker.py); each
+test below asserts one behaviour on what the ranks wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moeframe.model.checkpoint_maker import make_checkpoint
+from moeframe.model.presets import make_config
+
+WORLD_SIZE = 2
+FAMILIES = {"mixtral": "tiny-mixtral", "qwen2-moe": "tiny-qwen2-moe", "olmoe": "tiny-olmoe", "deepseek-v3": "tiny-deepseek-v3"}
+BOTH = ("tensor", "expert")
+PARITY = [(family, strategy) for family in FAMILIES for strategy in BOTH] + [("qwen2-moe-e5", "expert")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    root = tmp_path_factory.mktemp("parallel")
+    models = {family: str(checkpoint_factory(preset)) for family, preset in FAMILIES.items()}
+    # 5 experts over 2 ranks: uneven blocks of 3 and 2
+    models["qwen2-moe-e5"] = str(make_checkpoint(make_config("qwen2_moe", num_experts=5, num_experts_per_tok=2), root / "e5", seed=1))
+    bad = {
+        "tensor_heads_3": (make_checkpoint(make_config("qwen3_moe", num_attention_heads=3, num_key_value_heads=1), root / "h3", seed=1), "tensor"),
+        "expert_one_expert": (make_checkpoint(make_config("mixtral", num_local_experts=1, num_experts_per_tok=1), root / "e1", seed=1), "expert"),
+    }
+    args = {
+        "models": models,
+        "strategies": {family: [s for f, s in PARITY if f == family] for family in models},
+        "bad": {name: (str(path), strategy) for name, (path, strategy) in bad.items()},
+        "redundant_model": "olmoe",
+    }
+    (root / "args.json").write_text(json.dumps(args))
+    worker = Path(__file__).with_name("dist_worker.py")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD_SIZE}", "--nnodes=1",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(worker), str(root / "args.json"), str(root),
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+
+
+@pytest.mark.parametrize("family,strategy", PARITY)
+def test_parallel_logits_match_single(ranks: list[dict], family: str, strategy: str) -> None:
+    for result in ranks:
+        assert result[f"{family}/{strategy}"]["logits_rel_error"] < 1e-5
+
+
+@pytest.mark.parametrize("family,strategy", PARITY)
+def test_parallel_greedy_tokens_match_single(ranks: list[dict], family: str, strategy: str) -> None:
+    for result in ranks:
+        check = result[f"{family}/{strategy}"]
+        assert check["batch_tokens"] == check["single_batch_tokens"]
+        assert check["alone_tokens"] == check["single_alone_tokens"]
+
+
+def test_tensor_with_heads_not_divisible_fails_at_start_on_every_rank(ranks: list[dict]) -> None:
+    for result in ranks:
+        message = result["errors"]["tensor_heads_3"]
+        assert message is not None and "heads (3)" in message and "world size (2)" in message
+
+
+def test_expert_with_more_ranks_than_experts_fails_at_start_on_every_rank(ranks: list[dict]) -> None:
+    for result in ranks:
+        message = result["errors"]["expert_one_expert"]
+        assert message is not None and "2 ranks but only 1 experts" in message
+
+
+def test_redundant_experts_keep_outputs_equal_to_single(ranks: list[dict]) -> None:
+    for result in ranks:
+        check = result["olmoe/expert_redundant"]
+        assert check["logits_rel_error"] < 1e-5
+        assert check["batch_tokens"] == check["single_batch_tokens"]
+
+
+def test_redundant_placement_report_adds_replicas_without_raising_predicted_imbalance(ranks: list[dict]) -> None:
+    report = ranks[0]["olmoe/expert_redundant"]["parallel_stats"]["placement"]
+    for layer in report:
+        held = [e for experts in layer["rank_experts"] for e in experts]
+        assert sorted(set(held)) == list(range(16)) and len(held) == 16 + 3
+        assert layer["imbalance_after"] <= layer["imbalance_before"]
+        assert sum(layer["predicted_load_after"]) == pytest.approx(sum(layer["predicted_load_before"]))
+
+
+def test_expert_parallel_rank_load_counts_every_kept_assignment(ranks: list[dict]) -> None:
+    for family in FAMILIES:
+        check = ranks[0][f"{family}/expert"]
+        assert sum(check["parallel_stats"]["rank_load"]) == check["kept_assignments"]
+
+
+def test_expert_parallel_reports_all_to_all_bytes_and_comm_share(ranks: list[dict]) -> None:
+    stats = ranks[0]["mixtral/expert"]["parallel_stats"]
+    assert stats["bytes_sent_per_step"]["dispatch"] > 0 and stats["bytes_sent_per_step"]["combine"] > 0
+    assert 0 < stats["comm_time_share"] < 1
+
+
+def test_tensor_parallel_reports_all_reduce_bytes(ranks: list[dict]) -> None:
+    stats = ranks[0]["mixtral/tensor"]["parallel_stats"]
+    assert stats["world_size"] == 2 and stats["bytes_sent_per_step"]["all_reduce"] > 0
+
+
+def test_ranks_generate_the_same_tokens(ranks: list[dict]) -> None:
+    for family, strategy in PARITY:
+        assert ranks[0][f"{family}/{strategy}"]["batch_tokens"] == ranks[1][f"{family}/{strategy}"]["batch_tokens"]
