@@ -67,6 +67,29 @@ def portable_schema(schema: Any) -> Any:
     return out
 
 
+JSON_OBJECT_EBNF = r"""root ::= object
+value ::= object | array | string | number | "true" | "false" | "null"
+object ::= "{" ws (member (ws "," ws member)*)? ws "}"
+member ::= string ws ":" ws value
+array ::= "[" ws (value (ws "," ws value)*)? ws "]"
+string ::= "\"" char* "\""
+char ::= [^"\\\x00-\x1f\uD800-\uDFFF] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
+number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [+\-]? [0-9]+)?
+"""
+
+
+def json_object_grammar(max_whitespace: int) -> str:
+    """EBNF of any JSON object with at most ``max_whitespace`` blanks around punctuation.
+
+    Written out because xgrammar 0.2.8's built-in "any value" rule separates
+    array items with ", " even when compact separators are asked for, its
+    strict mode turns ``{"type": "object"}`` into ``{}`` only, and its negated
+    classes let UTF-16 surrogates (invalid UTF-8) into strings.
+    """
+    ws = rf"[ \n\t]{{0,{max_whitespace}}}" if max_whitespace else '""'
+    return JSON_OBJECT_EBNF + f"ws ::= {ws}\n"
+
+
 def choices_grammar(choices: list[str]) -> str:
     """EBNF whose language is exactly ``choices`` (JSON string escapes are valid EBNF literals)."""
     return "root ::= " + " | ".join(json.dumps(choice, ensure_ascii=False) for choice in choices)
@@ -104,7 +127,9 @@ class XGrammarBackend(ConstraintBackend):
 
     def _compile(self, spec: ConstraintSpec) -> xgr.CompiledGrammar:
         try:
-            if spec.kind in ("json_schema", "json_object"):
+            if spec.kind == "json_object":
+                return self.compiler.compile_grammar(json_object_grammar(self.params.max_whitespace))
+            if spec.kind == "json_schema":
                 return self._compile_schema(json.dumps(portable_schema(spec.schema())))
             if spec.kind == "regex":
                 return self.compiler.compile_regex(spec.regex)
