@@ -10,6 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 UNITS = {"peak_memory_bytes": ("peak_memory_MiB", 1 / 2**20)}
+# in metrics.json, but not worth a line on screen
+HIDDEN = frozenset(
+    {
+        "ttft_ms_mean",
+        "pool_slots",
+        "pool_peak_used_slots",
+        "cached_tokens_at_end",
+        "expert_load_kept",
+        "expert_load_dropped",
+        "expert_load_mean_entropy_norm",
+    }
+)
 
 
 def format_value(value: Any) -> str:
@@ -23,7 +35,7 @@ def format_value(value: Any) -> str:
 def scalar_items(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     items = []
     for key, value in metrics.items():
-        if isinstance(value, (dict, list)) or value is None:
+        if isinstance(value, (dict, list)) or value is None or key in HIDDEN:
             continue
         if key in UNITS:
             key, scale = UNITS[key][0], UNITS[key][1]

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from moeframe.engine.sampling_params import SamplingParams
-from moeframe.telemetry.metrics import request_metrics
 from moeframe.workloads import WORKLOADS
-from moeframe.workloads.base import Workload
+from moeframe.workloads.driver import ClientParams, ClientRun, ClientWorkload, Submission, drive
 
 if TYPE_CHECKING:
     from moeframe.api import Engine
@@ -27,24 +24,21 @@ PROMPTS = [
 
 
 @dataclass
-class MixedParams:
+class MixedParams(ClientParams):
     num_requests: int = 16
     max_new_tokens: int = 32
-    temperature: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.num_requests < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_requests and max_new_tokens must be >= 1")
+        super().__post_init__()
+        if self.num_requests < 1:
+            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
 
 
 @WORKLOADS.register("mixed", params=MixedParams)
-class MixedWorkload(Workload):
+class MixedWorkload(ClientWorkload):
     def __init__(self, params: MixedParams, **_: object) -> None:
         self.params = params
 
-    def run(self, engine: "Engine") -> dict[str, Any]:
-        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(self.params.num_requests)]
-        sampling = SamplingParams(max_new_tokens=self.params.max_new_tokens, temperature=self.params.temperature, ignore_eos=True)
-        start = time.perf_counter()
-        requests, outputs = engine.generate_requests(prompts, sampling)
-        return request_metrics(requests, outputs, time.perf_counter() - start)
+    def client_run(self, engine: "Engine") -> ClientRun:
+        texts = [PROMPTS[i % len(PROMPTS)] for i in range(self.params.num_requests)]
+        return drive(engine, [Submission(engine.encode(t), i) for i, t in enumerate(texts)], self.params, desc="mixed")
