@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def engine(path, *extra: str) -> Engine:
     return Engine.from_overrides(
-        [f"model.path={path}", "device=cuda", "dtype=bfloat16", "runner.cuda_graph_batch_sizes=[1,2,4,8]", *extra]
+        [f"model.path={path}", "device=cuda", "dtype=bfloat16", "runner.cuda_graph_batch_sizes=[1,2,4,8]", "cache.max_tokens=4096", *extra]
     )
 
 
