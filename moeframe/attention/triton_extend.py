@@ -106,13 +106,15 @@ def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if num_tokens == 0:
         return out
     block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
-    block_m, block_n = 64, 64 if block_dk <= 128 else 32
+    # FlashAttention-2's Hopper tile (128 queries, 8 warps) for long prefills; 64 for short extends.
+    block_m = 128 if batch.max_q_len >= 128 and block_dk <= 128 else 64
+    block_n = 64 if block_dk <= 128 else 32
     grid = (batch.batch_size, num_q_heads, triton.cdiv(batch.max_q_len, block_m))
     _extend_kernel[grid](
         q, k_cache, v_cache, out, batch.q_indptr, batch.kv_indptr, batch.kv_indices, scale * LOG2_E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         out.stride(0), out.stride(1), k_dim, v_dim,
         GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
-        num_warps=4 if block_dk <= 64 else 8, num_stages=2,
+        num_warps=8 if block_m == 128 else 4, num_stages=2,
     )  # fmt: skip
     return out
