@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--experts", default="triton")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--profile", default="", help="batch sizes to profile decode at, e.g. 1,32")
     parser.add_argument("--out", default="benchmarks")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the engine")
     args = parser.parse_args()
@@ -170,8 +171,33 @@ def main() -> None:
         except Exception:
             result["errors"].append(f"prefill {name}: {traceback.format_exc(limit=3)}")
     save()
+    for batch in [int(b) for b in args.profile.split(",") if b]:
+        (out / f"profile_{args.preset}_b{batch}.txt").write_text(profile_decode(engine, batch, args.prompt_len))
     (out / f"decode_{args.preset}.md").write_text(markdown(result, args))
     print(markdown(result, args))
+
+
+def profile_decode(engine: Engine, batch: int, prompt_len: int) -> str:
+    """Where a decode step's time goes: the kernels by CUDA time, and host time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts = random_prompts(batch, prompt_len, engine.spec.vocab_size, 11)
+    for p in prompts:
+        engine.add_request(p, SamplingParams(max_new_tokens=40, ignore_eos=True))
+    for _ in range(5):
+        engine.step()
+    torch.cuda.synchronize()
+    steps = 20
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    while engine.core.has_work():
+        engine.step()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    return f"decode batch {batch}: {wall * 1e3:.3f} ms per step (wall, {steps} steps)\n\n{table}\n"
 
 
 def preset_spec(cfg):
