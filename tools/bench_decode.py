@@ -137,7 +137,7 @@ def main() -> None:
         hf = AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16).eval()
     overrides = [
         f"model={args.preset}", "model.random_weights=true", "device=cuda", "dtype=bfloat16",
-        f"experts={args.experts}", "cache=none", "scheduler.max_batch_tokens=16384",
+        f"experts={args.experts}", "cache=none", "cache.max_tokens=65536", "scheduler.max_batch_tokens=16384",
         "scheduler.chunk_size=1024", f"scheduler.max_running={max(batches)}", *args.overrides,
     ]  # fmt: skip
     cfg = compose_config(overrides)
