@@ -122,12 +122,13 @@ def main() -> None:
 
     path = args.out / config_file_name(args.experts, args.inter, args.hidden, device_name(device), dtype)
     table = json.loads(path.read_text()) if path.is_file() else {}
+    args.out.mkdir(parents=True, exist_ok=True)
     for num_tokens in args.tokens:
         config, ms = tune_tokens(num_tokens, args, w13, w2, device)
         print(f"T={num_tokens}: best {ms * 1e3:.1f} us {config}", flush=True)
         table[str(num_tokens)] = config.to_json()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")
+        # Saved after every token count, so an interrupted run keeps what it measured.
+        path.write_text(json.dumps(dict(sorted(table.items(), key=lambda kv: int(kv[0]))), indent=1) + "\n")
     print(f"wrote {path}")
 
 
