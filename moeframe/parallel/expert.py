@@ -10,7 +10,7 @@ would cut the replicated attention work; it needs per-rank schedulers and is
 not done here.
 
 Experts sit in contiguous blocks, uneven when the expert count does not
-divide the world size; ``redundant_experts=r`` adds r replicas of the
+divide the world size; ``redundant_experts=r`` adds up to r replicas of the
 hottest experts per layer (placement.py), from a load file recorded by an
 earlier run (``load_file``: a counts file or that run's metrics.json).
 """
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExpertParams:
-    redundant_experts: int = 0  # replicas of the hottest experts added per layer (EPLB)
+    redundant_experts: int = 0  # at most this many replicas of hot experts added per layer (EPLB)
     load_file: str | None = None  # recorded expert counts: {"counts": [[...]]} or a run's metrics.json
     time_comm: bool = True  # synchronise around collectives on CUDA to time them
 

@@ -2,11 +2,11 @@
 
 The base placement gives rank r a contiguous block of experts (the first
 ``E % W`` ranks one more, so any E >= W works). Redundant experts follow
-DeepSeek's EPLB (DeepSeek-V3 report, section 3.4): repeatedly take the
-expert whose load per replica is highest and put one more replica of it on
-the least-loaded rank that does not hold it yet; tokens of a replicated
-expert are then split evenly between its replicas. Placement is per layer,
-from recorded per-expert token counts.
+DeepSeek's EPLB (DeepSeek-V3 report, section 3.4), greedily: each replica
+goes where it lowers the predicted per-rank load most (the base blocks stay,
+so no expert's weights move), and tokens of a replicated expert are split
+evenly between its replicas. Placement is per layer, from recorded
+per-expert token counts.
 """
 
 from __future__ import annotations
@@ -55,22 +55,39 @@ def contiguous_placement(num_experts: int, world_size: int) -> LayerPlacement:
 
 
 def add_redundant_experts(base: LayerPlacement, counts: torch.Tensor, num_redundant: int) -> LayerPlacement:
-    """``base`` plus ``num_redundant`` replicas placed greedily by load (ties go to the lower id)."""
+    """``base`` plus up to ``num_redundant`` replicas, each the (expert, rank) pair that most lowers the load.
+
+    A replica is added only while it strictly lowers the predicted (max, sum
+    of squares) of per-rank loads, so the placement never gets worse than
+    ``base``; ties go to the lower expert id, then the lower rank. Every
+    candidate pair is scored at once on an [E, W] grid.
+    """
+    counts = counts.double()
+    held = torch.zeros(base.num_experts, base.world_size, dtype=torch.bool)
+    for rank, experts in enumerate(base.rank_experts):
+        held[list(experts), rank] = True
     rank_experts = [list(experts) for experts in base.rank_experts]
-    num_replicas = [0] * base.num_experts
-    for experts in rank_experts:
-        for e in experts:
-            num_replicas[e] += 1
     for _ in range(num_redundant):
-        rank_load = [sum(float(counts[e]) / num_replicas[e] for e in experts) for experts in rank_experts]
-        candidates = [e for e in range(base.num_experts) if num_replicas[e] < base.world_size]
-        if not candidates:
+        num_replicas = held.sum(dim=1).double()
+        loads = (held.double() * (counts / num_replicas)[:, None]).sum(dim=0)  # [W]
+        new_share = counts / (num_replicas + 1)  # [E] each replica's load after one more
+        # [E, W]: every rank's load after expert e gets one more replica, before adding the new one
+        after = loads[None, :] - held.double() * (counts / num_replicas - new_share)[:, None]
+        top2 = after.topk(min(2, base.world_size), dim=1).values
+        is_top = after == top2[:, :1]
+        other_max = torch.where(is_top, top2[:, -1:], top2[:, :1]) if base.world_size > 1 else torch.zeros_like(after)
+        gained = after + new_share[:, None]
+        new_max = torch.maximum(other_max, gained)
+        new_sum_sq = (after**2).sum(dim=1, keepdim=True) - after**2 + gained**2
+        new_max[held | (counts == 0)[:, None]] = float("inf")
+        best_max = new_max.min()
+        ties = new_max == best_max
+        best_sum_sq = torch.where(ties, new_sum_sq, float("inf")).min()
+        if not (best_max < loads.max() or (best_max == loads.max() and best_sum_sq < (loads**2).sum() * (1 - 1e-12))):
             break
-        hottest = max(candidates, key=lambda e: (float(counts[e]) / num_replicas[e], -e))
-        free_ranks = [r for r, experts in enumerate(rank_experts) if hottest not in experts]
-        target = min(free_ranks, key=lambda r: (rank_load[r], r))
-        rank_experts[target].append(hottest)
-        num_replicas[hottest] += 1
+        expert, rank = (ties & (new_sum_sq == best_sum_sq)).nonzero()[0].tolist()
+        held[expert, rank] = True
+        rank_experts[rank].append(expert)
     return LayerPlacement(base.num_experts, tuple(tuple(experts) for experts in rank_experts))
 
 

@@ -95,7 +95,7 @@ def test_redundant_placement_report_adds_replicas_without_raising_predicted_imba
     report = ranks[0]["olmoe/expert_redundant"]["parallel_stats"]["placement"]
     for layer in report:
         held = [e for experts in layer["rank_experts"] for e in experts]
-        assert sorted(set(held)) == list(range(16)) and len(held) == 16 + 3
+        assert sorted(set(held)) == list(range(16)) and 16 < len(held) <= 16 + 3
         assert layer["imbalance_after"] <= layer["imbalance_before"]
         assert sum(layer["predicted_load_after"]) == pytest.approx(sum(layer["predicted_load_before"]))
 
