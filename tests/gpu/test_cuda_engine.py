@@ -55,10 +55,20 @@ def test_padded_replay_matches_eager_logits(checkpoint_factory) -> None:
 
 
 @pytest.mark.parametrize("preset", tiny_presets())
-def test_bfloat16_scores_track_float32(preset: str, checkpoint_factory) -> None:
+def test_bfloat16_error_no_worse_than_transformers_bfloat16(preset: str, checkpoint_factory) -> None:
+    """bf16 rounding flips near-tied routing choices in random models, so the bar is the oracle's own bf16 error."""
+    from transformers import AutoModelForCausalLM
+
     path = checkpoint_factory(preset)
     ref_engine = Engine.from_overrides([f"model.path={path}", "device=cpu", "dtype=float32"])
     ids = prompts(ref_engine.spec.vocab_size)[3][:20]
-    ours = engine(path, "runner.cuda_graph=false").score(ids)
-    ref = ref_engine.score(ids)
-    assert (torch.linalg.norm(ours.cpu() - ref) / torch.linalg.norm(ref)).item() < 3e-2
+    exact = ref_engine.score(ids)
+    ours = engine(path, "runner.cuda_graph=false").score(ids).cpu()
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).cuda().eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids], device="cuda")).logits[0].float().cpu()
+
+    def error(x: torch.Tensor) -> float:
+        return (torch.linalg.norm(x - exact) / torch.linalg.norm(exact)).item()
+
+    assert error(ours) <= 1.5 * error(theirs) + 1e-2
