@@ -8,9 +8,11 @@ balances the score matrix with a few Sinkhorn iterations (as S-BASE does,
 Clark et al., 2022), takes each token's top-k of the balanced scores, then
 enforces the same cap by dropping each expert's lowest-scored overflow.
 Balanced scores only choose; the weights are the checkpoint-style scores of
-the experts a token finally kept (renormalised over those). A token whose experts all ran full keeps fewer than k
-(dropped columns are -1). Batch-dependent: a token's experts depend on its
-batch-mates' scores.
+the experts a token finally kept (renormalised over those when asked). A
+token whose experts all ran full keeps fewer than k (dropped columns are -1).
+Batch-dependent: a token's experts depend on its batch-mates' scores. The
+greedy loop syncs with the host once per round, so it cannot sit inside a
+captured CUDA graph; Sinkhorn can.
 """
 
 from __future__ import annotations

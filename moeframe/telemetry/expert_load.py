@@ -6,7 +6,13 @@ device sync in the forward (``stats`` and ``heatmap_png`` read them back).
 Load statistics follow the MoE literature: max/mean load (the capacity factor
 a layer would need to drop nothing; GShard, Switch), the coefficient of
 variation of the load (Shazeer et al., 2017), the entropy of the load
-distribution, and the share of assignments dropped.
+distribution, the share of assignments dropped, and the share of tokens that
+reached no expert at all.
+
+Given the model's ``top_k``, "dropped" means assignments short of the nominal
+T * top_k, which is right for every router: an expert-choice plan has E
+columns, most of them -1 by design, and those are not drops. Without it, every
+-1 entry counts as dropped.
 """
 
 from __future__ import annotations
@@ -19,12 +25,18 @@ import torch
 from moeframe.routers.plan import RoutingPlan
 
 
-def load_stats(counts: torch.Tensor, dropped: int) -> dict[str, float | int]:
+def load_stats(counts: torch.Tensor, dropped: int, tokens: int, unrouted: int) -> dict[str, float | int]:
     """Balance statistics of one layer's per-expert counts [E] (float64 on the host)."""
     kept = int(counts.sum())
     assigned = kept + dropped
     num_experts = counts.numel()
-    stats: dict[str, float | int] = {"kept": kept, "dropped": dropped, "drop_rate": dropped / assigned if assigned else 0.0}
+    stats: dict[str, float | int] = {
+        "kept": kept,
+        "dropped": dropped,
+        "drop_rate": dropped / assigned if assigned else 0.0,
+        "tokens": tokens,
+        "unrouted_rate": unrouted / tokens if tokens else 0.0,
+    }
     if kept == 0:
         return stats | {"max_mean_load": 0.0, "cv": 0.0, "entropy": 0.0, "entropy_norm": 0.0}
     mean = counts.mean()
@@ -39,22 +51,32 @@ def load_stats(counts: torch.Tensor, dropped: int) -> dict[str, float | int]:
 
 
 class ExpertLoadRecorder:
-    def __init__(self, num_layers: int, num_experts: int) -> None:
-        self.num_layers, self.num_experts = num_layers, num_experts
+    def __init__(self, num_layers: int, num_experts: int, top_k: int | None = None) -> None:
+        self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
         self.counts: torch.Tensor | None = None  # [L, E] int64, kept assignments
         self.dropped: torch.Tensor | None = None  # [L] int64, dropped assignments
+        self.tokens: torch.Tensor | None = None  # [L] int64, tokens routed
+        self.unrouted: torch.Tensor | None = None  # [L] int64, tokens that kept no expert
 
     def record(self, layer_idx: int, plan: RoutingPlan) -> None:
         if self.counts is None:
             device = plan.topk_ids.device
             self.counts = torch.zeros(self.num_layers, self.num_experts, dtype=torch.long, device=device)
-            self.dropped = torch.zeros(self.num_layers, dtype=torch.long, device=device)
-        kept = plan.kept.flatten()
-        self.counts[layer_idx].index_add_(0, plan.topk_ids.flatten().clamp_min(0), kept.long())
-        self.dropped[layer_idx] += (~kept).sum()
+            self.dropped, self.tokens, self.unrouted = (
+                torch.zeros(self.num_layers, dtype=torch.long, device=device) for _ in range(3)
+            )
+        kept = plan.kept
+        num_kept = kept.sum()
+        self.counts[layer_idx].index_add_(0, plan.topk_ids.flatten().clamp_min(0), kept.flatten().long())
+        if self.top_k is None:
+            self.dropped[layer_idx] += kept.numel() - num_kept
+        else:
+            self.dropped[layer_idx] += (plan.num_tokens * self.top_k - num_kept).clamp_min(0)
+        self.tokens[layer_idx] += plan.num_tokens
+        self.unrouted[layer_idx] += (~kept.any(dim=1)).sum()
 
     def reset(self) -> None:
-        self.counts = self.dropped = None
+        self.counts = self.dropped = self.tokens = self.unrouted = None
 
     def load_counts(self) -> torch.Tensor:
         """Kept assignments per (layer, expert), [L, E] int64 on the host."""
@@ -64,26 +86,34 @@ class ExpertLoadRecorder:
 
     def dropped_counts(self) -> torch.Tensor:
         """Dropped assignments per layer, [L] int64 on the host."""
-        return torch.zeros(self.num_layers, dtype=torch.long) if self.dropped is None else self.dropped.cpu()
+        return self._on_host(self.dropped)
+
+    def _on_host(self, counter: torch.Tensor | None) -> torch.Tensor:
+        return torch.zeros(self.num_layers, dtype=torch.long) if counter is None else counter.cpu()
 
     def stats(self) -> dict:
-        """Per recorded layer and in total: kept, dropped, drop_rate, max_mean_load, cv, entropy, entropy_norm.
+        """Per recorded layer and in total.
 
-        ``total`` sums kept and dropped over layers and takes the worst
-        (largest) max_mean_load and the mean cv and entropy_norm of the layers.
+        Each layer: kept, dropped, drop_rate, tokens, unrouted_rate,
+        max_mean_load, cv, entropy (nats), entropy_norm (entropy / log E, 1 =
+        balanced). ``total`` pools kept, dropped and unrouted over layers and
+        takes the worst (largest) max_mean_load and the mean cv and entropy_norm.
         """
         counts, dropped = self.load_counts().double(), self.dropped_counts()
+        tokens, unrouted = self._on_host(self.tokens), self._on_host(self.unrouted)
         layers = []
         for layer in range(self.num_layers):
-            if counts[layer].sum() + dropped[layer] == 0:
+            if tokens[layer] == 0:
                 continue
-            layers.append({"layer": layer} | load_stats(counts[layer], int(dropped[layer])))
+            stats = load_stats(counts[layer], int(dropped[layer]), int(tokens[layer]), int(unrouted[layer]))
+            layers.append({"layer": layer} | stats)
         kept_total, dropped_total = int(counts.sum()), int(dropped.sum())
-        assigned = kept_total + dropped_total
+        assigned, tokens_total = kept_total + dropped_total, int(tokens.sum())
         total = {
             "kept": kept_total,
             "dropped": dropped_total,
             "drop_rate": dropped_total / assigned if assigned else 0.0,
+            "unrouted_rate": int(unrouted.sum()) / tokens_total if tokens_total else 0.0,
             "max_mean_load": max((s["max_mean_load"] for s in layers), default=0.0),
             "mean_cv": sum(s["cv"] for s in layers) / len(layers) if layers else 0.0,
             "mean_entropy_norm": sum(s["entropy_norm"] for s in layers) / len(layers) if layers else 0.0,

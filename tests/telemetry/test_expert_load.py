@@ -25,6 +25,23 @@ def test_counts_kept_assignments_per_layer_and_expert_and_dropped_apart():
     assert recorder.dropped_counts().tolist() == [0, 2]
 
 
+def test_with_the_model_k_unchosen_expert_choice_columns_are_not_drops():
+    recorder = ExpertLoadRecorder(num_layers=1, num_experts=3, top_k=1)
+    # an expert-choice plan: 3 tokens, E columns, capacity 1 per expert; token 1 got nothing
+    recorder.record(0, plan([[0, 1, -1], [-1, -1, -1], [-1, -1, 2]]))
+    layer = recorder.stats()["layers"][0]
+    assert (layer["kept"], layer["dropped"], layer["drop_rate"]) == (3, 0, 0.0)
+    assert layer["unrouted_rate"] == pytest.approx(1 / 3)
+
+
+def test_with_the_model_k_drops_are_assignments_short_of_t_times_k():
+    recorder = ExpertLoadRecorder(num_layers=1, num_experts=3, top_k=2)
+    recorder.record(0, plan([[0, -1], [1, 2], [-1, -1]]))
+    layer = recorder.stats()["layers"][0]
+    assert (layer["kept"], layer["dropped"]) == (3, 3)
+    assert layer["unrouted_rate"] == pytest.approx(1 / 3)
+
+
 def test_stats_of_a_skewed_layer():
     recorder = ExpertLoadRecorder(num_layers=1, num_experts=4)
     recorder.record(0, plan([[0], [0], [0], [1], [-1]]))  # loads 3, 1, 0, 0; one dropped
@@ -66,7 +83,7 @@ def test_reset_forgets_everything():
     recorder.record(0, plan([[0], [-1]]))
     recorder.reset()
     assert recorder.load_counts().tolist() == [[0, 0]]
-    assert recorder.stats() == {"layers": [], "total": {"kept": 0, "dropped": 0, "drop_rate": 0.0,
+    assert recorder.stats() == {"layers": [], "total": {"kept": 0, "dropped": 0, "drop_rate": 0.0, "unrouted_rate": 0.0,
                                                         "max_mean_load": 0.0, "mean_cv": 0.0, "mean_entropy_norm": 0.0}}
 
 
