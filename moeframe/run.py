@@ -29,6 +29,7 @@ from tqdm import tqdm
 from moeframe.api import Engine
 from moeframe.config import CONF_DIR
 from moeframe.errors import MoeframeError
+from moeframe.parallel.distributed import launch_rank
 from moeframe.telemetry import provenance
 from moeframe.telemetry.loggers import LOGGERS, RunLogger
 from moeframe.telemetry.summary import summary_table
@@ -84,6 +85,15 @@ def run_study(cfg: DictConfig, run_dir: Path, hydra: dict[str, Any] | None = Non
     return metrics
 
 
+def run_replica(cfg: DictConfig) -> None:
+    """A torchrun rank other than 0: the same engine steps as rank 0 (collectives pair up), no files, no output."""
+    engine = Engine(cfg)
+    try:
+        WORKLOADS.build(cfg.workload).run(engine)
+    finally:
+        engine.close()
+
+
 def write(path: Path, text: str, logger: RunLogger) -> None:
     path.write_text(text)
     logger.log_file(path)
@@ -96,6 +106,9 @@ def engine_metrics(stats: dict[str, Any]) -> dict[str, Any]:
     }
     if "expert_load" in stats:
         metrics.update({f"expert_load_{k}": v for k, v in stats["expert_load"]["total"].items()})
+    parallel = stats["parallel"]
+    metrics.update({f"parallel_{k}": parallel[k] for k in ("comm_time_share", "rank_load_imbalance") if k in parallel})
+    metrics.update({f"parallel_{kind}_bytes_per_step": v for kind, v in parallel.get("bytes_sent_per_step", {}).items()})
     return metrics
 
 
@@ -162,9 +175,13 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = hydra_info()
     try:
+        if launch_rank() != 0:
+            run_replica(cfg)
+            return
         metrics = run_study(cfg, run_dir, info)
     except MoeframeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if launch_rank() == 0:
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if info is not None and info["mode"] == "multirun":
         tqdm.write(job_line(metrics, info, run_dir))

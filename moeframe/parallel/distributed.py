@@ -8,6 +8,7 @@ uneven splits, which the expert dispatch needs). Each CUDA rank binds to its
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -46,9 +47,11 @@ def init_distributed(device: torch.device) -> WorldInfo:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend_for(device), rank=int(os.environ["RANK"]), world_size=world_size)
+    atexit.register(dist.destroy_process_group)
     return WorldInfo(dist.get_rank(), world_size, local_rank)
 
 
-def is_main_process() -> bool:
-    """True outside a process group and on rank 0: only this process prints and logs."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (0 without torchrun), readable before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
