@@ -3,7 +3,8 @@
 The ``fsm`` backend needs the structure of a pattern, not a matcher, so it
 parses the common syntax itself (as Outlines does through ``interegular``):
 literals, escapes (``\\n \\t \\xHH \\uHHHH``), classes ``[...]`` and ``[^...]``,
-``\\d \\w \\s`` and their negations (ASCII, as in ECMAScript and JSON Schema),
+``\\d \\w \\s`` and their negations (ASCII, plus U+00A0 for ``\\s``: the sets
+xgrammar uses, so both backends read a pattern alike),
 ``.`` (any character but newline), groups ``(...)``, ``(?:...)``,
 ``(?P<name>...)``, alternation, and the quantifiers ``? * + {m} {m,} {m,n}``
 (lazy forms accepted: they match the same language). A ``^`` at the start and
@@ -85,7 +86,8 @@ def complement(ranges: Ranges) -> Ranges:
 
 DIGIT = normalize([(ord("0"), ord("9"))])
 WORD = normalize([(ord("0"), ord("9")), (ord("A"), ord("Z")), (ord("a"), ord("z")), (ord("_"), ord("_"))])
-SPACE = normalize([(ord(c), ord(c)) for c in " \t\n\r\f\v"])
+# ASCII white space and U+00A0: xgrammar's \s, which ECMAScript and Python both count as white space
+SPACE = normalize([(9, 13), (32, 32), (0xA0, 0xA0)])
 ANY_BUT_NEWLINE = complement(((10, 10),))
 SHORTHANDS = {"d": DIGIT, "w": WORD, "s": SPACE, "D": complement(DIGIT), "W": complement(WORD), "S": complement(SPACE)}
 SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a", "0": "\0"}

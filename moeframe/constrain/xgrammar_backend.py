@@ -110,7 +110,10 @@ class XGrammarState(ConstraintState):
         return self.matcher.is_completed()
 
     def forced_bytes(self) -> bytes:
-        return self.matcher.find_jump_forward_string().encode("utf-8")
+        try:
+            return self.matcher.find_jump_forward_string().encode("utf-8")
+        except UnicodeDecodeError:  # xgrammar 0.2.8 fails on a forced run ending mid-character
+            return b""
 
     def rollback(self, num_tokens: int) -> None:
         self.matcher.rollback(num_tokens)

@@ -66,3 +66,10 @@ def test_text_outside_the_regex_is_rejected(backend, eos_id):
     assert not accepts(backend, spec, "123-456", eos_id)  # too short: not terminal
     state = backend.new_state(backend.compile(spec))
     assert not all(state.advance(t) for t in backend.vocab.encode("12a"))
+
+
+def test_fsm_accepts_escapes_in_length_bounded_strings(backends, eos_id):
+    # xgrammar 0.2.8 cannot: its length-bounded strings take no escapes (see xgrammar_backend's docstring)
+    spec = ConstraintSpec(json_schema={"type": "string", "maxLength": 6})
+    assert accepts(backends["fsm"], spec, encode_compact('a"\\\n\u00e9'), eos_id)
+    assert not accepts(backends["fsm"], spec, encode_compact("1234567"), eos_id)
