@@ -45,6 +45,20 @@ def test_mixtral_native_renormalises_over_the_top_k():
     torch.testing.assert_close(plan.topk_weights, torch.tensor([[math.e / (math.e + 1), 1 / (math.e + 1)]]))
 
 
+@pytest.mark.parametrize("norm", [False, True])
+def test_native_softmax_equals_brute_force_restatement(norm):
+    moe = MoESpec(num_experts=8, top_k=3, intermediate_size=8, norm_topk_prob=norm)
+    logits = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
+    plan = native(moe).route(logits, RouteContext())
+    for row, ids, weights in zip(logits.tolist(), plan.topk_ids.tolist(), plan.topk_weights.tolist()):
+        z = sum(math.exp(x) for x in row)
+        probs = [math.exp(x) / z for x in row]
+        best = sorted(range(8), key=lambda e: -probs[e])[:3]
+        total = sum(probs[e] for e in best) if norm else 1.0
+        assert ids == best
+        assert weights == pytest.approx([probs[e] / total for e in best], rel=1e-5)
+
+
 SOFTMAX_FAMILIES = {
     "mixtral": (MixtralTopKRouter, lambda norm: MixtralConfig(hidden_size=HIDDEN, num_local_experts=8, num_experts_per_tok=2)),
     "qwen2_moe": (Qwen2MoeTopKRouter, lambda norm: Qwen2MoeConfig(hidden_size=HIDDEN, num_experts=8, num_experts_per_tok=2, norm_topk_prob=norm)),
