@@ -164,7 +164,7 @@ def job_line(metrics: dict[str, Any], hydra: dict[str, Any], run_dir: Path) -> s
     load = metrics.get("expert_load_max_mean_load")
     load_part = f", max/mean load {load:.2f}" if load is not None else ""
     return (
-        f"[job {hydra['job_num']}] {hydra['override_dirname'] or 'defaults'}: "
+        f"[job {hydra['job_num']}] "
         f"{metrics.get('throughput_tok_s', 0.0):.1f} tok/s, ttft p50 {metrics.get('ttft_ms_p50', 0.0):.0f} ms, "
         f"hit rate {metrics.get('cache_hit_rate', 0.0):.2f}{load_part} -> {run_dir}"
     )
