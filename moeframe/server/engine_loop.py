@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from moeframe.api import Engine, SamplingParams
-from moeframe.engine.request import Request
+from moeframe.engine.request import Request, Status
 from moeframe.errors import RequestError
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,19 @@ class EngineLoop:
         return False
 
     def _fail_all(self, message: str) -> list[Request]:
+        """End every unfinished request with an error, so no client waits on a step that failed."""
         failed = [r for r in self.engine.core.requests.values() if not r.is_finished]
         for req in failed:
-            self.engine.core.finish(req, "error", message)
+            try:
+                self.engine.core.finish(req, "error", message)
+            except Exception:
+                log.exception("releasing request %d after a failed step failed too", req.rid)
+                scheduler = self.engine.core.scheduler
+                for queue_ in (scheduler.running, scheduler.waiting):
+                    if req in queue_:
+                        queue_.remove(req)
+                req.finish_reason, req.error = "error", message
+                req.status = Status.FINISHED
         return failed
 
     def _token_text(self, token_id: int) -> str:
