@@ -4,7 +4,8 @@ Outlines builds this index for every state up front; here a state's row is
 computed the first time a request reaches it and cached for every later
 request with the same constraint, so a large automaton costs only for the
 states generation visits. One visit walks the whole vocabulary through the
-DFA at once: tokens sorted longest first, one gather per byte position.
+DFA at once: tokens sorted longest first, one gather per byte position over
+the tokens still alive.
 """
 
 from __future__ import annotations
@@ -41,19 +42,34 @@ class TokenIndex:
         self.eos_token_ids = eos_token_ids
         self._rows: dict[int, np.ndarray] = {}
 
-    def end_states(self, state: int) -> np.ndarray:
-        """[N] the state each token of ``vocab.ids`` leads to from ``state`` (DEAD if rejected)."""
-        current = np.full(len(self.vocab.ids), state, dtype=np.int32)
-        for position, count in enumerate(self.vocab.longer_than):
-            current[:count] = self.dfa.next_state[current[:count], self.vocab.table[:count, position]]
-        return current
+    def allowed_tokens(self, state: int) -> np.ndarray:
+        """Ids of the tokens that keep the DFA alive from ``state``.
+
+        Tokens are walked one byte position at a time, and those already dead
+        are dropped after each position, so the cost follows the surviving
+        tokens (most die on their first byte) rather than the whole table.
+        """
+        table, next_state = self.vocab.table, self.dfa.next_state
+        rows = np.arange(len(self.vocab.ids))
+        current = next_state[state, table[:, 0]]
+        alive = current != DEAD
+        rows, current = rows[alive], current[alive]
+        for position in range(1, table.shape[1]):
+            # rows are ascending and tokens sorted longest first, so the ones long enough lead
+            count = int(np.searchsorted(rows, self.vocab.longer_than[position]))
+            if count == 0:
+                break
+            current[:count] = next_state[current[:count], table[rows[:count], position]]
+            alive = current != DEAD
+            rows, current = rows[alive], current[alive]
+        return self.vocab.ids[rows]
 
     def mask_row(self, state: int) -> np.ndarray:
         """Packed int32 bitmask row of ``state``: tokens that keep the DFA alive, plus EOS if accepting."""
         row = self._rows.get(state)
         if row is None:
             allowed = np.zeros(self.vocab.vocab_size, dtype=bool)
-            allowed[self.vocab.ids[self.end_states(state) != DEAD]] = True
+            allowed[self.allowed_tokens(state)] = True
             if self.dfa.accepting[state]:
                 allowed[list(self.eos_token_ids)] = True
             row = pack_allowed(allowed)

@@ -72,8 +72,8 @@ value ::= object | array | string | number | "true" | "false" | "null"
 object ::= "{" ws (member (ws "," ws member)*)? ws "}"
 member ::= string ws ":" ws value
 array ::= "[" ws (value (ws "," ws value)*)? ws "]"
-string ::= "\"" char* "\""
-char ::= [^"\\\x00-\x1f\uD800-\uDFFF] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
+string ::= "\"" plain ("\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) plain)* "\""
+plain ::= [^"\\\x00-\x1f\uD800-\uDFFF]*
 number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [+\-]? [0-9]+)?
 """
 
