@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from moeframe.frontend.backend import Backend
-from moeframe.frontend.ir import ExprLike, Gen, Role, Select, Seq, Text, as_expr, Expr
+from moeframe.frontend.ir import Expr, ExprLike, Gen, Role, Select, Seq, Text, as_expr
 
 
 class ProgramState:
@@ -44,6 +44,11 @@ class ProgramState:
         if n > 1:
             self.backend.cache_prefix(self._text)
         return ForkGroup([ProgramState(self.backend, self._text, self._variables) for _ in range(n)])
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Store a value (say, results gathered from forks) as a variable, after the work queued so far."""
+        self.sync()
+        self._variables[name] = value
 
     # ---- reading ----
     def sync(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from conftest import MODEL, Served, assert_no_leaked_slots
+from openai_server import MODEL, Served, assert_no_leaked_slots
 
 OVER_CONTEXT = "word " * 2000  # the tiny model's context is 1024 tokens
 

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import openai
-from conftest import MODEL, Served, assert_no_leaked_slots
+from openai_server import MODEL, Served, assert_no_leaked_slots
 
 PROMPTS = [f"Request number {i} asks about topic {i * 7 % 13}" for i in range(64)]
 

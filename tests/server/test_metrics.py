@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import openai
-from conftest import MODEL, Served
+from openai_server import MODEL, Served
 from prometheus_client.parser import text_string_to_metric_families
 
 

@@ -10,7 +10,7 @@ import jsonschema
 import openai
 import pytest
 import torch
-from conftest import MODEL, Served
+from openai_server import MODEL, Served
 
 from moeframe.api import SamplingParams
 from moeframe.server.chat_format import ChatFormat
