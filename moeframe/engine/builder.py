@@ -92,7 +92,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)
-    recorder = ExpertLoadRecorder(spec.num_layers, spec.moe.num_experts) if spec.is_moe else None
+    recorder = ExpertLoadRecorder(spec.num_layers, spec.moe.num_experts, spec.moe.top_k) if spec.is_moe else None
     routers: list[Any] = []
 
     def moe_factory(layer_idx: int) -> MoEBlock:

@@ -1,0 +1,46 @@
+"""workload=router_fidelity: native against itself is exact; another router shows a measurable distance."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from moeframe import Engine
+from moeframe.workloads import WORKLOADS
+from moeframe.workloads.router_fidelity import fidelity
+
+
+def run_fidelity(path, router: str) -> dict:
+    engine = Engine.from_overrides(
+        [f"model.path={path}", "device=cpu", "dtype=float32", f"router={router}", "workload=router_fidelity",
+         "workload.progress=false", "workload.num_requests=2", "workload.max_new_tokens=4", "workload.max_chunks=2",
+         "workload.chunk_tokens=48"]
+    )  # fmt: skip
+    return WORKLOADS.build(engine.cfg.workload).run(engine)
+
+
+def test_native_router_has_zero_kl_and_full_agreement(checkpoint_factory) -> None:
+    metrics = run_fidelity(checkpoint_factory("tiny-olmoe"), "native")
+    assert metrics["kl_vs_native"] < 1e-9
+    assert metrics["top1_agreement"] == 1.0
+    assert math.isclose(metrics["perplexity"], metrics["perplexity_native"], rel_tol=1e-6)
+
+
+def test_top1_router_moves_away_from_native(checkpoint_factory) -> None:
+    metrics = run_fidelity(checkpoint_factory("tiny-olmoe"), "top1")
+    assert metrics["kl_vs_native"] > 1e-3
+    assert metrics["top1_agreement"] < 1.0
+    assert metrics["fidelity_positions"] == 96
+
+
+def test_fidelity_sums_match_hand_computation() -> None:
+    native = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    router = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([0, 1])
+    got = fidelity(router, native, targets)
+    p = torch.softmax(native[1], -1)
+    q = torch.softmax(router[1], -1)
+    assert math.isclose(got["kl"], float((p * (p / q).log()).sum()), rel_tol=1e-6)
+    assert got["agree"] == 1
+    assert math.isclose(got["nll_native"], math.log(2) - math.log(torch.softmax(native[1], -1)[1].item()), rel_tol=1e-6)
