@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moeframe.parallel.comm import Comm
+from moeframe.parallel.comm import CommMeter
 
 
 class ForwardClock:
@@ -37,9 +37,9 @@ class ForwardClock:
         self.seconds += time.perf_counter() - self._start
 
 
-def comm_stats(comm: Comm, clock: ForwardClock) -> dict[str, Any]:
+def comm_stats(meter: CommMeter, clock: ForwardClock) -> dict[str, Any]:
     """Bytes this rank sent per collective kind, per forward step, and the share of forward time spent in collectives."""
-    summary = comm.summary()
+    summary = meter.summary()
     steps = max(clock.steps, 1)
     out: dict[str, Any] = {
         "forward_steps": clock.steps,

@@ -43,8 +43,11 @@ class SlotTables:
 
 
 class ExpertParallelRunner:
-    def __init__(self, placement: LayerPlacement, rank: int, comm: Comm, rank_load: torch.Tensor) -> None:
-        self.placement, self.rank, self.comm = placement, rank, comm
+    """``comm`` spans the expert-parallel group; ``tp_comm``, when experts are also width-sharded, the TP group."""
+
+    def __init__(self, placement: LayerPlacement, comm: Comm, rank_load: torch.Tensor, tp_comm: Comm | None = None) -> None:
+        self.placement, self.comm, self.tp_comm = placement, comm, tp_comm
+        self.rank = comm.rank
         self.rank_load = rank_load  # [W] int64, tokens each rank computed in this layer (a row of the strategy's table)
         self.slots_per_rank = placement.slots_per_rank
         self._tables: SlotTables | None = None
@@ -90,4 +93,6 @@ class ExpertParallelRunner:
         weights = plan.topk_weights[lo:hi].reshape(-1)[rows].float()
         mine = torch.zeros(hi - lo, hidden.shape[1], dtype=torch.float32, device=hidden.device)
         mine.index_add_(0, token_of_row, returned.float() * weights[:, None])
-        return self.comm.all_gather_rows(mine.to(hidden.dtype), [b - a for a, b in shares])
+        out = self.comm.all_gather_rows(mine.to(hidden.dtype), [b - a for a, b in shares])
+        # with width-sharded experts each rank holds its slice's partial sum: add the slices up
+        return out if self.tp_comm is None else self.tp_comm.all_reduce(out)

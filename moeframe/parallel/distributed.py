@@ -55,3 +55,20 @@ def launch_rank() -> int:
     """This process's rank as the launcher set it (0 without torchrun), readable before any group exists."""
     return int(os.environ.get("RANK", "0"))
 
+
+
+def grid_groups(world_size: int, tp_size: int) -> tuple[dist.ProcessGroup | None, dist.ProcessGroup | None]:
+    """This rank's (tensor-parallel, expert-parallel) groups of a [world/tp, tp] grid of ranks.
+
+    Consecutive ranks form a TP group (on one node, as Megatron-LM orders
+    them); ranks with the same position in their TP group form an EP group.
+    None stands for the default (whole-world) group. Every rank creates every
+    group, in the same order, as torch.distributed requires.
+    """
+    if world_size == 1 or tp_size == 1:
+        return None, None
+    tp_groups = [list(range(start, start + tp_size)) for start in range(0, world_size, tp_size)]
+    ep_groups = [list(range(offset, world_size, tp_size)) for offset in range(tp_size)]
+    tp_group, _ = dist.new_subgroups_by_enumeration(tp_groups)
+    ep_group, _ = dist.new_subgroups_by_enumeration(ep_groups)
+    return tp_group, ep_group

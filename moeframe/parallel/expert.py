@@ -9,6 +9,13 @@ owners (see dispatch.py). Data-parallel attention (SGLang's DP attention)
 would cut the replicated attention work; it needs per-rank schedulers and is
 not done here.
 
+With ``tp_size=t`` the W ranks form a [W/t, t] grid: attention, dense
+layers and shared experts run tensor parallel inside each group of t
+consecutive ranks (tp_layers.py), experts are split over the W/t groups,
+and each expert's width over the t ranks of a group; a layer then
+dispatches inside the EP group of its TP position and all-reduces the width
+slices over its TP group (the EP x TP layout of Megatron-Core's MoE).
+
 Experts sit in contiguous blocks, uneven when the expert count does not
 divide the world size; ``redundant_experts=r`` adds up to r replicas of the
 hottest experts per layer (placement.py), from a load file recorded by an
@@ -25,13 +32,13 @@ import torch
 
 from moeframe.errors import ConfigError
 from moeframe.model.layers.moe import ExpertRunner, MoEBlock
-from moeframe.model.spec import ModelSpec
+from moeframe.model.spec import AttentionSpec, ModelSpec
 from moeframe.parallel import PARALLEL
 from moeframe.parallel.base import ParallelStrategy
 from moeframe.parallel.clock import ForwardClock, comm_stats
-from moeframe.parallel.comm import Comm
+from moeframe.parallel.comm import Comm, CommMeter
 from moeframe.parallel.dispatch import ExpertParallelRunner
-from moeframe.parallel.distributed import init_distributed
+from moeframe.parallel.distributed import grid_groups, init_distributed
 from moeframe.parallel.load_file import read_expert_counts
 from moeframe.parallel.placement import (
     LayerPlacement,
@@ -40,18 +47,22 @@ from moeframe.parallel.placement import (
     imbalance,
     placement_report,
 )
-from moeframe.parallel.tp_layers import frozen
+from moeframe.parallel.tensor import shard_model_tensor_parallel
+from moeframe.parallel.tp_layers import check_heads, frozen, local_attention_spec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ExpertParams:
+    tp_size: int = 1  # ranks of each tensor-parallel group inside expert parallelism (must divide the world size)
     redundant_experts: int = 0  # at most this many replicas of hot experts added per layer (EPLB)
     load_file: str | None = None  # recorded expert counts: {"counts": [[...]]} or a run's metrics.json
     time_comm: bool = True  # synchronise around collectives on CUDA to time them
 
     def __post_init__(self) -> None:
+        if self.tp_size < 1:
+            raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
         if self.redundant_experts < 0:
             raise ValueError(f"redundant_experts must be >= 0, got {self.redundant_experts}")
         if self.redundant_experts > 0 and self.load_file is None:
@@ -84,20 +95,27 @@ class ExpertParallel(ParallelStrategy):
 
     def __init__(self, params: ExpertParams, spec: ModelSpec, device: torch.device, **_: object) -> None:
         world = init_distributed(device)
-        self.rank, self.world_size = world.rank, world.world_size
+        self.rank, self.world_size, self.tp_size = world.rank, world.world_size, params.tp_size
         if not spec.is_moe:
             raise ConfigError(f"parallel=expert needs an MoE model; {spec.family} has no routed experts (use parallel=tensor)")
-        if self.world_size > spec.moe.num_experts:
+        if self.world_size % self.tp_size:
+            raise ConfigError(f"parallel.tp_size={self.tp_size} does not divide the world size ({self.world_size})")
+        self.ep_size = self.world_size // self.tp_size
+        check_heads(spec.attention, self.tp_size)
+        if self.ep_size > spec.moe.num_experts:
             raise ConfigError(
-                f"parallel=expert: {self.world_size} ranks but only {spec.moe.num_experts} experts; "
-                f"use at most {spec.moe.num_experts} ranks"
+                f"parallel=expert: {self.ep_size} expert-parallel ranks but only {spec.moe.num_experts} experts; "
+                f"use at most {spec.moe.num_experts} ranks (times tp_size)"
             )
-        self.placements, self.placement_report = layer_placements(spec, self.world_size, params)
-        self.comm = Comm(self.world_size, params.time_comm)
+        self.placements, self.placement_report = layer_placements(spec, self.ep_size, params)
+        meter = CommMeter(params.time_comm)
+        tp_group, ep_group = grid_groups(self.world_size, self.tp_size)
+        self.tp_comm = Comm(tp_group, meter) if self.tp_size > 1 else None
+        self.comm = Comm(ep_group, meter)
         self.clock = ForwardClock(sync_cuda=params.time_comm)
-        self.rank_load = torch.zeros(spec.num_layers, self.world_size, dtype=torch.long, device=device)
+        self.rank_load = torch.zeros(spec.num_layers, self.ep_size, dtype=torch.long, device=device)
         self.runners = {
-            i: ExpertParallelRunner(p, self.rank, self.comm, self.rank_load[i]) for i, p in self.placements.items()
+            i: ExpertParallelRunner(p, self.comm, self.rank_load[i], self.tp_comm) for i, p in self.placements.items()
         }
         if world.is_main and self.placement_report:
             for layer in self.placement_report:
@@ -109,17 +127,24 @@ class ExpertParallel(ParallelStrategy):
     def shard(self, model: Any) -> None:
         for i, layer in enumerate(model.layers):
             if isinstance(layer.mlp, MoEBlock):
-                local = torch.tensor(self.placements[i].rank_experts[self.rank], device=layer.mlp.w13.device)
+                local = torch.tensor(self.placements[i].rank_experts[self.comm.rank], device=layer.mlp.w13.device)
                 layer.mlp.w13 = frozen(layer.mlp.w13.data[local])
                 layer.mlp.w2 = frozen(layer.mlp.w2.data[local])
+        if self.tp_comm is not None:
+            shard_model_tensor_parallel(model, self.tp_size, self.tp_comm.rank, self.tp_comm)
         self.clock.attach(model)
+
+    def local_attention(self, attention: AttentionSpec) -> AttentionSpec:
+        return local_attention_spec(attention, self.tp_size)
 
     def stats(self) -> dict[str, Any]:
         rank_load = self.rank_load.cpu()
         per_rank = rank_load.sum(dim=0).tolist()
         layers = [i for i in self.placements if rank_load[i].sum() > 0]
-        out = super().stats() | comm_stats(self.comm, self.clock)
+        out = super().stats() | comm_stats(self.comm.meter, self.clock)
         out |= {
+            "tp_size": self.tp_size,
+            "ep_size": self.ep_size,
             "slots_per_rank": {i: p.slots_per_rank for i, p in self.placements.items()},
             "rank_load": per_rank,
             "rank_load_imbalance": imbalance([float(x) for x in per_rank]),

@@ -25,7 +25,7 @@ from moeframe.model.spec import AttentionSpec, ModelSpec
 from moeframe.parallel import PARALLEL
 from moeframe.parallel.base import ParallelStrategy
 from moeframe.parallel.clock import ForwardClock, comm_stats
-from moeframe.parallel.comm import Comm
+from moeframe.parallel.comm import Comm, CommMeter
 from moeframe.parallel.distributed import init_distributed
 from moeframe.parallel.tp_layers import (
     check_heads,
@@ -75,7 +75,7 @@ class TensorParallel(ParallelStrategy):
         world = init_distributed(device)
         self.rank, self.world_size = world.rank, world.world_size
         check_heads(spec.attention, self.world_size)
-        self.comm = Comm(self.world_size, params.time_comm)
+        self.comm = Comm(None, CommMeter(params.time_comm))
         self.clock = ForwardClock(sync_cuda=params.time_comm)
         self.runner = TensorParallelExperts(self.comm)
         self.cuda_graph_safe = not params.time_comm
@@ -91,5 +91,5 @@ class TensorParallel(ParallelStrategy):
         return local_attention_spec(attention, self.world_size)
 
     def stats(self) -> dict[str, Any]:
-        return super().stats() | comm_stats(self.comm, self.clock)
+        return super().stats() | comm_stats(self.comm.meter, self.clock)
 

@@ -52,9 +52,9 @@ def compare(ours: dict, ref: dict) -> dict:
     }
 
 
-def start_error(path: str, strategy: str) -> str | None:
+def start_error(path: str, overrides: list[str]) -> str | None:
     try:
-        engine(path, f"parallel={strategy}")
+        engine(path, *overrides)
     except ConfigError as err:
         return str(err)
     return None
@@ -63,12 +63,13 @@ def start_error(path: str, strategy: str) -> str | None:
 def main(args_file: str, out_dir: str) -> None:
     args = json.loads(Path(args_file).read_text())
     world = init_distributed(torch.device("cpu"))
-    results: dict = {"errors": {name: start_error(path, strategy) for name, (path, strategy) in args["bad"].items()}}
+    bad = args.get("bad", {})
+    results: dict = {"errors": {name: start_error(path, overrides) for name, (path, overrides) in bad.items()}}
     for name, path in args["models"].items():
         single = run_checks(engine(path, "parallel=single"))
-        for strategy in args["strategies"][name]:
-            results[f"{name}/{strategy}"] = compare(run_checks(engine(path, f"parallel={strategy}")), single)
-        if name == args["redundant_model"]:
+        for label, overrides in args["runs"][name].items():
+            results[f"{name}/{label}"] = compare(run_checks(engine(path, *overrides)), single)
+        if name == args.get("redundant_model"):
             counts = torch.tensor(single["stats"]["expert_load"]["counts"])
             load_file = write_expert_counts(counts, Path(out_dir) / f"counts_rank{world.rank}.json")
             overrides = ("parallel=expert", "parallel.redundant_experts=3", f"parallel.load_file={load_file}")

@@ -20,14 +20,35 @@ from moeframe.model.presets import make_config
 
 WORLD_SIZE = 2
 FAMILIES = {"mixtral": "tiny-mixtral", "qwen2-moe": "tiny-qwen2-moe", "olmoe": "tiny-olmoe", "deepseek-v3": "tiny-deepseek-v3"}
-BOTH = ("tensor", "expert")
-PARITY = [(family, strategy) for family in FAMILIES for strategy in BOTH] + [("qwen2-moe-e5", "expert")]
+STRATEGIES = {"tensor": ["parallel=tensor"], "expert": ["parallel=expert"]}
+# expert parallel with tensor parallel inside: on 2 ranks a [1, 2] grid, on 4 ranks a [2, 2] grid
+EXPERT_TP2 = ["parallel=expert", "parallel.tp_size=2"]
+PARITY = [(family, strategy) for family in FAMILIES for strategy in STRATEGIES] + [
+    ("qwen2-moe-e5", "expert"),
+    ("olmoe", "expert_tp2"),
+]
+GRID_FAMILIES = ("mixtral", "deepseek-v3")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch(world_size: int, args: dict, root: Path) -> list[dict]:
+    """torchrun the worker on ``world_size`` CPU processes; each rank's results."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "args.json").write_text(json.dumps(args))
+    worker = Path(__file__).with_name("dist_worker.py")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world_size}", "--nnodes=1",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(worker), str(root / "args.json"), str(root),
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(world_size)]
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +58,26 @@ def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[
     # 5 experts over 2 ranks: uneven blocks of 3 and 2
     models["qwen2-moe-e5"] = str(make_checkpoint(make_config("qwen2_moe", num_experts=5, num_experts_per_tok=2), root / "e5", seed=1))
     bad = {
-        "tensor_heads_3": (make_checkpoint(make_config("qwen3_moe", num_attention_heads=3, num_key_value_heads=1), root / "h3", seed=1), "tensor"),
-        "expert_one_expert": (make_checkpoint(make_config("mixtral", num_local_experts=1, num_experts_per_tok=1), root / "e1", seed=1), "expert"),
+        "tensor_heads_3": (make_checkpoint(make_config("qwen3_moe", num_attention_heads=3, num_key_value_heads=1), root / "h3", seed=1), ["parallel=tensor"]),
+        "expert_one_expert": (make_checkpoint(make_config("mixtral", num_local_experts=1, num_experts_per_tok=1), root / "e1", seed=1), ["parallel=expert"]),
+        "expert_tp_size_3": (models["mixtral"], ["parallel=expert", "parallel.tp_size=3"]),
     }
+    runs = STRATEGIES | {"expert_tp2": EXPERT_TP2}
     args = {
         "models": models,
-        "strategies": {family: [s for f, s in PARITY if f == family] for family in models},
-        "bad": {name: (str(path), strategy) for name, (path, strategy) in bad.items()},
+        "runs": {family: {s: runs[s] for f, s in PARITY if f == family} for family in models},
+        "bad": {name: (str(path), overrides) for name, (path, overrides) in bad.items()},
         "redundant_model": "olmoe",
     }
-    (root / "args.json").write_text(json.dumps(args))
-    worker = Path(__file__).with_name("dist_worker.py")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD_SIZE}", "--nnodes=1",
-        "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(worker), str(root / "args.json"), str(root),
-    ]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    return launch(WORLD_SIZE, args, root / "world2")
+
+
+@pytest.fixture(scope="module")
+def grid_ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """4 ranks as 2 expert-parallel groups of 2 tensor-parallel ranks."""
+    models = {family: str(checkpoint_factory(FAMILIES[family])) for family in GRID_FAMILIES}
+    args = {"models": models, "runs": {family: {"expert_tp2": EXPERT_TP2} for family in models}}
+    return launch(4, args, tmp_path_factory.mktemp("grid"))
 
 
 @pytest.mark.parametrize("family,strategy", PARITY)
@@ -81,7 +103,13 @@ def test_tensor_with_heads_not_divisible_fails_at_start_on_every_rank(ranks: lis
 def test_expert_with_more_ranks_than_experts_fails_at_start_on_every_rank(ranks: list[dict]) -> None:
     for result in ranks:
         message = result["errors"]["expert_one_expert"]
-        assert message is not None and "2 ranks but only 1 experts" in message
+        assert message is not None and "2 expert-parallel ranks but only 1 experts" in message
+
+
+def test_expert_with_tp_size_not_dividing_the_world_fails_at_start_on_every_rank(ranks: list[dict]) -> None:
+    for result in ranks:
+        message = result["errors"]["expert_tp_size_3"]
+        assert message is not None and "tp_size=3 does not divide the world size (2)" in message
 
 
 def test_redundant_experts_keep_outputs_equal_to_single(ranks: list[dict]) -> None:
@@ -120,3 +148,13 @@ def test_tensor_parallel_reports_all_reduce_bytes(ranks: list[dict]) -> None:
 def test_ranks_generate_the_same_tokens(ranks: list[dict]) -> None:
     for family, strategy in PARITY:
         assert ranks[0][f"{family}/{strategy}"]["batch_tokens"] == ranks[1][f"{family}/{strategy}"]["batch_tokens"]
+
+
+@pytest.mark.parametrize("family", GRID_FAMILIES)
+def test_expert_with_tensor_inside_on_a_2x2_grid_matches_single(grid_ranks: list[dict], family: str) -> None:
+    for result in grid_ranks:
+        check = result[f"{family}/expert_tp2"]
+        assert check["logits_rel_error"] < 1e-5
+        assert check["batch_tokens"] == check["single_batch_tokens"]
+        assert check["alone_tokens"] == check["single_alone_tokens"]
+        assert (check["parallel_stats"]["tp_size"], check["parallel_stats"]["ep_size"]) == (2, 2)

@@ -29,7 +29,7 @@ def test_gated_mlp_shards_sum_to_the_whole_mlp_for_uneven_widths() -> None:
     partial = []
     for rank in range(world):
         shard = copy.deepcopy(mlp)
-        shard_gated_mlp(shard, world, rank, Comm(world_size=1))  # no reduce: sum by hand below
+        shard_gated_mlp(shard, world, rank, Comm())  # no reduce: sum by hand below
         shard.down_proj.bias = None
         partial.append(shard(x))
     torch.testing.assert_close(sum(partial) + mlp.down_proj.bias, mlp(x))
@@ -39,7 +39,7 @@ class SumOfShards(Comm):
     """Stands in for an all-reduce by returning a precomputed total."""
 
     def __init__(self, total: torch.Tensor) -> None:
-        super().__init__(world_size=1)
+        super().__init__()
         self.total = total
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
