@@ -66,17 +66,25 @@ class TextDelta:
     """The part of a choice's text that is safe to send now.
 
     Text is held back while it ends in an incomplete UTF-8 character (U+FFFD
-    from the detokenizer) or could still be the start of a stop string, the
-    way vLLM's incremental detokenizer holds back streamed text.
+    from the detokenizer) or in what could still become a stop string (the
+    engine cuts a stop string and what follows it from the final text), the
+    way vLLM holds back streamed text near stop strings.
     """
 
     def __init__(self, stop: list[str]) -> None:
-        self.holdback = max((len(s) for s in stop), default=1) - 1
+        self.stop = [s for s in stop if s]
         self.sent = ""
 
+    def held_back(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that a stop string starts with."""
+        longest = max((len(s) for s in self.stop), default=1) - 1
+        for k in range(min(longest, len(text)), 0, -1):
+            if any(s.startswith(text[-k:]) for s in self.stop):
+                return k
+        return 0
+
     def next(self, text: str, finished: bool) -> str:
-        end = len(text) if finished else len(text) - self.holdback
-        safe = text[:end] if finished else text[:end].rstrip("\ufffd")
+        safe = text if finished else text[: len(text) - self.held_back(text)].rstrip("\ufffd")
         if len(safe) <= len(self.sent):
             return ""
         delta = safe[len(self.sent) :]

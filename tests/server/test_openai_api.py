@@ -187,3 +187,25 @@ def test_stats_reports_engine_state(served: Served) -> None:
     stats = served.wait_idle()
     assert {"num_slots", "num_free_slots", "num_cached_tokens", "cache", "prefill_tokens", "expert_load"} <= set(stats)
     assert stats["cache"]["matched_tokens"] <= stats["cache"]["queried_tokens"]
+
+
+def test_json_object_response_opens_a_json_object(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Reply in JSON."}],
+        max_tokens=12,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    text = out.choices[0].message.content
+    assert text.startswith("{")  # a random-weight model rarely closes it within 12 tokens
+    if out.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+
+
+def test_prompt_list_gives_n_choices_per_prompt_in_order(client: openai.OpenAI) -> None:
+    prompts = ["First prompt", "Second, longer prompt"]
+    out = client.completions.create(model=MODEL, prompt=prompts, max_tokens=4, temperature=0, n=2)
+    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=4, temperature=0).choices[0].text for p in prompts]
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert [c.text for c in out.choices] == [alone[0], alone[0], alone[1], alone[1]]
