@@ -29,13 +29,14 @@ import triton.testing
 from moeframe.attention import attend_reference
 from moeframe.attention.batch import ForwardBatch
 from moeframe.attention.triton_decode import decode_attention
-from moeframe.attention.triton_extend import extend_attention
+from moeframe.attention.triton_extend import ExtendTile, extend_attention
 from moeframe.experts import EXPERTS
 from moeframe.experts.moe_configs import pick_config
 from moeframe.experts.triton_moe import align, fused_moe, run_down, run_gate_up
 from moeframe.routers.plan import RoutingPlan
 
 E, K, H, I = 64, 8, 2048, 1024
+EXTEND_TILES = [ExtendTile(128, 64, 8, 3), ExtendTile(128, 128, 8, 2), ExtendTile(128, 128, 8, 3), ExtendTile(64, 64, 4, 3), ExtendTile(128, 32, 4, 3)]
 
 
 def cold_ms(fn: Callable[[], object]) -> float:
@@ -117,6 +118,10 @@ def bench_moe(num_tokens: int, w13: torch.Tensor, w2: torch.Tensor, copy_gbs: fl
         "triton_rel_err": rel_err(fused, ref),
         "reference_us": cold_ms(lambda: reference.forward(hidden, w13, w2, plan)) * 1e3,
     }
+    if num_tokens <= 8:
+        for layout, tokens in (("one_per_block", num_tokens), ("aligned", 0)):
+            graph = graph_of(lambda: fused_moe(hidden, w13, w2, topk_ids, weights, one_per_block_tokens=tokens))
+            row[f"{layout}_us"] = cold_ms(graph.replay) * 1e3
     try:
         row["grouped_mm_rel_err"] = rel_err(grouped.forward(hidden, w13, w2, plan), ref)
         row["grouped_mm_us"] = cold_ms(lambda: grouped.forward(hidden, w13, w2, plan)) * 1e3
@@ -166,8 +171,12 @@ def bench_extend(num_reqs: int, new_len: int, prefix_len: int, heads: int, mm_tf
     pairs = num_reqs * (new_len * prefix_len + new_len * (new_len + 1) / 2)
     flops = 4 * pairs * heads * dim
     tflops = flops / ms / 1e9
+    tiles = {}
+    for tile in EXTEND_TILES:
+        tile_ms = cold_ms(lambda: extend_attention(q, k_cache, v_cache, batch, dim**-0.5, tile))
+        tiles[f"{tile.block_m}x{tile.block_n} w{tile.num_warps} s{tile.num_stages}"] = flops / tile_ms / 1e9
     return {"requests": num_reqs, "new": new_len, "prefix": prefix_len, "heads": heads, "us": ms * 1e3,
-            "tflops": tflops, "frac_matmul": tflops / mm_tflops, "rel_err": err}  # fmt: skip
+            "tflops": tflops, "frac_matmul": tflops / mm_tflops, "rel_err": err, "tflops_by_tile": tiles}  # fmt: skip
 
 
 def markdown(result: dict) -> str:
@@ -193,6 +202,11 @@ def markdown(result: dict) -> str:
             f"{r['kernels_us']:.1f} | {r['kernels_frac_copy_bw']:.0%} | {r['kernels_frac_matmul']:.0%} | "
             f"{r.get('grouped_mm_us', float('nan')):.1f} | {r['reference_us']:.1f} | {r['triton_rel_err']:.1e} |"
         )
+    small = [r for r in result["moe"] if "one_per_block_us" in r]
+    if small:
+        lines += ["", "Batch layouts at decode sizes (forward us): one block per assignment (no alignment pass) vs aligned.", "",
+                  "| T | one per block | aligned |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['tokens']} | {r['one_per_block_us']:.1f} | {r['aligned_us']:.1f} |" for r in small]
     lines += ["", "## Decode attention (bf16, head dim 128, random slots), CUDA graph, cold L2", "",
               "| batch | kv len | q heads | kv heads | us | KV MB | GB/s | of copy BW | rel err |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["decode"]:
@@ -207,6 +221,9 @@ def markdown(result: dict) -> str:
             f"| {r['requests']} | {r['new']} | {r['prefix']} | {r['heads']} | {r['us']:.1f} | {r['tflops']:.1f} | "
             f"{r['frac_matmul']:.0%} | {r['rel_err']:.1e} |"
         )
+    for r in result["extend"]:
+        lines.append(f"\nExtend tiles, {r['requests']} x {r['new']} on {r['prefix']} (TFLOP/s): "
+                     + ", ".join(f"{name}: {v:.0f}" for name, v in r["tflops_by_tile"].items()))  # fmt: skip
     lines += ["", "Errors: " + ("; ".join(result["errors"]) or "none")]
     return "\n".join(lines) + "\n"
 
@@ -214,7 +231,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/kernels"))
-    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 32, 128, 512, 4096])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 2, 4, 8, 32, 128, 512, 4096])
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels needs a CUDA device")

@@ -43,7 +43,7 @@ def candidate_tiles(block_m: int, weight_tiles: int, elem_bytes: int) -> list[Ti
     pipelines. Large ``block_m`` is MMA-bound: wide tiles, grouped ordering.
     """
     if block_m <= 16:
-        shapes = [(n, k, 1, 4, s) for n in (32, 64, 128) for k in (128, 256) for s in (3, 4)]
+        shapes = [(n, k, 1, 4, s) for n in (16, 32, 64, 128) for k in (128, 256, 512) for s in (3, 4, 5)]
     elif block_m <= 64:
         shapes = [(n, k, 8, 4, 3) for n in (64, 128) for k in (64, 128)]
     else:

@@ -12,6 +12,8 @@ can see.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -19,6 +21,54 @@ import triton.language as tl
 from moeframe.attention.batch import ForwardBatch
 
 LOG2_E = 1.4426950408889634
+
+
+@triton.jit
+def _attend_keys(
+    acc,
+    l_i,
+    m_i,
+    q,
+    q_pos,
+    start,
+    kv_end,
+    k_ptr,
+    v_ptr,
+    kv_indices_ptr,
+    kv_start,
+    kv_head,
+    scale_log2,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    offs_dk,
+    offs_dv,
+    dk_ok,
+    dv_ok,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """One online-softmax step over keys [start, start + BLOCK_N); MASKED for the causal and ragged edges."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    if MASKED:
+        n_ok = offs_n < kv_end
+        slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
+        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & n_ok[None, :], other=0.0)
+        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        scores = tl.dot(q, k) * scale_log2
+        scores = tl.where(n_ok[None, :] & (offs_n[None, :] <= q_pos[:, None]), scores, float("-inf"))
+    else:
+        slot = tl.load(kv_indices_ptr + kv_start + offs_n).to(tl.int64)
+        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None], other=0.0)
+        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=dv_ok[None, :], other=0.0)
+        scores = tl.dot(q, k) * scale_log2
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    p = tl.exp2(scores - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -73,29 +123,51 @@ def _extend_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    # Key 0 is visible to every row, so the first block gives each row a finite max.
+    # Two phases, as FlashAttention-2's causal loop: whole key blocks that every
+    # row of this tile sees (no masks), then the blocks on the diagonal and the
+    # ragged end. Key 0 is visible to every row, so each row's max is finite
+    # after the first block.
+    all_visible_end = (prefix_len + m_block * BLOCK_M) // BLOCK_N * BLOCK_N
     kv_end = tl.minimum(kv_len, prefix_len + (m_block + 1) * BLOCK_M)
-    for start in range(0, kv_end, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < kv_end
-        slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
-        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & n_ok[None, :], other=0.0)
-        scores = tl.dot(q, k) * scale_log2
-        visible = n_ok[None, :] & (offs_n[None, :] <= q_pos[:, None])
-        scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        p = tl.exp2(scores - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    for start in range(0, all_visible_end, BLOCK_N):
+        acc, l_i, m_i = _attend_keys(
+            acc, l_i, m_i, q, q_pos, start, kv_end, k_ptr, v_ptr, kv_indices_ptr, kv_start, kv_head, scale_log2,
+            stride_ks, stride_kh, stride_vs, stride_vh, offs_dk, offs_dv, dk_ok, dv_ok, BLOCK_N, False,
+        )  # fmt: skip
+    for start in range(all_visible_end, kv_end, BLOCK_N):
+        acc, l_i, m_i = _attend_keys(
+            acc, l_i, m_i, q, q_pos, start, kv_end, k_ptr, v_ptr, kv_indices_ptr, kv_start, kv_head, scale_log2,
+            stride_ks, stride_kh, stride_vs, stride_vh, offs_dk, offs_dv, dk_ok, dv_ok, BLOCK_N, True,
+        )  # fmt: skip
 
     out = acc / l_i[:, None]
     tl.store(out_ptr + rows[:, None] * stride_on + head * stride_oh + offs_dv[None, :], out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & dv_ok[None, :])
 
 
-def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class ExtendTile:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def default_extend_tile(max_q_len: int, block_dk: int) -> ExtendTile:
+    """FlashAttention-2's Hopper tile (128 queries, 8 warps) for long prefills; 64 queries for short extends."""
+    block_n = 64 if block_dk <= 128 else 32
+    if max_q_len >= 128 and block_dk <= 128:
+        return ExtendTile(128, block_n, 8, 2)
+    return ExtendTile(64, block_n, 4, 2)
+
+
+def extend_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    batch: ForwardBatch,
+    scale: float,
+    tile: ExtendTile | None = None,
+) -> torch.Tensor:
     """q [N, Hq, Dk] (new tokens, ragged by ``q_indptr``); k_cache [S, Hkv, Dk]; v_cache [S, Hkv, Dv] -> [N, Hq, Dv]."""
     num_tokens, num_q_heads, k_dim = q.shape
     num_kv_heads, v_dim = k_cache.shape[1], v_cache.shape[-1]
@@ -106,15 +178,13 @@ def extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if num_tokens == 0:
         return out
     block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
-    # FlashAttention-2's Hopper tile (128 queries, 8 warps) for long prefills; 64 for short extends.
-    block_m = 128 if batch.max_q_len >= 128 and block_dk <= 128 else 64
-    block_n = 64 if block_dk <= 128 else 32
-    grid = (batch.batch_size, num_q_heads, triton.cdiv(batch.max_q_len, block_m))
+    tile = tile or default_extend_tile(batch.max_q_len, block_dk)
+    grid = (batch.batch_size, num_q_heads, triton.cdiv(batch.max_q_len, tile.block_m))
     _extend_kernel[grid](
         q, k_cache, v_cache, out, batch.q_indptr, batch.kv_indptr, batch.kv_indices, scale * LOG2_E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         out.stride(0), out.stride(1), k_dim, v_dim,
-        GROUP=num_q_heads // num_kv_heads, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
-        num_warps=8 if block_m == 128 else 4, num_stages=2,
+        GROUP=num_q_heads // num_kv_heads, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
     return out

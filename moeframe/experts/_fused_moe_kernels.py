@@ -11,7 +11,8 @@ kernel multiplies each row by its routing weight before the store.
 At decode sizes an expert holds about one row, so a block is mostly padding;
 the kernels are then weight-streaming GEMVs (one program per expert block and
 N-block) and the tuned configs pick small ``BLOCK_N`` and deep pipelines to
-keep enough loads in flight.
+keep enough loads in flight. At batch 1 (``ONE_PER_BLOCK``) the alignment is
+skipped altogether: block b is assignment b, its expert read from topk_ids.
 
 This module is imported lazily (see triton_moe.py): Triton decides at
 decoration time whether to compile or interpret a kernel.
@@ -24,21 +25,43 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile_coords(num_rows_ptr, block_expert_ptr, padded_rows, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+def _block_rows(
+    sorted_ids_ptr,
+    block_expert_ptr,
+    num_rows_ptr,
+    padded_rows,
+    N,
+    num_assignments,
+    num_experts,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    ONE_PER_BLOCK: tl.constexpr,
+):
+    """This program's N block, its expert (-1: nothing to do) and the assignment of each of its rows."""
     # Grouped ordering: GROUP_M row blocks sweep the N blocks together so the
     # rows they gather stay in L2 (the ordering of Triton's matmul tutorial).
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(padded_rows, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     pids_in_group = GROUP_M * num_pid_n
-    group_id = pid // pids_in_group
-    first_m = group_id * GROUP_M
+    first_m = (pid // pids_in_group) * GROUP_M
     group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % pids_in_group) % group_size
     pid_n = (pid % pids_in_group) // group_size
-    in_use = pid_m * BLOCK_M < tl.load(num_rows_ptr)
-    expert = tl.load(block_expert_ptr + pid_m, mask=in_use, other=-1)
-    return pid_m, pid_n, expert
+    offs = tl.arange(0, BLOCK_M)
+    if ONE_PER_BLOCK:
+        # Decode layout, no alignment pass: block b holds assignment b alone
+        # and block_expert_ptr is topk_ids itself (-1, dropped, goes to the
+        # zero-writing bucket num_experts).
+        expert = tl.load(block_expert_ptr + pid_m).to(tl.int32)
+        expert = tl.where(expert < 0, num_experts, expert)
+        assignment = tl.where(offs == 0, pid_m, num_assignments)
+    else:
+        in_use = pid_m * BLOCK_M < tl.load(num_rows_ptr)
+        expert = tl.load(block_expert_ptr + pid_m, mask=in_use, other=-1)
+        assignment = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + offs)
+    return pid_n, expert, assignment
 
 
 @triton.jit(do_not_specialize=["num_assignments"])
@@ -64,13 +87,15 @@ def gate_up_silu_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    ONE_PER_BLOCK: tl.constexpr,
 ):
     """act[a, n] = silu(x[a // k] . w13[e, n]) * (x[a // k] . w13[e, N + n]) for rows a of expert e."""
-    pid_m, pid_n, expert = _tile_coords(num_rows_ptr, block_expert_ptr, padded_rows, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_n, expert, assignment = _block_rows(
+        sorted_ids_ptr, block_expert_ptr, num_rows_ptr, padded_rows, N, num_assignments, num_experts,
+        BLOCK_M, BLOCK_N, GROUP_M, ONE_PER_BLOCK,
+    )  # fmt: skip
     if (expert < 0) | (expert >= num_experts):
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    assignment = tl.load(sorted_ids_ptr + offs_m)
     row_ok = assignment < num_assignments
     token = assignment // top_k
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -120,13 +145,15 @@ def down_weighted_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    ONE_PER_BLOCK: tl.constexpr,
 ):
     """out[a, n] = weight[a] * (act[a] . w2[e, n]) for rows a of expert e; zeros for dropped rows."""
-    pid_m, pid_n, expert = _tile_coords(num_rows_ptr, block_expert_ptr, padded_rows, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_n, expert, assignment = _block_rows(
+        sorted_ids_ptr, block_expert_ptr, num_rows_ptr, padded_rows, N, num_assignments, num_experts,
+        BLOCK_M, BLOCK_N, GROUP_M, ONE_PER_BLOCK,
+    )  # fmt: skip
     if expert < 0:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    assignment = tl.load(sorted_ids_ptr + offs_m)
     row_ok = assignment < num_assignments
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < N

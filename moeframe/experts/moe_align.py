@@ -27,6 +27,10 @@ class ExpertBlocks:
     padded row, or ``num_assignments`` on padding rows; ``block_expert``
     [P // block_m] int32: the expert of each block (``num_experts`` for the
     dropped bucket, -1 past the end); ``num_rows`` [1] int32: rows in use.
+
+    ``one_per_block`` is the batch-1 layout, made without any pass: block b
+    holds assignment b alone and ``block_expert`` is the flat ``topk_ids``
+    (``sorted_ids`` and ``num_rows`` are then not read).
     """
 
     sorted_ids: torch.Tensor
@@ -34,6 +38,16 @@ class ExpertBlocks:
     num_rows: torch.Tensor
     block_m: int
     num_assignments: int
+    one_per_block: bool = False
+
+    @property
+    def padded_rows(self) -> int:
+        return self.num_assignments * self.block_m if self.one_per_block else self.sorted_ids.numel()
+
+
+def one_per_block(topk_ids: torch.Tensor, block_m: int) -> ExpertBlocks:
+    flat = topk_ids.reshape(-1)
+    return ExpertBlocks(flat, flat, flat, block_m, flat.numel(), one_per_block=True)
 
 
 def max_padded_rows(num_assignments: int, num_buckets: int, block_m: int) -> int:

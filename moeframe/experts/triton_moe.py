@@ -1,6 +1,7 @@
 """``experts=triton``: the fused MoE of vLLM and SGLang, in two Triton kernels.
 
-    topk_ids -> align (rows in expert order, padded per expert to block_m; one Triton program at decode sizes)
+    topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at batch 1,
+                       one Triton program at decode sizes, torch ops past that)
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
       -> down_weighted_kernel: y [T*k, H] = weight * act W_down^T
       -> sum over the k assignments of each token (one torch reduction, fp32 accumulation)
@@ -19,7 +20,7 @@ import torch
 
 from moeframe.experts import EXPERTS
 from moeframe.experts.base import ExpertsKernel
-from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows
+from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
 from moeframe.routers.plan import RoutingPlan
 
@@ -36,14 +37,19 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# Up to this many tokens each assignment gets its own block, with no alignment
+# pass: the experts of so few tokens rarely repeat, and a repeat is read from L2.
+MAX_ONE_PER_BLOCK_TOKENS = 1
 # Up to this many assignments the alignment runs as one Triton program; past
 # it the torch sort is faster than one program looping over chunks.
 MAX_ONE_PROGRAM_ALIGN = 2048
 
 
-def align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> ExpertBlocks:
-    """align_by_expert, as a single kernel launch for decode-sized batches."""
+def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, one_per_block_tokens: int = MAX_ONE_PER_BLOCK_TOKENS) -> ExpertBlocks:
+    """Rows in expert order, padded per expert to ``block_m``: no pass at batch 1, one kernel launch at decode sizes."""
     num_assignments = topk_ids.numel()
+    if topk_ids.shape[0] <= one_per_block_tokens:
+        return one_per_block(topk_ids, block_m)
     if num_assignments > MAX_ONE_PROGRAM_ALIGN:
         return align_by_expert(topk_ids, num_experts, block_m)
     rows = max_padded_rows(num_assignments, num_experts + 1, block_m)
@@ -67,28 +73,28 @@ def run_gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, act: t
     """act[a] = silu(gate) * up of assignment a's token through its expert; rows of dropped assignments untouched."""
     num_experts, two_inter, hidden = w13.shape
     inter = two_inter // 2
-    rows = blocks.sorted_ids.numel()
+    rows = blocks.padded_rows
     grid = (_cdiv(rows, blocks.block_m) * _cdiv(inter, tile.block_n),)
     _kernels().gate_up_silu_kernel[grid](
         x, w13, act, blocks.sorted_ids, blocks.block_expert, blocks.num_rows,
         rows, inter, hidden, blocks.num_assignments, num_experts, top_k,
         x.stride(0), w13.stride(0), w13.stride(1), w13.stride(2), act.stride(0),
         BLOCK_M=blocks.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        ONE_PER_BLOCK=blocks.one_per_block, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
 
 
 def run_down(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor, blocks: ExpertBlocks, out: torch.Tensor, tile: TileConfig) -> None:
     """out[a] = weight[a] * down(act[a]) for every assignment, zeros for dropped ones."""
     num_experts, hidden, inter = w2.shape
-    rows = blocks.sorted_ids.numel()
+    rows = blocks.padded_rows
     grid = (_cdiv(rows, blocks.block_m) * _cdiv(hidden, tile.block_n),)
     _kernels().down_weighted_kernel[grid](
         act, w2, out, weights, blocks.sorted_ids, blocks.block_expert, blocks.num_rows,
         rows, hidden, inter, blocks.num_assignments, num_experts,
         act.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), out.stride(0),
         BLOCK_M=blocks.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        ONE_PER_BLOCK=blocks.one_per_block, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )  # fmt: skip
 
 
@@ -111,6 +117,7 @@ def fused_moe(
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
     config: MoEConfig | None = None,
+    one_per_block_tokens: int = MAX_ONE_PER_BLOCK_TOKENS,
 ) -> torch.Tensor:
     """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
     check_shapes(hidden, w13, w2, topk_ids)
@@ -121,7 +128,7 @@ def fused_moe(
     if config is None:
         config = pick_config(num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, True)
     hidden, w13, w2 = hidden.contiguous(), w13.contiguous(), w2.contiguous()
-    blocks = align(topk_ids, num_experts, config.block_m)
+    blocks = align(topk_ids, num_experts, config.block_m, one_per_block_tokens)
     act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
     out = hidden.new_empty(num_tokens * top_k, hidden_size)
     run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)

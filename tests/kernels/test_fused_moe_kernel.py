@@ -49,6 +49,19 @@ def test_fused_moe_skips_dropped_assignments(device):
     assert torch.all(out[4] == 0)
 
 
+@pytest.mark.parametrize("num_tokens", [1, 3])
+def test_one_assignment_per_block_layout_matches_reference_with_dropped_assignments(device, num_tokens):
+    gen = torch.Generator().manual_seed(9)
+    w13, w2 = random_experts(6, 32, 32, torch.float32, gen)
+    plan = random_plan(num_tokens, 6, 4, drop_fraction=0.0, gen=gen)
+    plan.topk_ids[0, 1], plan.topk_weights[0, 1] = -1, 0.0
+    hidden = torch.randn(num_tokens, 32, generator=gen)
+    args = [t.to(device) for t in (hidden, w13, w2, plan.topk_ids, plan.topk_weights)]
+    out = fused_moe(*args, SMALL_TILES, one_per_block_tokens=num_tokens)
+    plan.topk_ids, plan.topk_weights = args[3], args[4]
+    torch.testing.assert_close(out, reference(*args[:3], plan), **tolerance(torch.float32, device))
+
+
 def test_fused_moe_matches_reference_in_low_precision_with_default_tiles(device, low_precision):
     gen = torch.Generator().manual_seed(3)
     num_tokens, num_experts, top_k = 20, 6, 2
