@@ -1,13 +1,18 @@
 """Decoder constraints (registry "constraint"): regex, JSON schema, choice and grammar backends.
 
 ``CONSTRAINTS.build(cfg.constraint, tokenizer=..., vocab_size=..., eos_token_ids=...)``
-gives the engine its backend; see :mod:`moeframe.constrain.base` for the
-per-step protocol and :mod:`moeframe.constrain.jump_forward` for jump-forward.
+gives the engine its backend; ``ConstraintSpec.from_request(...)`` a request's
+spec; ``backend.new_state(backend.compile(spec))`` its state. Each step the
+engine calls :func:`mask_logits` on the batch and, when
+``backend.jump_forward``, :func:`take_forced_tokens` after each sampled token.
+See :mod:`moeframe.constrain.base` for the protocol and
+:mod:`moeframe.constrain.jump_forward` for the retokenisation.
 """
 
 from moeframe.registry import Registry, import_components
 from moeframe.constrain.base import ConstraintBackend, ConstraintSpec, ConstraintState
 from moeframe.constrain.bitmask import allocate_bitmask, apply_bitmask, bitmask_width
+from moeframe.constrain.step import mask_logits, take_forced_tokens
 
 CONSTRAINTS: Registry[ConstraintBackend] = Registry("constraint")
 
@@ -19,6 +24,8 @@ __all__ = [
     "allocate_bitmask",
     "apply_bitmask",
     "bitmask_width",
+    "mask_logits",
+    "take_forced_tokens",
 ]
 
 import_components(__name__, __path__)

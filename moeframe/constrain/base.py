@@ -45,7 +45,7 @@ class ConstraintSpec:
     json_object: bool = False
 
     def __post_init__(self) -> None:
-        given = [k for k in KINDS if (getattr(self, k) is not None if k != "json_object" else self.json_object)]
+        given = self._given()
         if len(given) != 1:
             which = ", ".join(given) if given else "none"
             raise RequestError(f"a constraint takes exactly one of {', '.join(KINDS)}; got {which}")
@@ -80,9 +80,13 @@ class ConstraintSpec:
             return None
         return cls(regex=regex, json_schema=json_schema, choices=choices, grammar=grammar, json_object=json_object)
 
+    def _given(self) -> list[str]:
+        return [k for k in KINDS if (self.json_object if k == "json_object" else getattr(self, k) is not None)]
+
     @property
     def kind(self) -> str:
-        return next(k for k in KINDS if (getattr(self, k) is not None if k != "json_object" else self.json_object))
+        """Which field is set: one of ``KINDS``."""
+        return self._given()[0]
 
     def schema(self) -> dict[str, Any]:
         """The JSON schema as a dict (``json_object`` is the schema of any object)."""

@@ -191,20 +191,16 @@ class _Parser:
         if ch in "*+?":
             self.pos = start
             raise self.fail("nothing to repeat")
-        if ch == "{" and self._looks_like_quantifier():
+        if ch == "{":
             self.pos = start
-            raise self.fail("nothing to repeat")
+            if self.quantifier() is not None:
+                self.pos = start
+                raise self.fail("nothing to repeat")
+            self.pos = start + 1
         if ch == "^":
             self.pos = start
             raise self.fail("'^' is supported only at the start of the pattern")
         return Chars(((ord(ch), ord(ch)),))
-
-    def _looks_like_quantifier(self) -> bool:
-        self.pos -= 1
-        saved = self.pos
-        bounds = self.quantifier()
-        self.pos = saved + 1
-        return bounds is not None
 
     def group(self) -> Node:
         if self.peek() == "?":

@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 
 from moeframe.constrain.base import ConstraintBackend, ConstraintSpec
-from moeframe.constrain.bitmask import allocate_bitmask, apply_bitmask
+from moeframe.constrain.bitmask import allocate_bitmask
+from moeframe.constrain.step import mask_logits, take_forced_tokens
 
 LogitsFn = Callable[[list[int]], torch.Tensor]
 
@@ -32,7 +33,8 @@ def constrained_generate(
 
     ``logits_fn(token_ids)`` returns the [vocab_size] logits of the next token.
     Raises RuntimeError if the backend lets a token through that its own state
-    then rejects (a bug, never a model's fault).
+    then rejects (a bug, never a model's fault). The two calls per step are
+    the engine's: :func:`mask_logits` and :func:`take_forced_tokens`.
     """
     state = backend.new_state(backend.compile(spec))
     bitmask = allocate_bitmask(1, backend.vocab_size)
@@ -40,16 +42,12 @@ def constrained_generate(
     num_forward_steps = 0
     while len(token_ids) < max_tokens:
         if jump_forward:
-            for token in state.forced_continuation()[: max_tokens - len(token_ids)]:
-                if not state.advance(token):
-                    raise RuntimeError(f"state rejected its own forced token {token}")
-                token_ids.append(token)
+            token_ids += take_forced_tokens(state, max_tokens - len(token_ids))
             if len(token_ids) >= max_tokens:
                 break
         logits = logits_fn(token_ids).reshape(1, -1).clone()
         num_forward_steps += 1
-        state.fill_bitmask(bitmask, 0)
-        apply_bitmask(logits, bitmask)
+        mask_logits(logits, [state], bitmask)
         token = int(torch.argmax(logits[0]))
         if not torch.isfinite(logits[0, token]):
             raise RuntimeError("the constraint allows no token at all")
