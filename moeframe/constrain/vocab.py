@@ -72,7 +72,7 @@ class TokenVocab:
             raise ValueError(f"tokenizer has {len(pieces)} tokens but the model's vocab_size is {vocab_size}")
         config = json.loads(backend.to_str())
         added = {entry["content"] for entry in config.get("added_tokens") or []}
-        to_bytes = _piece_decoder(config)
+        to_bytes = piece_decoder(config)
         token_bytes = [b"" if piece is None or piece in added else to_bytes(piece) for t, piece in enumerate(pieces)]
         token_bytes += [b""] * (vocab_size - len(token_bytes))
 
@@ -91,7 +91,8 @@ def _backend(tokenizer: Any) -> Tokenizer:
     raise ValueError(f"need a tokenizers.Tokenizer or a fast Hugging Face tokenizer, got {type(tokenizer).__name__}")
 
 
-def _piece_decoder(config: dict[str, Any]) -> Callable[[str], bytes]:
+def piece_decoder(config: dict[str, Any]) -> Callable[[str], bytes]:
+    """Piece text -> bytes for a tokenizer.json ``config``: GPT-2 byte alphabet or SentencePiece spelling."""
     decoder = json.dumps(config.get("decoder"))
     if "ByteLevel" in decoder:
         return lambda piece: bytes(_BYTE_OF_CHAR[c] for c in piece)

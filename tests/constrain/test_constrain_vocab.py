@@ -1,0 +1,39 @@
+"""Token bytes: every token spells exactly what the tokenizer decodes; special and padding ids spell nothing."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import PreTrainedTokenizerFast
+
+from moeframe.constrain.vocab import TokenVocab, piece_decoder
+from moeframe.model.tokenizer import SPECIAL_TOKENS
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=40))
+def test_token_bytes_concatenate_to_the_encoded_text(backend, text):
+    ids = backend.vocab.encode(text)
+    assert backend.vocab.decode(ids) == text.encode("utf-8")
+
+
+def test_special_tokens_and_padding_rows_have_no_bytes(backend, tokenizer):
+    for token in SPECIAL_TOKENS:
+        assert backend.vocab.token_bytes[tokenizer.token_to_id(token)] == b""
+    assert all(b == b"" for b in backend.vocab.token_bytes[tokenizer.get_vocab_size() :])
+
+
+def test_every_single_byte_is_a_token(backend):
+    assert {bytes([b]) for b in range(256)} <= set(backend.vocab.token_bytes)
+
+
+def test_hugging_face_wrapper_gives_the_same_vocab(tokenizer, backend):
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    assert TokenVocab.from_tokenizer(wrapped, backend.vocab_size).token_bytes == backend.vocab.token_bytes
+
+
+def test_sentencepiece_pieces_map_to_bytes():
+    to_bytes = piece_decoder({"decoder": {"type": "Sequence", "decoders": [{"type": "Replace"}, {"type": "ByteFallback"}]}})
+    assert to_bytes("\u2581the") == b" the"
+    assert to_bytes("<0x0A>") == b"\n"
+    assert to_bytes("\u00e9") == "\u00e9".encode()
