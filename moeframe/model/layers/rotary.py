@@ -29,9 +29,21 @@ class Rotary:
     def __init__(self, rope: RopeSpec, hf_config: object | None = None) -> None:
         self._inv_freq, self.attention_scaling = rope_inv_freq(rope, hf_config)
         self.interleave = rope.interleave
+        self._last: tuple[torch.Tensor, torch.dtype, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N, rotary_dim/2] cos and sin of each position's angles."""
+        """[N, rotary_dim/2] cos and sin of each position's angles.
+
+        Every layer of a forward passes the same positions tensor: the angles
+        are computed by the first layer and reused by the rest (one set of
+        kernels per step instead of one per layer).
+        """
+        if self._last is not None and self._last[0] is positions and self._last[1] == dtype:
+            return self._last[2]
+        self._last = (positions, dtype, self._compute(positions, dtype))
+        return self._last[2]
+
+    def _compute(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if self._inv_freq.device != positions.device:
             self._inv_freq = self._inv_freq.to(positions.device)
         freqs = positions[:, None].float() * self._inv_freq[None, :]
