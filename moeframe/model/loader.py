@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from moeframe.errors import CheckpointError
 from moeframe.model.causal_lm import CausalLM, MoEFactory
@@ -62,7 +62,7 @@ def iter_tensors(path: Path, fam: Family):
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():
                     yield rename(fam, name), f.get_tensor(name)
-        except (OSError, RuntimeError, ValueError) as err:
+        except (OSError, RuntimeError, ValueError, SafetensorError) as err:
             raise CheckpointError(f"{file} is corrupt or unreadable: {err}") from None
 
 
