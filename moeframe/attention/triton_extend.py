@@ -152,12 +152,15 @@ class ExtendTile:
     num_stages: int
 
 
-def default_extend_tile(max_q_len: int, block_dk: int) -> ExtendTile:
-    """FlashAttention-2's Hopper tile (128 queries, 8 warps) for long prefills; 64 queries for short extends."""
-    block_n = 64 if block_dk <= 128 else 32
-    if max_q_len >= 128 and block_dk <= 128:
-        return ExtendTile(128, block_n, 8, 2)
-    return ExtendTile(64, block_n, 4, 2)
+def default_extend_tile(max_q_len: int, block_d: int, elem_bytes: int) -> ExtendTile:
+    """Tiles measured best on an H100 at head dim 128 (benchmarks/kernels_h100.md): 128 x 128 keys,
+    8 warps, 3 stages for prefills of 128 tokens or more; 64 x 64 for short extends. Wider heads
+    and 4-byte inputs take smaller tiles to fit shared memory."""
+    if block_d > 128 or elem_bytes > 2:
+        return ExtendTile(64, 32, 4, 2)
+    if max_q_len >= 128:
+        return ExtendTile(128, 128, 8, 3)
+    return ExtendTile(64, 64, 4, 3)
 
 
 def extend_attention(
@@ -178,7 +181,7 @@ def extend_attention(
     if num_tokens == 0:
         return out
     block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
-    tile = tile or default_extend_tile(batch.max_q_len, block_dk)
+    tile = tile or default_extend_tile(batch.max_q_len, max(block_dk, block_dv), max(q.element_size(), k_cache.element_size()))
     grid = (batch.batch_size, num_q_heads, triton.cdiv(batch.max_q_len, tile.block_m))
     _extend_kernel[grid](
         q, k_cache, v_cache, out, batch.q_indptr, batch.kv_indptr, batch.kv_indices, scale * LOG2_E,

@@ -38,8 +38,10 @@ def _cdiv(a: int, b: int) -> int:
 
 
 # Up to this many tokens each assignment gets its own block, with no alignment
-# pass: the experts of so few tokens rarely repeat, and a repeat is read from L2.
-MAX_ONE_PER_BLOCK_TOKENS = 1
+# pass: the experts of so few tokens rarely repeat. On an H100 at the OLMoE
+# shape this saved 10 us at T=1 and T=2, tied at T=4 and lost at T=8
+# (benchmarks/kernels_h100.md).
+MAX_ONE_PER_BLOCK_TOKENS = 2
 # Up to this many assignments the alignment runs as one Triton program; past
 # it the torch sort is faster than one program looping over chunks.
 MAX_ONE_PROGRAM_ALIGN = 2048

@@ -55,8 +55,8 @@ def test_extend_matches_reference_on_top_of_cached_prefixes(device, group):
     compare([5, 70, 1], [5, 100, 40], group, k_dim=32, v_dim=32, dtype=torch.float32, device=device, seed=10 + group)
 
 
-def test_extend_matches_reference_for_a_prefill_longer_than_one_query_tile(device):
-    compare([140, 2], [140, 9], group=2, k_dim=16, v_dim=16, dtype=torch.float32, device=device, seed=3)
+def test_extend_matches_reference_for_a_prefill_longer_than_one_query_tile(device, low_precision):
+    compare([140, 2], [140, 9], group=2, k_dim=16, v_dim=16, dtype=low_precision, device=device, seed=3)
 
 
 def test_extend_matches_reference_when_key_and_value_widths_differ(device, low_precision):
