@@ -77,9 +77,6 @@ class ProgramState:
         self.sync()
         return name in self._variables
 
-    def close(self) -> None:
-        self._worker.shutdown(wait=True)
-
     # ---- running (worker thread) ----
     def _run(self, node: Expr, role: str | None) -> None:
         if isinstance(node, Text):

@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from moeframe.api import Engine, SamplingParams
@@ -58,7 +58,6 @@ class Submission:
     prompts: list[str | list[int]]
     params: list[SamplingParams]
     fill_context: bool = False  # max_new_tokens = what the context leaves (OpenAI chat with no max_tokens)
-    rids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -126,8 +125,7 @@ class EngineLoop:
         for index, req in enumerate(requests):
             self._tracked[req.rid] = _Tracked(index, on_update)
             engine.core.add(req)
-        submission.rids = [r.rid for r in requests]
-        return submission.rids
+        return [r.rid for r in requests]
 
     def _abort(self, rids: list[int]) -> None:
         for rid in rids:

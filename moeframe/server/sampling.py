@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from moeframe.engine.sampling_params import SamplingParams
 from moeframe.server.errors import APIError
-from moeframe.server.protocol import ResponseFormat, _SamplingFields
+from moeframe.server.protocol import ResponseFormat, SamplingFields
 
 
 def constraint_fields(response_format: ResponseFormat | None, regex: str | None, choices: list[str] | None) -> dict:
@@ -31,7 +31,7 @@ def constraint_fields(response_format: ResponseFormat | None, regex: str | None,
 
 
 def sampling_params(
-    body: _SamplingFields,
+    body: SamplingFields,
     max_tokens: int | None,
     logprobs: int | None,
     extra_stop_token_ids: list[int] = (),

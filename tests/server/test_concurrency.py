@@ -55,3 +55,15 @@ def test_client_disconnect_mid_stream_aborts_and_frees_slots(served: Served) -> 
     assert time.monotonic() - start < 5
     assert_no_leaked_slots(stats)
     assert abort_count(served) == aborted_before + 1
+
+
+def test_client_disconnect_while_waiting_for_a_full_response_aborts(served: Served) -> None:
+    aborted_before = abort_count(served)
+    body = {"model": MODEL, "prompt": "Another very long story", "max_tokens": 900, "temperature": 0, "ignore_eos": True}
+    try:
+        httpx.post(f"{served.url}/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
+    except httpx.ReadTimeout:
+        pass  # the client gave up and closed the connection
+    stats = served.wait_idle()
+    assert_no_leaked_slots(stats)
+    assert abort_count(served) == aborted_before + 1
