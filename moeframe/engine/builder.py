@@ -23,6 +23,7 @@ from moeframe.engine.policies import SCHEDULERS
 from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
 from moeframe.model.causal_lm import CausalLM
+from moeframe.model.layers.fusion import set_compile
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
 from moeframe.model.spec import ModelSpec
@@ -89,6 +90,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
+    set_compile(cfg.runner.compile)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)

@@ -33,7 +33,7 @@ class GenerateOutput:
     latency_s: float | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # requests are compared by identity: queues test membership often
 class Request:
     rid: int
     prompt_ids: list[int]

@@ -38,10 +38,17 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size, bias=spec.mlp_bias)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), positions, ctx)
-        x = self.post_attention_layernorm(h)
-        return h + (self.mlp(x, ctx.batch.input_ids) if self.is_sparse else self.mlp(x))
+    def forward(
+        self, h: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (this layer's MLP output, the residual stream before it); the caller adds them."""
+        if residual is None:
+            x, residual = self.input_layernorm(h), h
+        else:
+            x, residual = self.input_layernorm.add_forward(h, residual)
+        h = self.self_attn(x, positions, ctx)
+        x, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return (self.mlp(x, ctx.batch.input_ids) if self.is_sparse else self.mlp(x)), residual
 
 
 class CausalLM(nn.Module):
@@ -61,8 +68,9 @@ class CausalLM(nn.Module):
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
         """Logits [R, V] (float32) of the rows ``ctx.batch.logits_indices`` selects."""
         batch = ctx.batch
-        h = self.embed_tokens(batch.input_ids)
+        h, residual = self.embed_tokens(batch.input_ids), None
         for layer in self.layers:
-            h = layer(h, batch.positions, ctx)
-        h = self.norm(h[batch.logits_indices])
+            h, residual = layer(h, residual, batch.positions, ctx)
+        rows = batch.logits_indices
+        h, _ = self.norm.add_forward(h[rows], residual[rows])
         return self.lm_head(h).float()

@@ -8,6 +8,7 @@ computed as its reference does; plain RoPE is computed here.
 from __future__ import annotations
 
 import torch
+from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.model.spec import RopeSpec
 
 
@@ -52,16 +53,21 @@ class Rotary:
         return cos, sin
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [N, heads, rotary_dim]; rotates pairs (i, i + d/2), or (2i, 2i+1) when interleaved.
+        return rotate(x, cos, sin, self.interleave)
 
-        The interleaved form writes its output de-interleaved (evens' results,
-        then odds'), as transformers' DeepSeek-V3 does: the same permutation on
-        q and k leaves their dot products unchanged.
-        """
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        if self.interleave:
-            x1, x2 = x[..., 0::2], x[..., 1::2]
-        else:
-            half = x.shape[-1] // 2
-            x1, x2 = x[..., :half], x[..., half:]
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+@fused_on_cuda
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """x [N, heads, rotary_dim]; rotates pairs (i, i + d/2), or (2i, 2i+1) when interleaved.
+
+    The interleaved form writes its output de-interleaved (evens' results,
+    then odds'), as transformers' DeepSeek-V3 does: the same permutation on
+    q and k leaves their dot products unchanged.
+    """
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    if interleave:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    else:
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

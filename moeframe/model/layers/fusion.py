@@ -1,0 +1,42 @@
+"""Elementwise regions compiled into single kernels on CUDA (torch.compile / Inductor).
+
+A decode step of a small batch is a few large GEMVs and hundreds of tiny
+elementwise kernels (casts, norms, rotary halves, residual adds), each a
+launch of a microsecond or two. Compiling those regions fuses each into one
+Triton kernel, as gpt-fast does for its whole decoder; the compiled kernels
+are ordinary launches, so CUDA graphs capture them. On the CPU the plain
+torch code runs (the reference, and the path CI tests), so both paths are the
+same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable)
+
+_enabled = True
+
+
+def set_compile(enabled: bool) -> None:
+    """Turn fusion on or off for CUDA tensors (``runner.compile``); CPU tensors always run eagerly."""
+    global _enabled
+    _enabled = enabled
+
+
+def fused_on_cuda(fn: F) -> F:
+    compiled: Callable | None = None
+
+    def call(*args, **kwargs):
+        nonlocal compiled
+        if _enabled and args[0].is_cuda:
+            if compiled is None:
+                compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+            return compiled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    call.__doc__, call.__name__ = fn.__doc__, fn.__name__
+    return call  # type: ignore[return-value]
