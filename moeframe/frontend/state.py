@@ -28,12 +28,13 @@ class ProgramState:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moeframe-program")
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
+        self._failed: BaseException | None = None
 
     # ---- building ----
     def __iadd__(self, expr: ExprLike) -> "ProgramState":
         node = as_expr(expr)
         with self._lock:
-            self._pending.append(self._worker.submit(self._run, node, None))
+            self._pending.append(self._worker.submit(self._run_step, node))
         return self
 
     def fork(self, n: int) -> "ForkGroup":
@@ -78,6 +79,16 @@ class ProgramState:
         return name in self._variables
 
     # ---- running (worker thread) ----
+    def _run_step(self, node: Expr) -> None:
+        """Run one appended expression; after a failure the rest of the program is skipped."""
+        if self._failed is not None:
+            raise RuntimeError("an earlier step of this program failed") from self._failed
+        try:
+            self._run(node, None)
+        except BaseException as err:
+            self._failed = err
+            raise
+
     def _run(self, node: Expr, role: str | None) -> None:
         if isinstance(node, Text):
             self._text += node.value

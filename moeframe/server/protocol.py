@@ -13,11 +13,23 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+# OpenAI fields this server does not implement, with the values that ask for nothing (accepted)
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": ("",),
+    "logit_bias": ({},),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "tools": ([],),
+}
 
 
 class JsonSchemaFormat(_Body):
@@ -52,6 +64,16 @@ class SamplingFields(_Body):
     stop_token_ids: list[int] = Field(default_factory=list)
     regex: str | None = None
     choices: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def refuse_unsupported(cls, raw: Any) -> Any:
+        """A field we would otherwise ignore silently is refused, so no client gets a silently wrong answer."""
+        if isinstance(raw, dict):
+            for key, neutral in UNSUPPORTED.items():
+                if raw.get(key) is not None and raw[key] not in neutral:
+                    raise ValueError(f"'{key}' is not supported by this server")
+        return raw
 
 
 class CompletionRequest(SamplingFields):

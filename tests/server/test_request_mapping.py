@@ -77,3 +77,10 @@ def test_message_text_joins_text_parts_and_refuses_images() -> None:
     assert message_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "ab"
     with pytest.raises(ValueError, match="image_url"):
         message_text([{"type": "image_url", "image_url": {"url": "x"}}])
+
+
+@pytest.mark.parametrize("field,value", [("echo", True), ("presence_penalty", 0.5), ("logit_bias", {"5": 10})])
+def test_unsupported_fields_are_refused_not_ignored(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=f"'{field}' is not supported"):
+        CompletionRequest(model="m", prompt="x", **{field: value})
+    CompletionRequest(model="m", prompt="x", **{field: type(value)()})  # the neutral value is accepted
