@@ -49,6 +49,12 @@ class KVPool:
 
     def alloc_contiguous(self, n: int) -> list[int] | None:
         """n free slots that are consecutive numbers (for block-aligned caches), or None."""
+        # Fast path: whole blocks are freed as runs, so the slots alloc would hand out next usually form one.
+        tail = self._free[-n:]
+        if n > 0 and len(tail) == n and all(a - 1 == b for a, b in zip(tail, tail[1:])):
+            del self._free[-n:]
+            tail.reverse()
+            return tail
         free = sorted(self._free)
         run_start = 0
         for i in range(1, len(free) + 1):
