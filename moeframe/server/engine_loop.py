@@ -154,7 +154,10 @@ class EngineLoop:
         except queue.Empty:
             return True
         while command is not None:
-            command()
+            try:
+                command()
+            except Exception:  # an abort that fails must not stop the loop for everyone else
+                log.exception("an engine-loop command failed")
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
@@ -210,9 +213,9 @@ class EngineLoop:
             if req.is_finished:
                 del self._tracked[req.rid]
                 self.engine.core.requests.pop(req.rid, None)
-                if self.on_finish is not None:
-                    self.on_finish(req)
             try:
+                if req.is_finished and self.on_finish is not None:
+                    self.on_finish(req)
                 tracked.on_update(update)
             except Exception:  # a caller that went away must not stop the others
                 log.exception("delivering an update of request %d failed", req.rid)
