@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 @dataclass
 class FewShotParams(ClientParams):
     prefix_tokens: int = 512  # the shared block of "Q: ... A: ..." examples
-    num_questions: int = 32  # requests, one distinct question each
+    num_questions: int = 64  # requests, one distinct question each
     question_tokens: int = 12  # each question's "Q: ..." line, before its "A:" cue
+    max_concurrency: int = 4  # a question hits the cached prefix only once an earlier one has finished
 
     def __post_init__(self) -> None:
         super().__post_init__()
