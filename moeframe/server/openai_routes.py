@@ -99,6 +99,15 @@ async def abort_on_disconnect(request: Request, stream: RequestStream) -> None:
             return
 
 
+def event_stream(stream: RequestStream, events: AsyncIterator[dict[str, str]]) -> EventSourceResponse:
+    """SSE over ``events``; a hang-up aborts the requests even before the first event is sent."""
+
+    async def on_client_close(_: Any) -> None:
+        stream.abort()
+
+    return EventSourceResponse(events, client_close_handler_callable=on_client_close)
+
+
 class OpenAIRoutes:
     def __init__(
         self,
@@ -146,7 +155,7 @@ class OpenAIRoutes:
         stream = await self.admit(Submission([p for p in prompts for _ in range(body.n)], params))
         rid, created = new_id("cmpl"), now_s()
         if body.stream:
-            return EventSourceResponse(self.completion_events(stream, body, rid, created))
+            return event_stream(stream, self.completion_events(stream, body, rid, created))
         choices = await self.collect(stream, request)
         raise_if_failed(choices)
         return CompletionResponse(
@@ -220,7 +229,7 @@ class OpenAIRoutes:
         stream = await self.admit(Submission([prompt] * body.n, params, fill_context=max_tokens is None))
         rid, created = new_id("chatcmpl"), now_s()
         if body.stream:
-            return EventSourceResponse(self.chat_events(stream, body, rid, created))
+            return event_stream(stream, self.chat_events(stream, body, rid, created))
         choices = await self.collect(stream, request)
         raise_if_failed(choices)
         return ChatCompletionResponse(
