@@ -38,7 +38,8 @@ class Seq(Expr):
 
 @dataclass
 class Gen(Expr):
-    """Generate into variable ``name``; at most one of regex / json_schema / choices constrains it."""
+    """Generate into variable ``name`` (greedy unless a temperature is given); at most one of
+    regex / json_schema / choices constrains it."""
 
     name: str
     max_tokens: int = 16
