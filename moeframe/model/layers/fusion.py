@@ -34,7 +34,11 @@ def fused_on_cuda(fn: F) -> F:
         nonlocal compiled
         if _enabled and args[0].is_cuda:
             if compiled is None:
-                compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+                # One compiled variant per (rank, dtype, eps, ...) a process meets: several
+                # models in one process (tests, sweeps) need more than dynamo's default of 8;
+                # past the limit dynamo runs the function eagerly, which is still correct.
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+                compiled = torch.compile(fn, dynamic=True)
             return compiled(*args, **kwargs)
         return fn(*args, **kwargs)
 
