@@ -9,6 +9,7 @@ context position ``kv_len[b] - q_len[b] + i`` and attends causally.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -70,23 +71,28 @@ class ForwardBatch:
             rows.extend(range(row, row + len(toks)) if all_logits else [row + len(toks) - 1])
             row += len(toks)
 
-        def cumsum(lens: list[int]) -> torch.Tensor:
-            acc = [0]
-            for n in lens:
-                acc.append(acc[-1] + n)
-            return torch.tensor(acc, dtype=torch.int32, device=device)
-
-        def longs(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int64, device=device)
-
+        q_indptr, kv_indptr = cumsum(q_lens), cumsum(kv_lens)
+        parts = [ids, pos, out, list(itertools.chain.from_iterable(contexts)), rows, q_indptr, kv_indptr]
+        # One host tensor, one copy to the device: per-step host time matters at decode.
+        host = torch.tensor(list(itertools.chain.from_iterable(parts)), dtype=torch.int64)
+        device = torch.device(device)
+        if device.type == "cuda":
+            packed = host.pin_memory().to(device, non_blocking=True)
+        else:
+            packed = host
+        input_ids, positions, out_slots, kv_indices, logits_indices, q_ptr, kv_ptr = packed.split([len(p) for p in parts])
         return ForwardBatch(
-            input_ids=longs(ids),
-            positions=longs(pos),
-            out_slots=longs(out),
-            q_indptr=cumsum(q_lens),
-            kv_indptr=cumsum(kv_lens),
-            kv_indices=longs([s for ctx in contexts for s in ctx]),
-            logits_indices=longs(rows),
+            input_ids=input_ids,
+            positions=positions,
+            out_slots=out_slots,
+            q_indptr=q_ptr.to(torch.int32),
+            kv_indptr=kv_ptr.to(torch.int32),
+            kv_indices=kv_indices,
+            logits_indices=logits_indices,
             q_lens=q_lens,
             kv_lens=kv_lens,
         )
+
+
+def cumsum(lens: list[int]) -> list[int]:
+    return [0, *itertools.accumulate(lens)]

@@ -131,7 +131,7 @@ class EngineCore:
             reason = self.stop_string(req)
         if reason is None and len(req.output_ids) >= req.params.max_new_tokens:
             reason = "length"
-        if reason is None and len(req.all_ids) >= self.max_context:
+        if reason is None and req.num_tokens >= self.max_context:
             reason = "length"
         if reason is not None:
             self.finish(req, reason)

@@ -38,8 +38,8 @@ class ModelRunner:
         for req, n in zip(scheduled.requests, scheduled.num_new_tokens):
             end = len(req.slots)
             start = end - n
-            new_tokens.append(req.all_ids[start:end])
-            contexts.append(req.slots[:end])
+            new_tokens.append(req.token_span(start, end))
+            contexts.append(req.slots)
         return ForwardBatch.build(new_tokens, contexts, self.device, all_logits=all_logits)
 
     @torch.inference_mode()

@@ -61,6 +61,17 @@ class Request:
         return self.prompt_ids + self.output_ids
 
     @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def token_span(self, start: int, end: int) -> list[int]:
+        """all_ids[start:end] without building all_ids (the hot path slices one token per step)."""
+        n = len(self.prompt_ids)
+        if start >= n:
+            return self.output_ids[start - n : end - n]
+        return (self.prompt_ids + self.output_ids)[start:end]
+
+    @property
     def num_computed(self) -> int:
         return len(self.slots)
 
