@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from moeframe.telemetry.comparison import comparison_table, to_csv, to_markdown
+from moeframe.telemetry.comparison import comparison_table, median_over, to_csv, to_markdown
 from moeframe.telemetry.plots import batch_key, comparison_png, load_ratio
 from moeframe.telemetry.runs import collect_runs, load_run, sweep_run_dirs, wandb_run_dirs
 
@@ -188,3 +188,19 @@ def test_cli_prints_the_table_and_writes_csv_and_png(tmp_path: Path, monkeypatch
     assert "| #0 " in out and "| #1 " in out and "r1" in out
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
     assert (tmp_path / "sweep" / "compare.png").stat().st_size > 0
+
+
+def test_median_over_merges_repeats_into_medians(tmp_path: Path) -> None:
+    runs = []
+    for router, speeds in (("top1", (3.0, 1.0, 2.0)), ("top2", (10.0, 30.0, 20.0))):
+        for seed, tok_s in enumerate(speeds):
+            config = base_config(seed=seed, **{"router.k": int(router[-1])})
+            runs.append(load_run(record(tmp_path / f"{router}-{seed}", config, metrics(tok_s, note="x"), {"router": router})))
+    merged = median_over(runs, "seed")
+    assert [(r.choice("router"), r.metrics["throughput_tok_s"], r.metrics["repeats"]) for r in merged] == [
+        ("top1", 2.0, 3), ("top2", 20.0, 3)
+    ]
+    assert merged[0].metrics["note"] == "x"
+    table = comparison_table(merged)
+    assert "seed" not in table.columns
+    assert [row[table.columns.index("n")] for row in table.rows] == [3, 3]

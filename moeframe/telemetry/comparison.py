@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, replace
 from typing import Any
 
 from moeframe.telemetry.runs import RunRecord
 
 IDENTITY_GROUPS = ("model", "router", "cache", "experts")
 KEY_METRICS = (
+    ("repeats", "n"),
     ("throughput_tok_s", "tok/s"),
     ("ttft_ms_p50", "ttft p50 ms"),
     ("itl_ms_mean", "itl ms"),
@@ -86,6 +88,30 @@ def metric_columns(runs: list[RunRecord]) -> list[tuple[str, str]]:
         if any(w in words for w in FIDELITY_WORDS) and all(key != k for k, _ in columns):
             columns.append((key, key))
     return columns
+
+
+def median_over(runs: list[RunRecord], key: str) -> list[RunRecord]:
+    """Runs that differ only in config leaf ``key`` (a repeat index such as ``seed``) merged into one:
+    each numeric metric becomes the median over them and ``repeats`` counts them.
+
+    Wall-clock figures on a shared machine vary between identical runs; the
+    median of a few repeats is what benchmark harnesses (pytest-benchmark,
+    vLLM's benchmark_latency) report for the same reason.
+    """
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        leaves = {k: v for k, v in flatten(run.config).items() if k != key}
+        groups.setdefault(repr(sorted(leaves.items(), key=lambda kv: kv[0])) + repr(sorted(run.choices.items())), []).append(run)
+    merged = []
+    for members in groups.values():
+        metrics: dict[str, Any] = {}
+        for name, value in members[0].metrics.items():
+            values = [m.metrics.get(name) for m in members]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            metrics[name] = statistics.median(values) if numeric else value
+        metrics["repeats"] = len(members)
+        merged.append(replace(members[0], metrics=metrics))
+    return merged
 
 
 def comparison_table(runs: list[RunRecord]) -> Table:
