@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moeframe.engine.constrained import forced_run, mask_constrained
 from moeframe.engine.model_runner import ModelRunner
 from moeframe.engine.request import Request, Status
 from moeframe.engine.sampler import sample, token_logprobs
@@ -27,6 +28,8 @@ class StepStats:
     decode_tokens: int = 0
     generated_tokens: int = 0
     jump_forward_tokens: int = 0
+    mask_time_s: float = 0.0  # host time spent building and applying constraint masks
+    masked_rows: int = 0  # constrained next-token choices made
 
 
 class EngineCore:
@@ -95,16 +98,13 @@ class EngineCore:
         return reqs
 
     def mask(self, logits: torch.Tensor, reqs: list[Request]) -> None:
-        constrained = [i for i, r in enumerate(reqs) if r.constraint is not None]
         if logits.shape[-1] > self.vocab_size > 0:
             logits[:, self.vocab_size :] = float("-inf")
-        if not constrained or self.apply_bitmask is None:
-            return
-        words = (logits.shape[-1] + 31) // 32
-        bitmask = torch.full((len(reqs), words), -1, dtype=torch.int32)
-        for i in constrained:
-            reqs[i].constraint.fill_bitmask(bitmask, i)
-        self.apply_bitmask(logits, bitmask.to(logits.device))
+        if self.apply_bitmask is not None and any(r.constraint is not None for r in reqs):
+            start = time.perf_counter()
+            mask_constrained(logits, reqs, self.apply_bitmask)
+            self.stats.mask_time_s += time.perf_counter() - start
+            self.stats.masked_rows += sum(r.constraint is not None for r in reqs)
 
     def append(self, req: Request, token: int, now: float) -> None:
         if req.first_token_s is None:
@@ -118,12 +118,9 @@ class EngineCore:
                 req.error = f"token {token} was sampled outside the constraint"
                 reason = "error"
             elif self.jump_forward:
-                forced = req.constraint.forced_continuation()
-                room = req.params.max_new_tokens - len(req.output_ids)
-                for forced_token in forced[:room]:
-                    req.constraint.advance(forced_token)
-                    req.output_ids.append(forced_token)
-                    self.stats.jump_forward_tokens += 1
+                forced = forced_run(req, req.params.max_new_tokens - len(req.output_ids))
+                req.output_ids.extend(forced)
+                self.stats.jump_forward_tokens += len(forced)
                 if forced:
                     reason = self.stop_reason(req, req.output_ids[-1])
         req.text = self.detokenize(req.output_ids)

@@ -1,0 +1,57 @@
+"""Constrained decoding in the engine loop: masks, and the canonical tokenisation of forced runs.
+
+When a constraint forces a string (a fixed JSON key, say), many token
+sequences spell it. Both decoding modes take the same one, built token by
+token: the first token of the constraint's forced continuation, then the
+first of the next, and so on. Without jump-forward the mask allows only that
+token at each step; with jump-forward the whole run is appended at once and
+computed in one extend step (SGLang's compressed FSM). Outputs are then the
+same token for token with jump-forward on or off, and the forced text is
+never split at a place the tokenizer would not split it, which is the
+boundary problem SGLang's re-tokenisation addresses by re-encoding the
+output: here the boundary is made canonical before any token is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from moeframe.engine.request import Request
+
+ApplyBitmask = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def mask_constrained(logits: torch.Tensor, reqs: list[Request], apply_bitmask: ApplyBitmask) -> None:
+    """Restrict each constrained row to its state's tokens (only the canonical token in a forced run)."""
+    constrained = [i for i, r in enumerate(reqs) if r.constraint is not None]
+    if not constrained:
+        return
+    words = (logits.shape[-1] + 31) // 32
+    bitmask = torch.full((len(reqs), words), -1, dtype=torch.int32)
+    for i in constrained:
+        forced = reqs[i].constraint.forced_continuation()
+        if forced:
+            bitmask[i] = 0
+            bitmask[i, forced[0] // 32] = single_bit_word(forced[0] % 32)
+        else:
+            reqs[i].constraint.fill_bitmask(bitmask, i)
+    apply_bitmask(logits, bitmask.to(logits.device))
+
+
+def single_bit_word(bit: int) -> int:
+    """The int32 value whose only set bit is ``bit`` (bit 31 is the sign bit)."""
+    return (1 << bit) - (1 << 32 if bit == 31 else 0)
+
+
+def forced_run(req: Request, limit: int) -> list[int]:
+    """Advance the request's constraint through its forced run, one canonical token at a time."""
+    run: list[int] = []
+    state = req.constraint
+    while len(run) < limit:
+        forced = state.forced_continuation()
+        if not forced or not state.advance(forced[0]):
+            break
+        run.append(forced[0])
+    return run
