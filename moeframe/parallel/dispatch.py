@@ -5,7 +5,9 @@ replicated), so rank r takes only its contiguous share of the tokens, sends
 each of their kept assignments to the rank holding the chosen expert replica,
 and gets the expert outputs back, the two-all-to-all scheme of GShard
 (Lepikhin et al., 2020) and DeepSpeed-MoE. Per-slot counts travel first, so
-both sides know the uneven split sizes; weights are applied at the origin,
+both sides know the uneven split sizes (here every rank could derive them
+from the shared plan, but the exchange keeps this code right for
+data-parallel attention, where it cannot); weights are applied at the origin,
 in float32. A final all-gather gives every rank the whole layer output again.
 Replicas of an expert split its tokens round-robin by token index, the same
 choice on every rank.

@@ -48,7 +48,7 @@ from moeframe.parallel.placement import (
     placement_report,
 )
 from moeframe.parallel.tensor import shard_model_tensor_parallel
-from moeframe.parallel.tp_layers import check_heads, frozen, local_attention_spec
+from moeframe.parallel.tp_layers import check_heads, check_stacked_layout, frozen, local_attention_spec
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class ExpertParallel(ParallelStrategy):
     def shard(self, model: Any) -> None:
         for i, layer in enumerate(model.layers):
             if isinstance(layer.mlp, MoEBlock):
+                check_stacked_layout(layer.mlp)
                 local = torch.tensor(self.placements[i].rank_experts[self.comm.rank], device=layer.mlp.w13.device)
                 layer.mlp.w13 = frozen(layer.mlp.w13.data[local])
                 layer.mlp.w2 = frozen(layer.mlp.w2.data[local])

@@ -145,8 +145,19 @@ def shard_gated_mlp(mlp: GatedMLP, world_size: int, rank: int, comm: Comm) -> No
     mlp.down_proj = RowParallelLinear(mlp.down_proj, cols, comm)
 
 
+def check_stacked_layout(moe: MoEBlock) -> None:
+    """Sharding slices the stacked layout (w13 [E, 2I, H], w2 [E, H, I]); a kernel whose prepare() changed it cannot be sharded."""
+    inter, hidden = moe.spec.intermediate_size, moe.gate.in_features
+    if tuple(moe.w13.shape[1:]) != (2 * inter, hidden) or tuple(moe.w2.shape[1:]) != (hidden, inter):
+        raise ValueError(
+            f"layer {moe.layer_idx}: expert weights are {tuple(moe.w13.shape)} and {tuple(moe.w2.shape)}, not the stacked "
+            f"[E, 2I, H] / [E, H, I] layout; this experts kernel's prepare() layout cannot be sharded"
+        )
+
+
 def shard_expert_columns(moe: MoEBlock, world_size: int, rank: int, comm: Comm) -> None:
     """Every routed expert keeps this rank's slice of its width; the runner all-reduces the partial sums."""
+    check_stacked_layout(moe)
     inter = moe.w2.shape[2]
     lo, hi = shard_range(inter, world_size, rank)
     w13 = moe.w13.data
