@@ -68,10 +68,11 @@ class ExpertLoadRecorder:
         kept = plan.kept
         num_kept = kept.sum()
         self.counts[layer_idx].index_add_(0, plan.topk_ids.flatten().clamp_min(0), kept.flatten().long())
-        if self.top_k is None:
-            self.dropped[layer_idx] += kept.numel() - num_kept
-        else:
-            self.dropped[layer_idx] += (plan.num_tokens * self.top_k - num_kept).clamp_min(0)
+        # The budget is k assignments per token: the plan's own width (top-1 asks for 1), but at
+        # most the model's k, so an expert-choice plan's E columns are not all counted as drops.
+        columns = plan.topk_ids.shape[1]
+        budget_k = columns if self.top_k is None else min(columns, self.top_k)
+        self.dropped[layer_idx] += (plan.num_tokens * budget_k - num_kept).clamp_min(0)
         self.tokens[layer_idx] += plan.num_tokens
         self.unrouted[layer_idx] += (~kept.any(dim=1)).sum()
 

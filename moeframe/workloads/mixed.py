@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moeframe.workloads import WORKLOADS
 from moeframe.workloads.driver import ClientParams, ClientRun, ClientWorkload, Submission, drive
@@ -27,11 +27,15 @@ PROMPTS = [
 class MixedParams(ClientParams):
     num_requests: int = 16
     max_new_tokens: int = 32
+    fidelity_chunks: int = 2  # chunks of the sample text scored against native routing (0: skip)
+    fidelity_chunk_tokens: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_requests < 1:
             raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+        if self.fidelity_chunks < 0 or self.fidelity_chunk_tokens < 2:
+            raise ValueError("fidelity_chunks must be >= 0 and fidelity_chunk_tokens >= 2")
 
 
 @WORKLOADS.register("mixed", params=MixedParams)
@@ -42,3 +46,14 @@ class MixedWorkload(ClientWorkload):
     def client_run(self, engine: "Engine") -> ClientRun:
         texts = [PROMPTS[i % len(PROMPTS)] for i in range(self.params.num_requests)]
         return drive(engine, [Submission(engine.encode(t), i) for i, t in enumerate(texts)], self.params, desc="mixed")
+
+    def run(self, engine: "Engine") -> dict[str, Any]:
+        """The client run's figures, plus routing fidelity against native so any router sweep can be compared."""
+        metrics = super().run(engine)
+        p = self.params
+        if p.fidelity_chunks and engine.spec.is_moe and engine.tokenizer is not None:
+            from moeframe.data import sample_text
+            from moeframe.workloads.router_fidelity import measure_fidelity
+
+            metrics.update(measure_fidelity(engine, sample_text(), p.fidelity_chunk_tokens, p.fidelity_chunks))
+        return metrics

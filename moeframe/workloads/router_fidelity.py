@@ -72,34 +72,37 @@ class RouterFidelity(Workload):
         self.params = params
 
     def run(self, engine: "Engine") -> dict[str, Any]:
-        from moeframe.api import Engine
-
         p = self.params
         texts = [PROMPTS[i % len(PROMPTS)] for i in range(p.num_requests)]
         run = drive(engine, [Submission(engine.encode(t), i) for i, t in enumerate(texts)], p, desc="router_fidelity")
         metrics = client_metrics(engine, run)
-        native_cfg = OmegaConf.to_container(engine.cfg, resolve=True)
-        native_cfg["router"] = {"name": "native"}
-        native = Engine(OmegaConf.create(native_cfg))
-        ids = engine.encode(text_of(p))
-        chunk = min(p.chunk_tokens, engine.built.max_context)
-        totals = {"kl": 0.0, "agree": 0.0, "nll_router": 0.0, "nll_native": 0.0, "positions": 0}
-        for start in range(0, min(len(ids) - 1, chunk * p.max_chunks), chunk):
-            piece = ids[start : start + chunk + 1]
-            if len(piece) < 2:
-                break
-            inputs, targets = piece[:-1], torch.tensor(piece[1:])
-            part = fidelity(engine.score(inputs).cpu(), native.score(inputs).cpu(), targets)
-            totals = {k: totals[k] + part[k] for k in totals}
-        native.close()
-        n = max(totals["positions"], 1)
-        metrics.update(
-            {
-                "kl_vs_native": totals["kl"] / n,
-                "top1_agreement": totals["agree"] / n,
-                "perplexity": math.exp(totals["nll_router"] / n),
-                "perplexity_native": math.exp(totals["nll_native"] / n),
-                "fidelity_positions": totals["positions"],
-            }
-        )
+        metrics.update(measure_fidelity(engine, text_of(p), p.chunk_tokens, p.max_chunks))
         return metrics
+
+
+def measure_fidelity(engine: "Engine", text: str, chunk_tokens: int, max_chunks: int) -> dict[str, float]:
+    """KL vs native, top-1 agreement and both perplexities over up to ``max_chunks`` chunks of ``text``."""
+    from moeframe.api import Engine
+
+    native_cfg = OmegaConf.to_container(engine.cfg, resolve=True)
+    native_cfg["router"] = {"name": "native"}
+    native = Engine(OmegaConf.create(native_cfg))
+    ids = engine.encode(text)
+    chunk = min(chunk_tokens, engine.built.max_context)
+    totals = {"kl": 0.0, "agree": 0.0, "nll_router": 0.0, "nll_native": 0.0, "positions": 0}
+    for start in range(0, min(len(ids) - 1, chunk * max_chunks), chunk):
+        piece = ids[start : start + chunk + 1]
+        if len(piece) < 2:
+            break
+        inputs, targets = piece[:-1], torch.tensor(piece[1:])
+        part = fidelity(engine.score(inputs).cpu(), native.score(inputs).cpu(), targets)
+        totals = {k: totals[k] + part[k] for k in totals}
+    native.close()
+    n = max(totals["positions"], 1)
+    return {
+        "kl_vs_native": totals["kl"] / n,
+        "top1_agreement": totals["agree"] / n,
+        "perplexity": math.exp(totals["nll_router"] / n),
+        "perplexity_native": math.exp(totals["nll_native"] / n),
+        "fidelity_positions": totals["positions"],
+    }

@@ -94,3 +94,14 @@ def test_heatmap_is_a_png_image(tmp_path):
     path = recorder.heatmap_png(tmp_path / "expert_load.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_a_narrower_router_than_the_model_drops_nothing() -> None:
+    from moeframe.routers.plan import RoutingPlan
+    from moeframe.telemetry.expert_load import ExpertLoadRecorder
+
+    recorder = ExpertLoadRecorder(num_layers=1, num_experts=4, top_k=2)
+    plan = RoutingPlan(topk_ids=torch.tensor([[0], [3], [3]]), topk_weights=torch.ones(3, 1))
+    recorder.record(0, plan)
+    layer = recorder.stats()["layers"][0]
+    assert layer["dropped"] == 0 and layer["kept"] == 3
