@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 BATCH_KEYS = ("workload.batch_size", "workload.num_requests", "workload.max_concurrency", "scheduler.max_running")
 HEATMAPS_PER_ROW = 4
+HEATMAP_HEIGHT = 2.4  # inches per row of heatmaps
 
 
 def run_labels(runs: list[RunRecord]) -> list[str]:
@@ -64,9 +65,11 @@ def comparison_png(runs: list[RunRecord], path: str | Path) -> Path:
     heat = [(label, run.expert_load_counts()) for label, run in zip(labels, runs) if run.expert_load_counts()]
     top_panels = 1 + (key is not None) + show_hits
     heat_rows = (len(heat) + HEATMAPS_PER_ROW - 1) // HEATMAPS_PER_ROW
-    fig = Figure(figsize=(6 * max(top_panels, min(len(heat), HEATMAPS_PER_ROW) * 0.75, 1), 4 + 3.2 * heat_rows + 0.25 * len(runs)), layout="constrained")
+    top_height = 2.0 + 0.3 * len(runs)
+    width = max(5.5 * top_panels, 3.2 * min(len(heat), HEATMAPS_PER_ROW) + 1.0, 6.0)
+    fig = Figure(figsize=(width, top_height + HEATMAP_HEIGHT * heat_rows), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1 + heat_rows, 1, height_ratios=[1.0 + 0.06 * len(runs)] + [1.0] * heat_rows)
+    grid = fig.add_gridspec(1 + heat_rows, 1, height_ratios=[top_height] + [HEATMAP_HEIGHT] * heat_rows)
     top = grid[0].subgridspec(1, top_panels)
     panel = iter(range(top_panels))
 
@@ -128,14 +131,17 @@ def draw_hit_rates(ax: Axes, runs: list[RunRecord]) -> None:
 
 
 def draw_heatmaps(fig: Figure, grid: GridSpec, heat: list[tuple[str, list[list[int]]]], rows: int) -> None:
+    """One heatmap per run, rows of HEATMAPS_PER_ROW, one shared colour scale (its bar beside the first row)."""
     from matplotlib.ticker import MaxNLocator
 
     ratios = [load_ratio(counts) for _, counts in heat]
     vmax = max(float(r.max()) for r in ratios) or 1.0
+    colorbar_ax = None
     image = None
-    axes = []
     for row in range(rows):
-        cells = grid[1 + row].subgridspec(1, HEATMAPS_PER_ROW)
+        cells = grid[1 + row].subgridspec(1, HEATMAPS_PER_ROW + 1, width_ratios=[1.0] * HEATMAPS_PER_ROW + [0.06])
+        if row == 0:
+            colorbar_ax = fig.add_subplot(cells[HEATMAPS_PER_ROW])
         for col in range(HEATMAPS_PER_ROW):
             index = row * HEATMAPS_PER_ROW + col
             if index >= len(heat):
@@ -147,5 +153,4 @@ def draw_heatmaps(fig: Figure, grid: GridSpec, heat: list[tuple[str, list[list[i
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("expert")
             ax.set_ylabel("layer")
-            axes.append(ax)
-    fig.colorbar(image, ax=axes, label="load / mean load", shrink=0.8)
+    fig.colorbar(image, cax=colorbar_ax, label="load / mean load")
