@@ -4,8 +4,9 @@ Columns are chosen from the runs themselves, the way W&B's run table hides
 columns that are constant: the identity groups (model, router, cache,
 experts) always; any other group whose choice differs between the runs; any
 config leaf that differs while its group's choice does not (a swept
-``router.capacity_factor``); then the key metrics, and the fidelity metrics
-(KL vs native, top-1 agreement, ...) of runs whose workload reports them.
+``router.capacity_factor``); then the key metrics, and the workload-specific ones
+(KL vs native, top-1 agreement, JSON validity, mask time, ...) of runs whose
+workload reports them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ KEY_METRICS = (
     ("expert_load_max_mean_load", "max/mean load"),
     ("expert_load_drop_rate", "drop rate"),
 )
-FIDELITY_WORDS = ("kl", "agreement", "perplexity", "validity")
+# words of workload-specific metrics worth a column: router fidelity, constrained decoding
+EXTRA_METRIC_WORDS = ("kl", "agreement", "perplexity", "validity", "mask", "saved")
 
 
 @dataclass
@@ -85,7 +87,7 @@ def metric_columns(runs: list[RunRecord]) -> list[tuple[str, str]]:
     columns = [(key, header) for key, header in KEY_METRICS if key in present]
     for key in dict.fromkeys(present):
         words = key.lower().split("_")
-        if any(w in words for w in FIDELITY_WORDS) and all(key != k for k, _ in columns):
+        if any(w in words for w in EXTRA_METRIC_WORDS) and all(key != k for k, _ in columns):
             columns.append((key, key))
     return columns
 
