@@ -66,9 +66,10 @@ def main(args_file: str, out_dir: str) -> None:
     bad = args.get("bad", {})
     results: dict = {"errors": {name: start_error(path, overrides) for name, (path, overrides) in bad.items()}}
     for name, path in args["models"].items():
-        single = run_checks(engine(path, "parallel=single"))
+        base = args.get("base", {}).get(name, [])
+        single = run_checks(engine(path, *base, "parallel=single"))
         for label, overrides in args["runs"][name].items():
-            results[f"{name}/{label}"] = compare(run_checks(engine(path, *overrides)), single)
+            results[f"{name}/{label}"] = compare(run_checks(engine(path, *base, *overrides)), single)
         if name == args.get("redundant_model"):
             counts = torch.tensor(single["stats"]["expert_load"]["counts"])
             load_file = write_expert_counts(counts, Path(out_dir) / f"counts_rank{world.rank}.json")

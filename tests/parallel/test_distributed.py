@@ -26,6 +26,7 @@ EXPERT_TP2 = ["parallel=expert", "parallel.tp_size=2"]
 PARITY = [(family, strategy) for family in FAMILIES for strategy in STRATEGIES] + [
     ("qwen2-moe-e5", "expert"),
     ("olmoe", "expert_tp2"),
+    ("mixtral-expert-choice", "expert"),
 ]
 GRID_FAMILIES = ("mixtral", "deepseek-v3")
 
@@ -55,6 +56,8 @@ def launch(world_size: int, args: dict, root: Path) -> list[dict]:
 def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     root = tmp_path_factory.mktemp("parallel")
     models = {family: str(checkpoint_factory(preset)) for family, preset in FAMILIES.items()}
+    # a batch-dependent router with dropped assignments: every rank must route the whole batch alike
+    models["mixtral-expert-choice"] = models["mixtral"]
     # 5 experts over 2 ranks: uneven blocks of 3 and 2
     models["qwen2-moe-e5"] = str(make_checkpoint(make_config("qwen2_moe", num_experts=5, num_experts_per_tok=2), root / "e5", seed=1))
     bad = {
@@ -68,6 +71,7 @@ def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[
         "runs": {family: {s: runs[s] for f, s in PARITY if f == family} for family in models},
         "bad": {name: (str(path), overrides) for name, (path, overrides) in bad.items()},
         "redundant_model": "olmoe",
+        "base": {"mixtral-expert-choice": ["router=expert_choice"]},
     }
     return launch(WORLD_SIZE, args, root / "world2")
 
