@@ -86,6 +86,15 @@ class KVCache(ABC):
     def num_evictable_slots(self) -> int:
         return 0
 
+    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
+        """Share a running request's computed KV now, not only when it ends (SGLang caches after prefill).
+
+        Returns the request's new pinned match; its slots replace the
+        request's first ``num_tokens`` slots (they hold the same KV). The
+        default keeps nothing early.
+        """
+        return match
+
     def cached_prefix_len(self, token_ids: list[int]) -> int:
         """How many leading tokens a match would reuse, without pinning anything (for lpm)."""
         return 0

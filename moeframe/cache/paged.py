@@ -106,6 +106,12 @@ class PagedCache(KVCache):
         for block in reversed(lent + own):
             self.blocks.drop(block)
 
+    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
+        """Full blocks become reusable as soon as they are computed (vLLM caches a block once it fills)."""
+        if self.prefix_reuse:
+            self._commit_full_blocks(token_ids, slots)
+        return match
+
     def _commit_full_blocks(self, token_ids: list[int], slots: list[int]) -> None:
         size = self.block_size
         for i, key in enumerate(chain_keys(token_ids, size)):

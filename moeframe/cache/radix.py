@@ -64,6 +64,15 @@ class RadixCache(KVCache):
         if match.handle is not None:
             self.tree.unlock(match.handle)
 
+    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
+        end = self.tree.aligned_len(len(token_ids))
+        self.pool.free(self.tree.insert(token_ids[:end], slots[:end]))
+        shared, node = self.tree.match(token_ids[:end])
+        self.tree.lock(node)
+        if match.handle is not None:
+            self.tree.unlock(match.handle)
+        return PrefixMatch(shared, node)
+
     def num_cached_tokens(self) -> int:
         return self.tree.total_size
 

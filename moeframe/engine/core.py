@@ -79,6 +79,8 @@ class EngineCore:
                 self.stats.decode_tokens += 1
             else:
                 self.stats.prefill_tokens += n
+                if req.num_pending == 0:
+                    self.scheduler.cache_prefix(req)
         ready = [i for i, req in enumerate(scheduled.requests) if req.num_pending == 0]
         if not ready:
             return []

@@ -93,6 +93,12 @@ class Scheduler:
         req.slots.extend(fresh)
         return True
 
+    def cache_prefix(self, req: Request) -> None:
+        """Offer a request's computed KV to the cache while it runs, so requests sharing it reuse it now."""
+        match = self.cache.cache_prefix(req.all_ids[: len(req.slots)], req.slots, req.match)
+        req.slots = list(match.slots) + req.slots[match.num_tokens :]
+        req.match = match
+
     def preempt(self, req: Request) -> None:
         self.release(req)
         req.status = Status.WAITING
