@@ -10,7 +10,9 @@ from the shared plan, but the exchange keeps this code right for
 data-parallel attention, where it cannot); weights are applied at the origin,
 in float32. A final all-gather gives every rank the whole layer output again.
 Replicas of an expert split its tokens round-robin by token index, the same
-choice on every rank.
+choice on every rank. Expert outputs travel back in the activation dtype, so
+in bfloat16 each is rounded before weighting (single's kernel weights first):
+a difference at bf16 rounding level.
 """
 
 from __future__ import annotations

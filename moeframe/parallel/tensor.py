@@ -6,7 +6,9 @@ expert sum are all-reduced (two all-reduces per layer, as in vLLM's and
 SGLang's TP). Embeddings, norms, router gates and the LM head stay whole on
 every rank, so every rank routes and samples the same tokens. KV heads fewer
 than ranks are replicated, as vLLM does. Attention heads not divisible by
-the world size fail at start.
+the world size fail at start. In float32 outputs equal single's to rounding;
+in bfloat16 they differ at bf16 rounding level (partial sums are rounded
+before the all-reduce, and the sharded q/k norm is not the fused kernel).
 """
 
 from __future__ import annotations
