@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--experts", default="triton")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--profile", default="", help="batch sizes to profile decode at, e.g. 1,32")
+    parser.add_argument("--profile-prefill", action="store_true", help="also profile the 8 x 1024 prefill")
     parser.add_argument("--out", default="benchmarks")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the engine")
     args = parser.parse_args()
@@ -173,6 +174,8 @@ def main() -> None:
     save()
     for batch in [int(b) for b in args.profile.split(",") if b]:
         (out / f"profile_{args.preset}_b{batch}.txt").write_text(profile_decode(engine, batch, args.prompt_len))
+    if args.profile_prefill:
+        (out / f"profile_{args.preset}_prefill.txt").write_text(profile_prefill(engine))
     (out / f"decode_{args.preset}.md").write_text(markdown(result, args))
     print(markdown(result, args))
 
@@ -198,6 +201,22 @@ def profile_decode(engine: Engine, batch: int, prompt_len: int) -> str:
         engine.step()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
     return f"decode batch {batch}: {wall * 1e3:.3f} ms per step (wall, {steps} steps)\n\n{table}\n"
+
+
+def profile_prefill(engine: Engine) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts = random_prompts(8, 1024, engine.spec.vocab_size, 13)
+    params = SamplingParams(max_new_tokens=1, ignore_eos=True)
+    engine.generate(prompts, params)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        engine.generate(prompts, params)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20)
+    return f"prefill 8 x 1024: {wall * 1e3:.1f} ms (wall)\n\n{table}\n"
 
 
 def preset_spec(cfg):

@@ -85,7 +85,8 @@ class EngineCore:
         if not ready:
             return []
         reqs = [scheduled.requests[i] for i in ready]
-        logits = logits[ready]
+        if len(ready) < logits.shape[0]:
+            logits = logits[ready]
         self.mask(logits, reqs)
         next_ids = sample(logits, reqs)
         want_logprobs = [r.params.logprobs for r in reqs if r.params.logprobs is not None]

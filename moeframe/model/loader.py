@@ -179,10 +179,15 @@ def stack_experts(spec: ModelSpec, experts: dict, place) -> None:
 
 
 def prepare_experts(model: CausalLM) -> None:
-    """Let each layer's expert kernel convert the stacked weights into its own layout, once."""
+    """Let each layer's expert kernel convert the stacked weights into its own layout, once.
+
+    The gate is kept in float32: routing is computed in float32 (as DeepSeek's
+    reference does), and a float32 copy made once saves a cast every step.
+    """
     for layer in model.layers:
         if layer.is_sparse:
             moe = layer.mlp
+            moe.gate.weight = torch.nn.Parameter(moe.gate.weight.data.float(), requires_grad=False)
             w13, w2 = moe.kernel.prepare(moe.w13.data, moe.w2.data)
             moe.w13 = torch.nn.Parameter(w13, requires_grad=False)
             moe.w2 = torch.nn.Parameter(w2, requires_grad=False)
