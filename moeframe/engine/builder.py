@@ -105,12 +105,11 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         )
 
     if weights is not None:
-        model = assemble_model(spec, hf_config, weights, moe_factory, dtype, device, "in-memory weights")
+        model = assemble_model(spec, hf_config, weights, moe_factory, dtype, device, "in-memory weights", parallel.shard)
     elif path is None:
-        model = random_model(spec, hf_config, moe_factory, dtype, device, cfg.seed)
+        model = random_model(spec, hf_config, moe_factory, dtype, device, cfg.seed, parallel.shard)
     else:
-        model = load_model(path, moe_factory, dtype, device)[0]
-    parallel.shard(model)
+        model = load_model(path, moe_factory, dtype, device, parallel.shard)[0]
     max_context = spec.max_position_embeddings
     if cfg.model.max_context is not None:
         max_context = min(max_context, cfg.model.max_context)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -21,6 +21,10 @@ from moeframe.errors import CheckpointError
 from moeframe.model.causal_lm import CausalLM, MoEFactory
 from moeframe.model.families import Family, family_of, rename
 from moeframe.model.spec import ModelSpec
+
+# Shards the meta-device model for this rank and returns how to cut each full
+# tensor (by our name) to it; the parallel strategy supplies it (moeframe/parallel).
+ShardFn = Callable[[CausalLM], Callable[[str, torch.Tensor], torch.Tensor]]
 
 EXPERT_PART = re.compile(r"^layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 FUSED_PART = re.compile(r"^layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
@@ -67,12 +71,12 @@ def iter_tensors(path: Path, fam: Family):
 
 
 def load_model(
-    path: str | Path, moe_factory: MoEFactory, dtype: torch.dtype, device: torch.device | str
+    path: str | Path, moe_factory: MoEFactory, dtype: torch.dtype, device: torch.device | str, shard: ShardFn | None = None
 ) -> tuple[CausalLM, ModelSpec]:
     path = Path(path)
     spec, hf_config = load_spec(path)
     tensors = iter_tensors(path, family_of(spec.family))
-    return assemble_model(spec, hf_config, tensors, moe_factory, dtype, device, str(path)), spec
+    return assemble_model(spec, hf_config, tensors, moe_factory, dtype, device, str(path), shard), spec
 
 
 def assemble_model(
@@ -83,15 +87,19 @@ def assemble_model(
     dtype: torch.dtype,
     device: torch.device | str,
     source: str,
+    shard: ShardFn | None = None,
 ) -> CausalLM:
     """Our model from (name, tensor) pairs already renamed to our layout (see families.rename)."""
     with torch.device("meta"):
         model = CausalLM(spec, moe_factory, hf_config)
+    cut = shard(model) if shard is not None else None
     expected = dict(model.state_dict(keep_vars=True))
     state: dict[str, torch.Tensor] = {}
     experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
 
     def place(name: str, tensor: torch.Tensor) -> None:
+        if cut is not None:
+            tensor = cut(name, tensor)
         target = torch.float32 if FLOAT32_TENSORS.search(name) else dtype
         state[name] = tensor.to(device=device, dtype=target)
 
@@ -134,18 +142,28 @@ def hf_state_tensors(spec: ModelSpec, state_dict: dict[str, torch.Tensor]) -> It
 
 
 def random_model(
-    spec: ModelSpec, hf_config: object, moe_factory: MoEFactory, dtype: torch.dtype, device: torch.device | str, seed: int
+    spec: ModelSpec,
+    hf_config: object,
+    moe_factory: MoEFactory,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    seed: int,
+    shard: ShardFn | None = None,
 ) -> CausalLM:
     """Random weights made straight on the device, for real-shape benchmarks without checkpoint files.
 
     Matrices ~ N(0, 0.02) (the HF initialiser's scale), norms 1, biases 0: the
-    speed of a forward does not depend on the values.
+    speed of a forward does not depend on the values. Under a parallel
+    strategy every rank draws each full tensor in the same order and keeps
+    its cut, so replicated weights agree across ranks.
     """
     with torch.device("meta"):
         model = CausalLM(spec, moe_factory, hf_config)
+    full = dict(model.state_dict(keep_vars=True))
+    cut = shard(model) if shard is not None else None
     gen = torch.Generator(device=device).manual_seed(seed)
     state = {}
-    for name, ref in model.state_dict(keep_vars=True).items():
+    for name, ref in full.items():
         if spec.tie_word_embeddings and name == "lm_head.weight":
             continue
         target = torch.float32 if FLOAT32_TENSORS.search(name) else dtype
@@ -155,6 +173,8 @@ def random_model(
             state[name] = torch.randn(ref.shape, generator=gen, dtype=target, device=device).mul_(0.02)
         else:
             state[name] = torch.zeros(ref.shape, dtype=target, device=device)
+        if cut is not None:
+            state[name] = cut(name, state[name])
     model.load_state_dict(state, assign=True, strict=False)
     if spec.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

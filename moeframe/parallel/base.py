@@ -3,8 +3,9 @@
 A strategy is built before the model (it joins the process group and checks
 the model's shapes against the world size, so a bad choice fails at start,
 identically on every rank), hands each MoE layer its ExpertRunner, and cuts
-the loaded weights down to its rank's part (``shard``), the way torchtitan's
-``parallelize`` step follows model construction.
+the model, still on the meta device, down to its rank's part (``shard``),
+the way torchtitan's ``parallelize`` step follows model construction; the
+loader then reads each full tensor and keeps only that part.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from moeframe.model.layers.moe import ExpertRunner
 from moeframe.model.spec import AttentionSpec
+from moeframe.parallel.slicing import WeightSlicer
 
 if TYPE_CHECKING:
     from moeframe.model.causal_lm import CausalLM
@@ -31,8 +33,9 @@ class ParallelStrategy(ABC):
     def expert_runner(self, layer_idx: int) -> ExpertRunner:
         """How layer ``layer_idx`` sends routed tokens to its experts and gathers the results."""
 
-    def shard(self, model: "CausalLM") -> None:
-        """Keep only this rank's part of the loaded weights (called once, right after loading)."""
+    def shard(self, model: "CausalLM") -> WeightSlicer:
+        """Cut the meta-device model down to this rank's part, before loading; the slicer cuts each loaded tensor alike."""
+        return WeightSlicer({})
 
     def local_attention(self, attention: AttentionSpec) -> AttentionSpec:
         """The attention shape this rank computes and caches (the KV pool is sized from it)."""

@@ -40,6 +40,7 @@ from moeframe.parallel.comm import Comm, CommMeter
 from moeframe.parallel.dispatch import ExpertParallelRunner
 from moeframe.parallel.distributed import grid_groups, init_distributed
 from moeframe.parallel.load_file import read_expert_counts
+from moeframe.parallel.slicing import WeightSlicer, cut
 from moeframe.parallel.placement import (
     LayerPlacement,
     add_redundant_experts,
@@ -48,7 +49,7 @@ from moeframe.parallel.placement import (
     placement_report,
 )
 from moeframe.parallel.tensor import shard_model_tensor_parallel
-from moeframe.parallel.tp_layers import check_heads, check_stacked_layout, frozen, local_attention_spec
+from moeframe.parallel.tp_layers import check_heads, local_attention_spec
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +125,16 @@ class ExpertParallel(ParallelStrategy):
     def expert_runner(self, layer_idx: int) -> ExpertRunner:
         return self.runners[layer_idx]
 
-    def shard(self, model: Any) -> None:
+    def shard(self, model: Any) -> WeightSlicer:
         for i, layer in enumerate(model.layers):
             if isinstance(layer.mlp, MoEBlock):
-                check_stacked_layout(layer.mlp)
-                local = torch.tensor(self.placements[i].rank_experts[self.comm.rank], device=layer.mlp.w13.device)
-                layer.mlp.w13 = frozen(layer.mlp.w13.data[local])
-                layer.mlp.w2 = frozen(layer.mlp.w2.data[local])
+                local = torch.tensor(self.placements[i].rank_experts[self.comm.rank])
+                layer.mlp.w13 = cut(layer.mlp.w13, 0, local)
+                layer.mlp.w2 = cut(layer.mlp.w2, 0, local)
         if self.tp_comm is not None:
             shard_model_tensor_parallel(model, self.tp_size, self.tp_comm.rank, self.tp_comm)
         self.clock.attach(model)
+        return WeightSlicer.of(model)
 
     def local_attention(self, attention: AttentionSpec) -> AttentionSpec:
         return local_attention_spec(attention, self.tp_size)

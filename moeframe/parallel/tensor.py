@@ -29,6 +29,7 @@ from moeframe.parallel.base import ParallelStrategy
 from moeframe.parallel.clock import ForwardClock, comm_stats
 from moeframe.parallel.comm import Comm, CommMeter
 from moeframe.parallel.distributed import init_distributed
+from moeframe.parallel.slicing import WeightSlicer
 from moeframe.parallel.tp_layers import (
     check_heads,
     local_attention_spec,
@@ -85,9 +86,10 @@ class TensorParallel(ParallelStrategy):
     def expert_runner(self, layer_idx: int) -> ExpertRunner:
         return self.runner
 
-    def shard(self, model: Any) -> None:
+    def shard(self, model: Any) -> WeightSlicer:
         shard_model_tensor_parallel(model, self.world_size, self.rank, self.comm)
         self.clock.attach(model)
+        return WeightSlicer.of(model)
 
     def local_attention(self, attention: AttentionSpec) -> AttentionSpec:
         return local_attention_spec(attention, self.world_size)

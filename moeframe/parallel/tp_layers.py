@@ -7,7 +7,8 @@ adding the bias once after it. The same split serves dense MLPs, shared
 experts and every routed expert (w13 by intermediate rows, w2 by
 intermediate columns), as vLLM's and SGLang's TP MoE layers do. Modules are
 swapped for these explicit parallel ones, so the hot path stays readable by
-printing the model.
+printing the model. The surgery runs on the meta model before loading; the
+loader then cuts each full tensor the same way (slicing.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.spec import AttentionSpec
 from moeframe.parallel.comm import Comm
+from moeframe.parallel.slicing import cut
 
 
 def shard_range(size: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -34,16 +36,12 @@ def shard_range(size: int, world_size: int, rank: int) -> tuple[int, int]:
     return lo, lo + base + (1 if rank < extra else 0)
 
 
-def frozen(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.contiguous(), requires_grad=False)
-
-
 def column_linear(linear: nn.Linear, rows: torch.Tensor) -> nn.Linear:
     """A Linear that computes only output features ``rows`` of ``linear``."""
     out = nn.Linear(linear.in_features, rows.numel(), bias=linear.bias is not None, device="meta")
-    out.weight = frozen(linear.weight.data[rows])
+    out.weight = cut(linear.weight, 0, rows)
     if linear.bias is not None:
-        out.bias = frozen(linear.bias.data[rows])
+        out.bias = cut(linear.bias, 0, rows)
     return out
 
 
@@ -52,8 +50,8 @@ class RowParallelLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, cols: torch.Tensor, comm: Comm) -> None:
         super().__init__()
-        self.weight = frozen(linear.weight.data[:, cols])
-        self.bias = None if linear.bias is None else frozen(linear.bias.data)
+        self.weight = cut(linear.weight, 1, cols)
+        self.bias = linear.bias
         self.comm = comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +68,7 @@ class ShardedRMSNorm(nn.Module):
 
     def __init__(self, norm: RMSNorm, cols: torch.Tensor, full_dim: int, replicas: int, comm: Comm) -> None:
         super().__init__()
-        self.weight = frozen(norm.weight.data[cols])
+        self.weight = cut(norm.weight, 0, cols)
         self.eps, self.full_dim, self.replicas, self.comm = norm.eps, full_dim, replicas, comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,23 +143,12 @@ def shard_gated_mlp(mlp: GatedMLP, world_size: int, rank: int, comm: Comm) -> No
     mlp.down_proj = RowParallelLinear(mlp.down_proj, cols, comm)
 
 
-def check_stacked_layout(moe: MoEBlock) -> None:
-    """Sharding slices the stacked layout (w13 [E, 2I, H], w2 [E, H, I]); a kernel whose prepare() changed it cannot be sharded."""
-    inter, hidden = moe.spec.intermediate_size, moe.gate.in_features
-    if tuple(moe.w13.shape[1:]) != (2 * inter, hidden) or tuple(moe.w2.shape[1:]) != (hidden, inter):
-        raise ValueError(
-            f"layer {moe.layer_idx}: expert weights are {tuple(moe.w13.shape)} and {tuple(moe.w2.shape)}, not the stacked "
-            f"[E, 2I, H] / [E, H, I] layout; this experts kernel's prepare() layout cannot be sharded"
-        )
-
-
 def shard_expert_columns(moe: MoEBlock, world_size: int, rank: int, comm: Comm) -> None:
     """Every routed expert keeps this rank's slice of its width; the runner all-reduces the partial sums."""
-    check_stacked_layout(moe)
     inter = moe.w2.shape[2]
     lo, hi = shard_range(inter, world_size, rank)
-    w13 = moe.w13.data
-    moe.w13 = frozen(torch.cat([w13[:, lo:hi], w13[:, inter + lo : inter + hi]], dim=1))
-    moe.w2 = frozen(moe.w2.data[:, :, lo:hi])
+    cols = torch.arange(lo, hi)
+    moe.w13 = cut(moe.w13, 1, torch.cat([cols, inter + cols]))  # this slice of the gate rows, then of the up rows
+    moe.w2 = cut(moe.w2, 2, cols)
     if moe.shared_experts is not None:
         shard_gated_mlp(moe.shared_experts, world_size, rank, comm)

@@ -18,8 +18,10 @@ from moeframe.parallel.distributed import init_distributed
 from moeframe.parallel.load_file import write_expert_counts
 
 
-def engine(path: str, *overrides: str) -> Engine:
-    return Engine.from_overrides([f"model.path={path}", "device=cpu", "dtype=float32", "cache=none", *overrides])
+def engine(path: str | None, *overrides: str) -> Engine:
+    """``path`` None: the model comes from the overrides (a preset with random weights)."""
+    source = [f"model.path={path}"] if path is not None else []
+    return Engine.from_overrides([*source, "device=cpu", "dtype=float32", "cache=none", *overrides])
 
 
 def prompts(vocab: int) -> list[list[int]]:
@@ -36,6 +38,7 @@ def run_checks(eng: Engine) -> dict:
         "batch_tokens": [o.token_ids for o in eng.generate(batch, params)],
         "alone_tokens": eng.generate([batch[1]], params)[0].token_ids,
         "stats": eng.stats(),
+        "num_params": sum(p.numel() for p in eng.built.model.parameters()),
     }
 
 
@@ -49,6 +52,8 @@ def compare(ours: dict, ref: dict) -> dict:
         "single_alone_tokens": ref["alone_tokens"],
         "parallel_stats": ours["stats"]["parallel"],
         "kept_assignments": ours["stats"].get("expert_load", {}).get("total", {}).get("kept"),
+        "num_params": ours["num_params"],
+        "single_num_params": ref["num_params"],
     }
 
 

@@ -27,6 +27,8 @@ PARITY = [(family, strategy) for family in FAMILIES for strategy in STRATEGIES] 
     ("qwen2-moe-e5", "expert"),
     ("olmoe", "expert_tp2"),
     ("mixtral-expert-choice", "expert"),
+    ("olmoe-random-weights", "tensor"),
+    ("olmoe-random-weights", "expert"),
 ]
 GRID_FAMILIES = ("mixtral", "deepseek-v3")
 
@@ -58,6 +60,8 @@ def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[
     models = {family: str(checkpoint_factory(preset)) for family, preset in FAMILIES.items()}
     # a batch-dependent router with dropped assignments: every rank must route the whole batch alike
     models["mixtral-expert-choice"] = models["mixtral"]
+    # weights drawn on each rank (no checkpoint): every rank draws the full tensors alike and keeps its cut
+    models["olmoe-random-weights"] = None
     # 5 experts over 2 ranks: uneven blocks of 3 and 2
     models["qwen2-moe-e5"] = str(make_checkpoint(make_config("qwen2_moe", num_experts=5, num_experts_per_tok=2), root / "e5", seed=1))
     bad = {
@@ -71,7 +75,10 @@ def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[
         "runs": {family: {s: runs[s] for f, s in PARITY if f == family} for family in models},
         "bad": {name: (str(path), overrides) for name, (path, overrides) in bad.items()},
         "redundant_model": "olmoe",
-        "base": {"mixtral-expert-choice": ["router=expert_choice"]},
+        "base": {
+            "mixtral-expert-choice": ["router=expert_choice"],
+            "olmoe-random-weights": ["model=tiny-olmoe", "model.random_weights=true"],
+        },
     }
     return launch(WORLD_SIZE, args, root / "world2")
 
@@ -162,3 +169,10 @@ def test_expert_with_tensor_inside_on_a_2x2_grid_matches_single(grid_ranks: list
         assert check["batch_tokens"] == check["single_batch_tokens"]
         assert check["alone_tokens"] == check["single_alone_tokens"]
         assert (check["parallel_stats"]["tp_size"], check["parallel_stats"]["ep_size"]) == (2, 2)
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "expert"])
+def test_each_rank_holds_only_its_shard_of_the_weights(ranks: list[dict], strategy: str) -> None:
+    for result in ranks:
+        check = result[f"deepseek-v3/{strategy}"]
+        assert check["num_params"] < check["single_num_params"]
