@@ -80,7 +80,7 @@ def test_without_choices_a_group_is_named_by_its_component(tmp_path: Path) -> No
     run = record(tmp_path / "a", base_config(**{"model.path": "/ckpt/dense-twin", "model.preset": None}), metrics(1.0))
     table = comparison_table([load_run(run)])
     row = dict(zip(table.columns, table.rows[0]))
-    assert row["model"] == "dense-twin" and row["router"] == "top_k" and row["cache"] == "radix"
+    assert row["model"] == "ckpt/dense-twin" and row["router"] == "top_k" and row["cache"] == "radix"
 
 
 def test_a_group_whose_choice_varies_gets_a_column(tmp_path: Path) -> None:
@@ -204,3 +204,12 @@ def test_median_over_merges_repeats_into_medians(tmp_path: Path) -> None:
     table = comparison_table(merged)
     assert "seed" not in table.columns
     assert [row[table.columns.index("n")] for row in table.rows] == [3, 3]
+
+
+def test_sweep_jobs_nested_by_a_slash_in_an_override_are_found(tmp_path: Path) -> None:
+    for job, kind in enumerate(("moe", "dense")):
+        record(tmp_path / "sweep" / f"{job}_model.path=ckpt" / kind, base_config(**{"model.path": f"ckpt/{kind}"}), metrics(1.0))
+    wandb_copy = tmp_path / "sweep" / "0_model.path=ckpt" / "moe" / "wandb" / "offline-run-x-abc" / "files" / "moeframe"
+    record(wandb_copy, base_config(), metrics(9.0))
+    runs = collect_runs([], [tmp_path / "sweep"], [])
+    assert [(r.name, r.choice("model")) for r in runs] == [("#0", "ckpt/moe"), ("#1", "ckpt/dense")]

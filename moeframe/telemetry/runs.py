@@ -9,7 +9,7 @@ touches the engine: comparing runs never re-runs them (STYLE.md habit 12).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,15 @@ class RunRecord:
     metrics: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, str] = field(default_factory=dict)  # config group -> the yaml chosen (Hydra runs only)
+    job: int | None = None  # the Hydra sweep job number, for runs read from a sweep folder
 
     @property
     def name(self) -> str:
-        """The run folder's name (a sweep job's number); for a W&B copy, the W&B run's id."""
+        """A sweep job's number, a W&B copy's run id, else the run folder's name."""
+        if self.job is not None:
+            return f"#{self.job}"
         if self.path.parent.name == "files":
             return self.path.parents[1].name.rsplit("-", 1)[-1]
-        if job_number(self.path.name) < 1 << 30:
-            return f"#{job_number(self.path.name)}"
         return self.path.name
 
     def value(self, dotted: str) -> Any:
@@ -45,12 +46,17 @@ class RunRecord:
         return node
 
     def choice(self, group: str) -> Any:
-        """What a group was set to: the yaml chosen, else the component's name (model: preset or folder)."""
+        """What a group was set to: the yaml chosen, else the component's name.
+
+        For the model, ``model.path`` wins over the chosen preset (as it does
+        when the engine loads), named by its last two folders.
+        """
+        if group == "model" and self.value("model.path"):
+            return "/".join(Path(self.value("model.path")).parts[-2:])
         if group in self.choices:
             return self.choices[group]
         if group == "model":
-            path = self.value("model.path")
-            return Path(path).name if path else self.value("model.preset")
+            return self.value("model.preset")
         return self.value(f"{group}.name")
 
     def expert_load_counts(self) -> list[list[int]] | None:
@@ -73,9 +79,18 @@ def load_run(path: Path) -> RunRecord:
 
 
 def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a Hydra multirun folder, in job order (``0_...``, ``1_...``, ..., ``10_...``)."""
-    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and is_run_dir(p)]
-    return sorted(jobs, key=lambda p: (job_number(p.name), p.name))
+    """The job folders of a Hydra multirun folder, in job order (``0_...``, ``1_...``, ..., ``10_...``).
+
+    An override value with a slash (``model.path=ckpt/moe``) nests the job
+    folder below ``N_...``, so folders are found at any depth; the W&B copies
+    inside a job (``files/moeframe``) are not jobs of their own.
+    """
+    jobs = [
+        p.parent
+        for p in sweep_dir.rglob("metrics.json")
+        if is_run_dir(p.parent) and "files" not in p.relative_to(sweep_dir).parts
+    ]
+    return sorted(jobs, key=lambda p: (job_number(p.relative_to(sweep_dir).parts[0]), str(p)))
 
 
 def job_number(name: str) -> int:
@@ -90,13 +105,18 @@ def wandb_run_dirs(wandb_dir: Path) -> list[Path]:
 
 
 def collect_runs(run_dirs: list[Path], multirun_dirs: list[Path], wandb_dirs: list[Path]) -> list[RunRecord]:
-    paths: list[Path] = []
+    runs: list[RunRecord] = []
     for path in run_dirs:
         if not is_run_dir(path):
             raise FileNotFoundError(f"{path} is not a run folder (it needs {' and '.join(RECORD_FILES)})")
-        paths.append(path)
+        runs.append(load_run(path))
     for sweep in multirun_dirs:
-        paths.extend(sweep_run_dirs(sweep))
-    for wandb_dir in wandb_dirs:
-        paths.extend(wandb_run_dirs(wandb_dir))
-    return [load_run(p) for p in paths]
+        for path in sweep_run_dirs(sweep):
+            number = job_number(path.relative_to(sweep).parts[0])
+            runs.append(replace(load_run(path), job=number if number < 1 << 30 else None))
+    runs.extend(load_run(p) for p in wandb_dirs_runs(wandb_dirs))
+    return runs
+
+
+def wandb_dirs_runs(wandb_dirs: list[Path]) -> list[Path]:
+    return [p for wandb_dir in wandb_dirs for p in wandb_run_dirs(wandb_dir)]
