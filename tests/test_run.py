@@ -20,7 +20,13 @@ from moeframe.telemetry.summary import summary_table
 from moeframe.telemetry.sweep_progress import count_jobs
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["workload.num_requests=3", "workload.max_new_tokens=4", "workload.progress=false", "cache=radix"]
+SMALL = [
+    "workload.num_requests=3",
+    "workload.max_new_tokens=4",
+    "workload.progress=false",
+    "workload.fidelity_chunks=0",
+    "cache=radix",
+]
 
 
 def outputs(run_dir: Path) -> list[dict]:
@@ -88,7 +94,8 @@ def test_router_by_cache_sweep_writes_four_offline_wandb_runs_that_compare_reads
     env |= {"WANDB_CONFIG_DIR": str(tmp_path / "wb_config"), "WANDB_CACHE_DIR": str(tmp_path / "wb_cache")}
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "moeframe.run", "-m", "router=top1,top2", "cache=radix,paged", "logger=wandb"]
-    command += ["workload.num_requests=2", "workload.max_new_tokens=4", "workload.progress=false", f"hydra.sweep.dir={sweep}"]
+    command += ["workload.num_requests=2", "workload.max_new_tokens=4", "workload.progress=false", "workload.fidelity_chunks=0"]
+    command += [f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     offline_runs = list(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
