@@ -56,19 +56,27 @@ def test_padded_replay_matches_eager_logits(checkpoint_factory) -> None:
 
 @pytest.mark.parametrize("preset", tiny_presets())
 def test_bfloat16_error_no_worse_than_transformers_bfloat16(preset: str, checkpoint_factory) -> None:
-    """bf16 rounding flips near-tied routing choices in random models, so the bar is the oracle's own bf16 error."""
+    """bf16 rounding flips near-tied routing choices in random models, so the bar is the oracle's own bf16 error.
+
+    The median over several sequences is compared: one flipped choice moves
+    one sequence's error a lot, and either implementation may be the unlucky one.
+    """
+    import statistics
+
     from transformers import AutoModelForCausalLM
 
     path = checkpoint_factory(preset)
     ref_engine = Engine.from_overrides([f"model.path={path}", "device=cpu", "dtype=float32"])
-    ids = prompts(ref_engine.spec.vocab_size)[3][:20]
-    exact = ref_engine.score(ids)
-    ours = engine(path, "runner.cuda_graph=false").score(ids).cpu()
+    ours_engine = engine(path, "runner.cuda_graph=false")
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).cuda().eval()
-    with torch.no_grad():
-        theirs = hf(torch.tensor([ids], device="cuda")).logits[0].float().cpu()
-
-    def error(x: torch.Tensor) -> float:
-        return (torch.linalg.norm(x - exact) / torch.linalg.norm(exact)).item()
-
-    assert error(ours) <= 1.5 * error(theirs) + 1e-2
+    g = torch.Generator().manual_seed(1)
+    ours_errors, hf_errors = [], []
+    for _ in range(9):
+        ids = torch.randint(1, ref_engine.spec.vocab_size, (12,), generator=g).tolist()
+        exact = ref_engine.score(ids)
+        with torch.no_grad():
+            theirs = hf(torch.tensor([ids], device="cuda")).logits[0].float().cpu()
+        ours = ours_engine.score(ids).cpu()
+        ours_errors.append((torch.linalg.norm(ours - exact) / torch.linalg.norm(exact)).item())
+        hf_errors.append((torch.linalg.norm(theirs - exact) / torch.linalg.norm(exact)).item())
+    assert statistics.median(ours_errors) <= 1.5 * statistics.median(hf_errors) + 1e-2
