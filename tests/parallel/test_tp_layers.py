@@ -55,3 +55,19 @@ def test_sharded_rms_norm_with_summed_squares_equals_full_norm() -> None:
     cols = torch.arange(4, 8)
     shard = ShardedRMSNorm(norm, cols, full_dim=12, replicas=1, comm=SumOfShards(total))
     torch.testing.assert_close(shard(x[:, cols]), norm(x)[:, cols])
+
+
+def test_slicer_recorded_on_the_meta_model_cuts_full_tensors_like_sharding_them() -> None:
+    from moeframe.parallel.slicing import WeightSlicer
+
+    torch.manual_seed(0)
+    full = GatedMLP(8, 10)
+    with torch.device("meta"):
+        meta = GatedMLP(8, 10)
+    shard_gated_mlp(meta, 3, 1, Comm())
+    slicer = WeightSlicer.of(meta)
+    real = copy.deepcopy(full)
+    shard_gated_mlp(real, 3, 1, Comm())
+    for name, param in real.named_parameters():
+        torch.testing.assert_close(slicer(name, full.state_dict()[name]), param.data)
+        assert tuple(dict(meta.named_parameters())[name].shape) == tuple(param.shape)
