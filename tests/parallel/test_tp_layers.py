@@ -9,6 +9,7 @@ import torch
 from moeframe.model.layers.mlp import GatedMLP
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.parallel.comm import Comm
+from moeframe.parallel.slicing import WeightSlicer
 from moeframe.parallel.tp_layers import ShardedRMSNorm, local_heads, shard_gated_mlp, shard_range
 
 
@@ -58,8 +59,6 @@ def test_sharded_rms_norm_with_summed_squares_equals_full_norm() -> None:
 
 
 def test_slicer_recorded_on_the_meta_model_cuts_full_tensors_like_sharding_them() -> None:
-    from moeframe.parallel.slicing import WeightSlicer
-
     torch.manual_seed(0)
     full = GatedMLP(8, 10)
     with torch.device("meta"):
