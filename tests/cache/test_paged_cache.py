@@ -1,0 +1,122 @@
+"""cache=paged through the KVCache interface: block layout, hash-chained reuse, LRU of cached blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from moeframe.cache import CACHES, KVCache, KVPool
+from moeframe.errors import ConfigError
+
+
+def paged(pool: KVPool, block_size: int = 4, prefix_reuse: bool = True) -> KVCache:
+    return CACHES.build({"name": "paged", "block_size": block_size, "prefix_reuse": prefix_reuse}, pool=pool)
+
+
+def run_request(cache: KVCache, tokens: list[int], cacheable: bool = True) -> list[int]:
+    match = cache.match_prefix(tokens)
+    fresh = cache.allocate(match.slots, len(tokens) - match.num_tokens)
+    assert fresh is not None
+    slots = match.slots + fresh
+    cache.release(tokens, slots, match, cacheable)
+    return slots
+
+
+def test_allocate_fills_the_requests_last_block_before_taking_another(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(16)
+    cache = paged(pool)
+    first = cache.allocate([], 3)
+    other = cache.allocate([], 1)
+    more = cache.allocate(first, 3)
+    assert first + more[:1] == [first[0] + i for i in range(4)]
+    assert more[1] % 4 == 0 and more[2] == more[1] + 1
+    assert not set(other) & set(first + more)
+    assert cache.num_cached_tokens() == (4 - 2) + (4 - 1)  # unused tails reserved for their requests
+
+
+def test_released_full_blocks_are_reused_and_the_partial_block_is_not(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(32)
+    cache = paged(pool)
+    slots = run_request(cache, list(range(10)))
+    assert cache.num_cached_tokens() == 8
+    assert pool.num_free_slots == 24
+    assert cache.match_prefix(list(range(12))).slots == slots[:8]
+
+
+def test_an_equal_block_under_a_different_prefix_does_not_match(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(32)
+    cache = paged(pool)
+    run_request(cache, [1, 1, 1, 1, 2, 2, 2, 2])
+    assert cache.cached_prefix_len([3, 3, 3, 3, 2, 2, 2, 2]) == 0
+    assert cache.cached_prefix_len([1, 1, 1, 1, 2, 2, 2, 9]) == 4
+
+
+def test_a_block_cached_meanwhile_by_another_request_is_not_kept_twice(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(32)
+    cache = paged(pool)
+    early = cache.match_prefix([5, 6, 7, 8])
+    early_slots = cache.allocate([], 4)
+    kept = run_request(cache, [5, 6, 7, 8])
+    cache.release([5, 6, 7, 8], early_slots, early, cacheable=True)
+    assert cache.num_cached_tokens() == 4
+    assert pool.num_free_slots == 28
+    assert cache.match_prefix([5, 6, 7, 8]).slots == kept
+
+
+def test_eviction_takes_the_least_recently_released_block_and_a_requests_last_block_first(
+    make_pool: Callable[[int], KVPool],
+) -> None:
+    pool = make_pool(16)
+    cache = paged(pool)
+    run_request(cache, [1, 1, 1, 1, 2, 2, 2, 2])
+    run_request(cache, [3, 3, 3, 3, 4, 4, 4, 4])
+    assert cache.allocate([], 4) is not None  # evicts the [2]-block: the first request's last
+    assert cache.cached_prefix_len([1, 1, 1, 1, 2, 2, 2, 2]) == 4
+    assert cache.allocate([], 4) is not None  # then the [1]-block
+    assert cache.cached_prefix_len([1, 1, 1, 1]) == 0
+    assert cache.cached_prefix_len([3, 3, 3, 3, 4, 4, 4, 4]) == 8
+    assert cache.stats.evicted_tokens == 8
+
+
+def test_matched_blocks_survive_eviction_pressure(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(12)
+    cache = paged(pool)
+    run_request(cache, [1, 1, 1, 1, 2, 2, 2, 2])
+    run_request(cache, [3, 3, 3, 3])
+    match = cache.match_prefix([1, 1, 1, 1, 2, 2, 2, 2, 5])
+    assert cache.allocate(match.slots, 5) is None
+    assert cache.allocate(match.slots, 4) is not None
+    assert cache.cached_prefix_len([1, 1, 1, 1, 2, 2, 2, 2]) == 8
+    assert cache.cached_prefix_len([3, 3, 3, 3]) == 0
+
+
+def test_allocate_fails_cleanly_when_blocks_run_short(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(8)
+    cache = paged(pool)
+    held = cache.allocate([], 3)
+    assert cache.allocate([], 5) is None
+    assert (pool.num_free_slots, cache.num_cached_tokens()) == (4, 1)
+    assert cache.allocate(held, 5) is not None
+
+
+def test_without_prefix_reuse_nothing_is_matched_and_release_frees_everything(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(16)
+    cache = paged(pool, prefix_reuse=False)
+    run_request(cache, list(range(8)))
+    assert cache.match_prefix(list(range(8))).slots == []
+    assert (cache.num_cached_tokens(), pool.num_free_slots) == (0, 16)
+
+
+def test_clear_with_nothing_running_returns_every_slot(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(18)
+    cache = paged(pool)
+    for tokens in (list(range(9)), [0, 1, 2, 3, 9, 9, 9, 9]):
+        run_request(cache, tokens)
+    cache.clear()
+    assert (cache.num_cached_tokens(), pool.num_free_slots) == (0, 18)
+
+
+def test_a_block_larger_than_the_pool_is_rejected(make_pool: Callable[[int], KVPool]) -> None:
+    with pytest.raises(ConfigError, match="block_size 32 exceeds the pool's 16 slots"):
+        paged(make_pool(16), block_size=32)
