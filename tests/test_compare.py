@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from moeframe.telemetry.comparison import comparison_table, median_over, to_csv, to_markdown
+from moeframe.telemetry.comparison import comparison_table, merge_repeats, to_csv, to_markdown
 from moeframe.telemetry.plots import batch_key, comparison_png, load_ratio
 from moeframe.telemetry.runs import collect_runs, load_run, sweep_run_dirs, wandb_run_dirs
 
@@ -190,13 +190,18 @@ def test_cli_prints_the_table_and_writes_csv_and_png(tmp_path: Path, monkeypatch
     assert (tmp_path / "sweep" / "compare.png").stat().st_size > 0
 
 
-def test_median_over_merges_repeats_into_medians(tmp_path: Path) -> None:
+def repeated_runs(tmp_path: Path) -> list:
     runs = []
     for router, speeds in (("top1", (3.0, 1.0, 2.0)), ("top2", (10.0, 30.0, 20.0))):
         for seed, tok_s in enumerate(speeds):
             config = base_config(seed=seed, **{"router.k": int(router[-1])})
-            runs.append(load_run(record(tmp_path / f"{router}-{seed}", config, metrics(tok_s, note="x"), {"router": router})))
-    merged = median_over(runs, "seed")
+            extra = {"note": "x", "ttft_ms_p50": 100.0 / tok_s}
+            runs.append(load_run(record(tmp_path / f"{router}-{seed}", config, metrics(tok_s) | extra, {"router": router})))
+    return runs
+
+
+def test_repeats_merge_into_medians(tmp_path: Path) -> None:
+    merged = merge_repeats(repeated_runs(tmp_path), "seed", "median")
     assert [(r.choice("router"), r.metrics["throughput_tok_s"], r.metrics["repeats"]) for r in merged] == [
         ("top1", 2.0, 3), ("top2", 20.0, 3)
     ]
@@ -213,3 +218,11 @@ def test_sweep_jobs_nested_by_a_slash_in_an_override_are_found(tmp_path: Path) -
     record(wandb_copy, base_config(), metrics(9.0))
     runs = collect_runs([], [tmp_path / "sweep"], [])
     assert [(r.name, r.choice("model")) for r in runs] == [("#0", "ckpt/moe"), ("#1", "ckpt/dense")]
+
+
+def test_repeats_merge_into_the_fastest_repeat_whole(tmp_path: Path) -> None:
+    merged = merge_repeats(repeated_runs(tmp_path), "seed", "best")
+    assert [(r.metrics["throughput_tok_s"], r.metrics["ttft_ms_p50"], r.value("seed")) for r in merged] == [
+        (3.0, 100.0 / 3.0, 0), (30.0, 100.0 / 30.0, 1)
+    ]
+    assert [r.metrics["repeats"] for r in merged] == [3, 3]

@@ -3,7 +3,7 @@
     python tools/compare.py outputs/2026-11-25/10-00-00 outputs/2026-11-25/10-05-00
     python tools/compare.py --multirun multirun/2026-11-25/11-00-00 --png sweep.png
     python tools/compare.py --wandb-dir multirun/2026-11-25/11-00-00 --csv runs.csv
-    python tools/compare.py --multirun multirun/router_ablation --median-over seed   # repeats as medians
+    python tools/compare.py --multirun multirun/router_ablation --repeats seed --stat best   # one row per setting
 
 It reads what run.py wrote (metrics.json, config.yaml, provenance.json), from
 run folders, from the job folders of a Hydra sweep, or from the copies the
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from moeframe.telemetry.comparison import comparison_table, median_over, to_csv, to_markdown
+from moeframe.telemetry.comparison import comparison_table, merge_repeats, to_csv, to_markdown
 from moeframe.telemetry.plots import comparison_png
 from moeframe.telemetry.runs import collect_runs
 
@@ -26,7 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("run_dirs", nargs="*", type=Path, help="run folders (each with metrics.json and config.yaml)")
     parser.add_argument("--multirun", action="append", type=Path, default=[], help="a Hydra sweep folder: all its jobs")
     parser.add_argument("--wandb-dir", action="append", type=Path, default=[], help="a folder searched for W&B runs")
-    parser.add_argument("--median-over", metavar="KEY", help="merge runs that differ only in this config key (e.g. seed), reporting metric medians")
+    parser.add_argument("--repeats", metavar="KEY", help="merge runs that differ only in this config key (e.g. seed) into one row")
+    parser.add_argument("--stat", choices=["median", "best"], default="median", help="how --repeats merges: metric medians, or the fastest repeat")
     parser.add_argument("--csv", type=Path, help="also write the table as CSV here")
     parser.add_argument("--png", type=Path, help="where to write the plots (default: compare.png in the first folder given)")
     parser.add_argument("--no-png", action="store_true", help="print the table only")
@@ -43,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("error: no recorded runs found", file=sys.stderr)
         return 2
-    if args.median_over:
-        runs = median_over(runs, args.median_over)
+    if args.repeats:
+        runs = merge_repeats(runs, args.repeats, args.stat)
     table = comparison_table(runs)
     print(to_markdown(table))
     if args.csv:

@@ -92,20 +92,27 @@ def metric_columns(runs: list[RunRecord]) -> list[tuple[str, str]]:
     return columns
 
 
-def median_over(runs: list[RunRecord], key: str) -> list[RunRecord]:
-    """Runs that differ only in config leaf ``key`` (a repeat index such as ``seed``) merged into one:
-    each numeric metric becomes the median over them and ``repeats`` counts them.
+def merge_repeats(runs: list[RunRecord], key: str, how: str = "median") -> list[RunRecord]:
+    """Runs that differ only in config leaf ``key`` (a repeat index such as ``seed``) merged into one row.
 
-    Wall-clock figures on a shared machine vary between identical runs; the
-    median of a few repeats is what benchmark harnesses (pytest-benchmark,
-    vLLM's benchmark_latency) report for the same reason.
+    ``median``: each numeric metric becomes the median over the repeats.
+    ``best``: the repeat with the highest throughput stands for all, as
+    timeit reports the fastest of its repeats, because on a machine shared
+    with other jobs slower repeats measure the neighbours' interference.
+    ``repeats`` counts the merged runs.
     """
+    if how not in ("median", "best"):
+        raise ValueError(f"how: unknown choice '{how}'; valid choices: median, best")
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
-        leaves = {k: v for k, v in flatten(run.config).items() if k != key}
-        groups.setdefault(repr(sorted(leaves.items(), key=lambda kv: kv[0])) + repr(sorted(run.choices.items())), []).append(run)
+        leaves = sorted((k, repr(v)) for k, v in flatten(run.config).items() if k != key)
+        groups.setdefault(repr(leaves) + repr(sorted(run.choices.items())), []).append(run)
     merged = []
     for members in groups.values():
+        if how == "best":
+            best = max(members, key=lambda r: r.metrics.get("throughput_tok_s") or 0.0)
+            merged.append(replace(best, metrics=best.metrics | {"repeats": len(members)}))
+            continue
         metrics: dict[str, Any] = {}
         for name, value in members[0].metrics.items():
             values = [m.metrics.get(name) for m in members]
