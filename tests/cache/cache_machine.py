@@ -23,7 +23,7 @@ from moeframe.cache import CACHES, KVCache, KVPool, PrefixMatch
 Prefix = tuple[int, ...]
 
 TOKENS = st.integers(0, 2)
-MAX_RUNNING = 4
+MAX_RUNNING = 3
 
 
 @dataclass
@@ -119,12 +119,12 @@ class CacheMachine(RuleBasedStateMachine):
     # -- the scheduler's moves --
 
     def draw_prompt(self, data: st.DataObject) -> list[int]:
-        if self.history and data.draw(st.booleans(), label="shares a prefix"):
+        if self.history and data.draw(st.integers(0, 3), label="shares a prefix") > 0:
             base = data.draw(st.sampled_from(self.history), label="base")
             cut = data.draw(st.integers(0, len(base)), label="cut")
             prompt = base[:cut] + data.draw(st.lists(TOKENS, max_size=4), label="suffix")
         else:
-            prompt = data.draw(st.lists(TOKENS, min_size=1, max_size=10), label="prompt")
+            prompt = data.draw(st.lists(TOKENS, min_size=1, max_size=8), label="prompt")
         return prompt or [0]
 
     def allocate(self, req: Running, n: int) -> list[int] | None:
@@ -149,7 +149,16 @@ class CacheMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.running) < MAX_RUNNING)
     @rule(data=st.data(), keep_last=st.booleans())
     def start(self, data: st.DataObject, keep_last: bool) -> None:
-        prompt = self.draw_prompt(data)
+        self.admit(self.draw_prompt(data), keep_last)
+
+    @rule(data=st.data(), keep_last=st.booleans())
+    def serve_whole_request(self, data: st.DataObject, keep_last: bool) -> None:
+        req = self.admit(self.draw_prompt(data), keep_last)
+        if req is not None:
+            self.finish_request(req, cacheable=True)
+
+    def admit(self, prompt: list[int], keep_last: bool) -> Running | None:
+        """Match, pin and allocate the rest of a prompt; a request that cannot get slots gives its match back."""
         keys = self.model.longest(prompt)
         expected = self.model.slots_of(keys)
         assert self.cache.cached_prefix_len(prompt) == len(expected)
@@ -161,12 +170,13 @@ class CacheMachine(RuleBasedStateMachine):
         self.model_match(keys)
         # The scheduler's move: keep one token to compute when the whole prompt matched.
         reuse = min(len(expected), len(prompt) - 1) if keep_last else len(expected)
-        req = Running(prompt, list(match.slots[:reuse]), match, keys)
+        req = Running(list(prompt), list(match.slots[:reuse]), match, keys)
         self.running.append(req)
         if self.allocate(req, len(prompt) - reuse) is None:
             self.finish_request(req, cacheable=True)
-        else:
-            self.history.append(prompt)
+            return None
+        self.history.append(prompt)
+        return req
 
     @precondition(lambda self: self.running)
     @rule(data=st.data(), token=TOKENS)
@@ -208,7 +218,7 @@ class CacheMachine(RuleBasedStateMachine):
     @invariant()
     def every_cached_prefix_is_matchable(self) -> None:
         for key in self.model.entries:
-            if self.model.longest(list(key)) and len(self.model.longest(list(key))) * self.model.unit == len(key):
+            if len(self.model.longest(list(key))) * self.model.unit == len(key):
                 assert self.cache.cached_prefix_len(list(key)) == len(key)
 
     @invariant()

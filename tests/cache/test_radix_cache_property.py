@@ -5,7 +5,7 @@ from __future__ import annotations
 from cache_machine import CacheMachine, Prefix, Running
 from hypothesis import settings
 
-SETTINGS = settings(max_examples=120, stateful_step_count=40, deadline=None)
+SETTINGS = settings(max_examples=120, stateful_step_count=50, deadline=None)
 
 
 class RadixMachine(CacheMachine):
