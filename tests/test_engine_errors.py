@@ -72,7 +72,7 @@ def test_bad_component_value_names_the_key(checkpoint_factory) -> None:
 
 def test_unknown_component_option_names_valid_options(checkpoint_factory) -> None:
     with pytest.raises(ConfigError, match="cache.page_size: not an option of cache 'none'"):
-        Engine.from_overrides(overrides(checkpoint_factory("tiny-olmoe"), "+cache.page_size=4"))
+        Engine.from_overrides(overrides(checkpoint_factory("tiny-olmoe"), "cache=none", "+cache.page_size=4"))
 
 
 def test_bad_device_and_dtype_fail_at_start(checkpoint_factory) -> None:

@@ -66,6 +66,7 @@ class EngineCore:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
+    @torch.inference_mode()
     def step(self) -> list[Request]:
         """Run one forward step; returns the requests that got new tokens or finished."""
         scheduled = self.scheduler.schedule()
