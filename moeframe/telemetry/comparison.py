@@ -111,7 +111,7 @@ def merge_repeats(runs: list[RunRecord], key: str, how: str = "median") -> list[
     for members in groups.values():
         if how == "best":
             best = max(members, key=lambda r: r.metrics.get("throughput_tok_s") or 0.0)
-            merged.append(replace(best, metrics=best.metrics | {"repeats": len(members)}))
+            merged.append(replace(members[0], metrics=best.metrics | {"repeats": len(members)}))
             continue
         metrics: dict[str, Any] = {}
         for name, value in members[0].metrics.items():
