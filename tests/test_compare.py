@@ -227,3 +227,14 @@ def test_repeats_merge_into_the_fastest_repeat_whole(tmp_path: Path) -> None:
     ]
     assert "seed" not in comparison_table(merged).columns
     assert [r.metrics["repeats"] for r in merged] == [3, 3]
+
+
+def test_a_leaf_swept_across_choices_keeps_its_column(tmp_path: Path) -> None:
+    runs = []
+    for backend in ("xgrammar", "fsm"):
+        for jump in (True, False):
+            config = base_config(constraint={"name": backend, "jump_forward": jump})
+            runs.append(load_run(record(tmp_path / f"{backend}-{jump}", config, metrics(1.0, forward_steps=18 if jump else 83))))
+    table = comparison_table(runs)
+    assert [row[table.columns.index("constraint.jump_forward")] for row in table.rows] == [True, False, True, False]
+    assert [row[table.columns.index("forward_steps")] for row in table.rows] == [18, 83, 18, 83]

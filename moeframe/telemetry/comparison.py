@@ -3,8 +3,8 @@
 Columns are chosen from the runs themselves, the way W&B's run table hides
 columns that are constant: the identity groups (model, router, cache,
 experts) always; any other group whose choice differs between the runs; any
-config leaf that differs while its group's choice does not (a swept
-``router.capacity_factor``); then the key metrics, and the workload-specific ones
+config leaf that differs other than through its group's choice (a swept
+``router.capacity_factor``, ``constraint.jump_forward`` across backends); then the key metrics, and the workload-specific ones
 (KL vs native, top-1 agreement, JSON validity, mask time, ...) of runs whose
 workload reports them.
 """
@@ -30,7 +30,7 @@ KEY_METRICS = (
     ("expert_load_drop_rate", "drop rate"),
 )
 # words of workload-specific metrics worth a column: router fidelity, constrained decoding
-EXTRA_METRIC_WORDS = ("kl", "agreement", "perplexity", "validity", "mask", "saved")
+EXTRA_METRIC_WORDS = ("kl", "agreement", "perplexity", "validity", "mask", "steps")
 
 
 @dataclass
@@ -75,11 +75,22 @@ def varying_columns(runs: list[RunRecord]) -> tuple[list[str], list[str]]:
     leaf_cols = []
     for key in keys:
         group = key.split(".", 1)[0]
-        if group in groups and (choice_varies[group] or key in ("model.preset", "model.path") or key.endswith(".name")):
+        if group in groups and (key in ("model.preset", "model.path") or key.endswith(".name")):
             continue
-        if differs([leaf.get(key) for leaf in leaves]):
-            leaf_cols.append(key)
+        values = [leaf.get(key) for leaf in leaves]
+        if not differs(values):
+            continue
+        if group in groups and choice_varies[group] and not varies_within_a_choice(runs, group, values):
+            continue  # told apart by the group's column already (router.k of top1 vs top2)
+        leaf_cols.append(key)
     return group_cols, leaf_cols
+
+
+def varies_within_a_choice(runs: list[RunRecord], group: str, values: list[Any]) -> bool:
+    seen: dict[str, set[str]] = {}
+    for run, value in zip(runs, values):
+        seen.setdefault(repr(run.choice(group)), set()).add(repr(value))
+    return any(len(v) > 1 for v in seen.values())
 
 
 def metric_columns(runs: list[RunRecord]) -> list[tuple[str, str]]:
