@@ -20,6 +20,7 @@ HIDDEN = frozenset(
         "expert_load_kept",
         "expert_load_dropped",
         "expert_load_mean_entropy_norm",
+        "fidelity_positions",
     }
 )
 
