@@ -107,10 +107,31 @@ class PagedCache(KVCache):
             self.blocks.drop(block)
 
     def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
-        """Full blocks become reusable as soon as they are computed (vLLM caches a block once it fills)."""
-        if self.prefix_reuse:
-            self._commit_full_blocks(token_ids, slots)
-        return match
+        """Full blocks become reusable as soon as they are computed (vLLM caches a block once it fills).
+
+        The returned match is the chain of cached blocks over ``token_ids``:
+        the request's own blocks just committed, and cached equals of its
+        blocks committed by another request first (its copies go back to
+        the pool, as radix frees duplicate slots). The request's reference
+        moves to the chain; a block it still uses past the chain keeps it.
+        """
+        if not self.prefix_reuse:
+            return match
+        self._commit_full_blocks(token_ids, slots)
+        chain = self.blocks.lookup(token_ids)
+        covered = self.block_size * len(chain)
+        lent: list[Block] = match.handle or []
+        held = {id(block): block for block in lent}
+        still_used = {id(self.blocks.block_of(slot)) for slot in slots[covered:]}
+        for slot in slots[:covered]:
+            block = self.blocks.block_of(slot)
+            if id(block) not in still_used:
+                held.setdefault(id(block), block)
+        for block in chain:
+            self.blocks.take(block)
+        for block in held.values():
+            self.blocks.drop(block)
+        return PrefixMatch([slot for block in chain for slot in block.slots], chain)
 
     def _commit_full_blocks(self, token_ids: list[int], slots: list[int]) -> None:
         size = self.block_size

@@ -32,7 +32,9 @@ class Running:
     slots: list[int]
     match: PrefixMatch
     matched_keys: list[Prefix]
-    own: list[int] = field(default_factory=list)  # slots from allocate, in order
+    own: list[int] = field(default_factory=list)  # slots from allocate it still lists, in order
+    # Slots from allocate it no longer lists (a cached copy replaced them) in a block it still uses (paged).
+    orphans: list[int] = field(default_factory=list)
 
 
 class PrefixModel:
@@ -107,6 +109,14 @@ class CacheMachine(RuleBasedStateMachine):
 
     def model_match(self, keys: list[Prefix]) -> None:
         self.model.pin(keys)
+
+    def model_cache_prefix(self, req: Running) -> list[Prefix]:
+        """Update the model for sharing a running request's KV; returns the keys of its new match."""
+        raise NotImplementedError
+
+    def orphaned(self, req: Running, replaced: list[int]) -> list[int]:
+        """Which of the request's replaced own slots the cache keeps with the request (none: they are freed)."""
+        return []
 
     def reserved_slots(self) -> int:
         return 0
@@ -187,6 +197,23 @@ class CacheMachine(RuleBasedStateMachine):
             req.tokens.pop()
 
     @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def share_computed_prefix(self, data: st.DataObject) -> None:
+        req = data.draw(st.sampled_from(self.running), label="request")
+        tokens = req.tokens[: len(req.slots)]
+        match = self.cache.cache_prefix(tokens, req.slots, req.match)
+        keys = self.model_cache_prefix(req)
+        assert match.slots == self.model.slots_of(keys)
+        for i, slot in enumerate(match.slots):
+            assert self.content[slot] == tuple(tokens[: i + 1])
+        req.slots = match.slots + req.slots[match.num_tokens :]
+        req.match, req.matched_keys = match, keys
+        kept = set(req.slots[match.num_tokens :])
+        replaced = [slot for slot in req.own if slot not in kept]
+        req.own = [slot for slot in req.own if slot in kept]
+        req.orphans += self.orphaned(req, replaced)
+
+    @precondition(lambda self: self.running)
     @rule(data=st.data(), cacheable=st.booleans())
     def finish(self, data: st.DataObject, cacheable: bool) -> None:
         self.finish_request(data.draw(st.sampled_from(self.running), label="request"), cacheable)
@@ -206,7 +233,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_slot_leaks(self) -> None:
-        own = sum(len(req.own) for req in self.running)
+        own = sum(len(req.own) + len(req.orphans) for req in self.running)
         assert self.pool.num_free_slots + self.cache.num_cached_tokens() + own == self.num_slots
 
     @invariant()

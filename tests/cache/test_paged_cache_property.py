@@ -21,18 +21,21 @@ class PagedMachine(CacheMachine):
     cache_node = {"name": "paged", "block_size": 4, "prefix_reuse": True}
 
     def own_block_starts(self, req: Running) -> list[int]:
-        return req.own[:: self.unit]
+        return list(dict.fromkeys(slot - slot % self.unit for slot in req.own))
+
+    def handed_out(self, req: Running) -> int:
+        return len(req.own) + len(req.orphans)
 
     def num_free_blocks(self) -> int:
         running = sum(len(self.own_block_starts(req)) for req in self.running)
         return self.num_slots // self.unit - len(self.model.entries) - running
 
     def blocks_needed(self, req: Running, n: int) -> int:
-        room = -len(req.own) % self.unit
+        room = -self.handed_out(req) % self.unit
         return -(-max(0, n - room) // self.unit)
 
     def reserved_slots(self) -> int:
-        return sum(-len(req.own) % self.unit for req in self.running)
+        return sum(-self.handed_out(req) % self.unit for req in self.running)
 
     def in_use_slots(self, asking: Running) -> set[int]:
         others = [req for req in self.running if req is not asking]
@@ -47,21 +50,42 @@ class PagedMachine(CacheMachine):
         evict = max(0, self.blocks_needed(req, len(fresh)) - self.num_free_blocks())
         assert evicted_tokens == self.unit * evict
         model.remove(sorted(model.unpinned(), key=model.last_use.__getitem__)[:evict])
-        own = req.own + fresh
-        for j, slot in enumerate(own):
-            start = own[j - j % self.unit]
-            assert start % self.unit == 0 and slot == start + j % self.unit, "slots do not fill whole blocks in order"
+        room = -self.handed_out(req) % self.unit
+        for i, slot in enumerate(fresh):
+            previous = fresh[i - 1] if i else req.slots[-1] if room else None
+            fills_block = previous is not None and previous % self.unit != self.unit - 1
+            assert slot == previous + 1 if fills_block else slot % self.unit == 0, "slots do not fill blocks in order"
+
+    def commit_own_full_blocks(self, req: Running) -> dict[int, Prefix]:
+        """Enter the request's own full, block-aligned, not yet cached blocks; returns them by first slot."""
+        model = self.model
+        starts = self.own_block_starts(req)
+        committed = {}
+        for j, key in enumerate(model.unit_keys(req.tokens[: len(req.slots)])):
+            chunk = req.slots[j * self.unit : (j + 1) * self.unit]
+            if chunk[0] in starts and chunk == list(range(chunk[0], chunk[0] + self.unit)) and key not in model.entries:
+                model.entries[key] = tuple(chunk)
+                committed[chunk[0]] = key
+        return committed
+
+    def model_cache_prefix(self, req: Running) -> list[Prefix]:
+        if not self.cache_node["prefix_reuse"]:
+            return req.matched_keys
+        self.commit_own_full_blocks(req)
+        chain = self.model.longest(req.tokens[: len(req.slots)])
+        self.model.pin(chain)
+        for key in req.matched_keys:
+            self.model.pins[key] -= 1
+        return chain
+
+    def orphaned(self, req: Running, replaced: list[int]) -> list[int]:
+        still_used = set(self.own_block_starts(req))
+        return [slot for slot in replaced if slot - slot % self.unit in still_used]
 
     def model_release(self, req: Running, cacheable: bool) -> None:
         model = self.model
         starts = self.own_block_starts(req)
-        committed = {}
-        if cacheable and self.cache_node["prefix_reuse"]:
-            for j, key in enumerate(model.unit_keys(req.tokens[: len(req.slots)])):
-                chunk = req.slots[j * self.unit : (j + 1) * self.unit]
-                if chunk[0] in starts and chunk == list(range(chunk[0], chunk[0] + self.unit)) and key not in model.entries:
-                    model.entries[key] = tuple(chunk)
-                    committed[chunk[0]] = key
+        committed = self.commit_own_full_blocks(req) if cacheable and self.cache_node["prefix_reuse"] else {}
         freed_in_order = [("lent", key) for key in req.matched_keys] + [("own", start) for start in starts]
         for kind, what in reversed(freed_in_order):
             if kind == "lent":
@@ -77,6 +101,11 @@ class PagedSmallBlocksMachine(PagedMachine):
     cache_node = {"name": "paged", "block_size": 2, "prefix_reuse": True}
 
 
+class PagedOneSlotBlocksMachine(PagedMachine):
+    unit = 1
+    cache_node = {"name": "paged", "block_size": 1, "prefix_reuse": True}
+
+
 class PagedNoReuseMachine(PagedMachine):
     cache_node = {"name": "paged", "block_size": 4, "prefix_reuse": False}
 
@@ -85,5 +114,7 @@ TestPagedAgainstBruteForce = PagedMachine.TestCase
 TestPagedAgainstBruteForce.settings = SETTINGS
 TestPagedSmallBlocksAgainstBruteForce = PagedSmallBlocksMachine.TestCase
 TestPagedSmallBlocksAgainstBruteForce.settings = SETTINGS
+TestPagedOneSlotBlocksAgainstBruteForce = PagedOneSlotBlocksMachine.TestCase
+TestPagedOneSlotBlocksAgainstBruteForce.settings = SETTINGS
 TestPagedNoReuseAgainstBruteForce = PagedNoReuseMachine.TestCase
 TestPagedNoReuseAgainstBruteForce.settings = SETTINGS

@@ -42,6 +42,18 @@ class RadixMachine(CacheMachine):
         for key in keys:
             self.model.last_use[key] = now
 
+    def model_cache_prefix(self, req: Running) -> list[Prefix]:
+        model = self.model
+        keys = model.unit_keys(req.tokens[: len(req.slots)])
+        inserted = model.tick()
+        for j, key in enumerate(keys):
+            model.entries.setdefault(key, tuple(req.slots[j * self.unit : (j + 1) * self.unit]))
+            model.last_use[key] = inserted
+        self.model_match(keys)
+        for key in req.matched_keys:
+            model.pins[key] -= 1
+        return keys
+
     def model_release(self, req: Running, cacheable: bool) -> None:
         model = self.model
         if cacheable:
