@@ -120,3 +120,18 @@ def test_clear_with_nothing_running_returns_every_slot(make_pool: Callable[[int]
 def test_a_block_larger_than_the_pool_is_rejected(make_pool: Callable[[int], KVPool]) -> None:
     with pytest.raises(ConfigError, match="block_size 32 exceeds the pool's 16 slots"):
         paged(make_pool(16), block_size=32)
+
+
+def test_cache_prefix_moves_a_running_requests_full_blocks_into_its_match(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(32)
+    cache = paged(pool)
+    cached = run_request(cache, [1, 1, 1, 1])
+    running = cache.allocate([], 10)
+    tokens = [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    shared = cache.cache_prefix(tokens, running, cache.match_prefix([]))
+    assert shared.slots == cached + running[4:8]
+    assert pool.num_free_slots == 32 - 12  # the running copy of the [1]-block went back
+    assert cache.cached_prefix_len(tokens) == 8
+    cache.release(tokens, shared.slots + running[8:], shared, cacheable=True)
+    cache.clear()
+    assert pool.num_free_slots == 32

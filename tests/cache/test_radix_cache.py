@@ -98,3 +98,16 @@ def test_stats_count_queried_matched_and_evicted_tokens(make_pool: Callable[[int
     assert (cache.stats.queried_tokens, cache.stats.matched_tokens) == (11, 2)
     assert cache.stats.evicted_tokens == 2
     assert cache.cached_prefix_len([1, 2, 5, 6]) == 4
+
+
+def test_cache_prefix_shares_a_running_requests_kv_and_frees_its_duplicates(make_pool: Callable[[int], KVPool]) -> None:
+    pool = make_pool(16)
+    cache = CACHES.build({"name": "radix"}, pool=pool)
+    early = cache.match_prefix([1, 2, 3])
+    early_slots = cache.allocate([], 3)
+    cached = run_request(cache, [1, 2])
+    shared = cache.cache_prefix([1, 2, 3], early_slots, early)
+    assert shared.slots == cached + early_slots[2:]
+    assert pool.num_free_slots == 16 - 3
+    assert cache.match_prefix([1, 2, 3]).slots == shared.slots
+    assert cache.num_evictable_slots() == 0
