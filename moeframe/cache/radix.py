@@ -65,6 +65,7 @@ class RadixCache(KVCache):
             self.tree.unlock(match.handle)
 
     def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
+        """Insert a running request's computed whole pages now and pin them as its match (SGLang's cache_unfinished_req)."""
         end = self.tree.aligned_len(len(token_ids))
         self.pool.free(self.tree.insert(token_ids[:end], slots[:end]))
         shared, node = self.tree.match(token_ids[:end])
