@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.model.spec import MoESpec
 from moeframe.registry import NoParams
 from moeframe.routers import ROUTERS
@@ -37,6 +38,7 @@ def check_group_limits(moe: MoESpec, k: int) -> None:
         raise ValueError(f"k={k} is more than the {moe.topk_group * group_size} experts of topk_group={moe.topk_group} groups")
 
 
+@fused_on_cuda
 def softmax_topk(
     gate_logits: torch.Tensor, k: int, renormalize: bool, scale: float, bias: torch.Tensor | None = None
 ) -> RoutingPlan:

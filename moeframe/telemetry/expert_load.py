@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -50,6 +51,24 @@ def load_stats(counts: torch.Tensor, dropped: int, tokens: int, unrouted: int) -
     }
 
 
+@fused_on_cuda
+def accumulate(
+    topk_ids: torch.Tensor,
+    counts: torch.Tensor,
+    dropped: torch.Tensor,
+    tokens: torch.Tensor,
+    unrouted: torch.Tensor,
+    budget_k: int,
+) -> None:
+    """Add one plan's figures to a layer's counters in place (one fused kernel or two on CUDA)."""
+    kept = topk_ids >= 0
+    num_kept = kept.sum()
+    counts.index_add_(0, topk_ids.flatten().clamp_min(0), kept.flatten().long())
+    dropped += (topk_ids.shape[0] * budget_k - num_kept).clamp_min(0)
+    tokens += topk_ids.shape[0]
+    unrouted += (~kept.any(dim=1)).sum()
+
+
 class ExpertLoadRecorder:
     def __init__(self, num_layers: int, num_experts: int, top_k: int | None = None) -> None:
         self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
@@ -65,16 +84,14 @@ class ExpertLoadRecorder:
             self.dropped, self.tokens, self.unrouted = (
                 torch.zeros(self.num_layers, dtype=torch.long, device=device) for _ in range(3)
             )
-        kept = plan.kept
-        num_kept = kept.sum()
-        self.counts[layer_idx].index_add_(0, plan.topk_ids.flatten().clamp_min(0), kept.flatten().long())
         # The budget is k assignments per token: the plan's own width (top-1 asks for 1), but at
         # most the model's k, so an expert-choice plan's E columns are not all counted as drops.
         columns = plan.topk_ids.shape[1]
         budget_k = columns if self.top_k is None else min(columns, self.top_k)
-        self.dropped[layer_idx] += (plan.num_tokens * budget_k - num_kept).clamp_min(0)
-        self.tokens[layer_idx] += plan.num_tokens
-        self.unrouted[layer_idx] += (~kept.any(dim=1)).sum()
+        accumulate(
+            plan.topk_ids, self.counts[layer_idx], self.dropped[layer_idx : layer_idx + 1],
+            self.tokens[layer_idx : layer_idx + 1], self.unrouted[layer_idx : layer_idx + 1], budget_k,
+        )  # fmt: skip
 
     def reset(self) -> None:
         self.counts = self.dropped = self.tokens = self.unrouted = None
