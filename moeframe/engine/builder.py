@@ -95,11 +95,13 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)
     recorder = ExpertLoadRecorder(spec.num_layers, spec.moe.num_experts, spec.moe.top_k) if spec.is_moe else None
-    routers: list[Any] = []
+    # Built here, not inside the model's meta-device construction, so a router's own tensors are real.
+    routers = {
+        i: ROUTERS.build(cfg.router, moe=spec.moe, layer_idx=i) for i, sparse in enumerate(spec.sparse_layers) if sparse
+    } if spec.is_moe else {}
 
     def moe_factory(layer_idx: int) -> MoEBlock:
-        router = ROUTERS.build(cfg.router, moe=spec.moe, layer_idx=layer_idx)
-        routers.append(router)
+        router = routers[layer_idx]
         return MoEBlock(
             spec.moe, spec.hidden_size, layer_idx, router, kernel, parallel.expert_runner(layer_idx), recorder
         )
@@ -120,7 +122,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)
     runner = ModelRunner(model, pool, device, cfg.runner.attention)
-    batch_dependent = any(r.batch_dependent for r in routers)
+    batch_dependent = any(r.batch_dependent for r in routers.values())
     # Padding rows would join a batch-dependent router's choice, so those run eagerly.
     capturable = not batch_dependent and parallel.cuda_graph_safe and cfg.runner.attention != "torch"
     if device.type == "cuda" and cfg.runner.cuda_graph and capturable:
