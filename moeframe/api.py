@@ -203,9 +203,11 @@ class Engine:
         return stats
 
     def close(self) -> None:
+        """Abort what is running, empty the cache, and drop captured CUDA graphs (their memory pool)."""
         for req in list(self.core.requests.values()):
             self.core.abort(req.rid)
         self.built.cache.clear()
+        self.built.runner.graphs = None
 
 
 def load_tokenizer(path: Any) -> Any:
