@@ -105,3 +105,24 @@ def validate(cfg: DictConfig) -> None:
         if node is None:
             raise ConfigError(f"{group}: no choice made; valid choices: {', '.join(registry.names())}")
         registry.parse_params(node)
+
+
+def unknown_group_choice(overrides: list[str]) -> str | None:
+    """The first ``group=choice`` override naming no yaml in conf/<group>/, as one line (else None).
+
+    Checked before Hydra composes, so a bad choice on the command line (also
+    in a comma-separated sweep) fails in one line instead of Hydra's listing.
+    """
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~")
+        folder = CONF_DIR / group
+        if "." in group or "(" in value or not folder.is_dir():
+            continue
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice and choice not in options:
+                return f"{group}: unknown choice '{choice}'; valid choices: {', '.join(options)}"
+    return None

@@ -106,3 +106,22 @@ def test_generation_stops_at_the_context_limit(checkpoint_factory) -> None:
     out = engine.generate([[3] * 10], SamplingParams(max_new_tokens=50, ignore_eos=True))[0]
     assert out.finish_reason == "length"
     assert 10 + len(out.token_ids) == 12
+
+
+def test_cli_bad_choice_fails_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "moeframe.run", "-m", "router=top1,top9"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[-1]] and "router: unknown choice 'top9'; valid choices:" in lines[-1]
+
+
+def test_dotted_and_valid_overrides_pass_the_choice_check() -> None:
+    from moeframe.config import unknown_group_choice
+
+    assert unknown_group_choice(["router=top2", "router.k=3", "cache=radix,paged", "+workload.x=1", "seed=3"]) is None
+    assert "cache: unknown choice 'lru'" in unknown_group_choice(["cache=radix,lru"])
