@@ -70,7 +70,6 @@ class Engine:
             self.built.max_context,
             jump_forward=jump_forward,
             apply_bitmask=None,
-            vocab_size=self.spec.vocab_size,
         )
         self._ids = itertools.count()
 
@@ -174,7 +173,7 @@ class Engine:
             from moeframe.attention.batch import ForwardBatch
 
             batch = ForwardBatch.build([list(token_ids)], [slots], self.built.device, all_logits=True)
-            return self.built.runner.forward(batch)[:, : self.spec.vocab_size]
+            return self.built.runner.forward(batch)
         finally:
             self.built.pool.free(slots)
 

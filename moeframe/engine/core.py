@@ -42,7 +42,6 @@ class EngineCore:
         max_context: int,
         jump_forward: bool = False,
         apply_bitmask: Callable | None = None,
-        vocab_size: int = 0,
     ) -> None:
         self.scheduler, self.runner = scheduler, runner
         self.detokenize = detokenize
@@ -50,7 +49,6 @@ class EngineCore:
         self.max_context = max_context
         self.jump_forward = jump_forward
         self.apply_bitmask = apply_bitmask
-        self.vocab_size = vocab_size
         self.stats = StepStats()
         self.requests: dict[int, Request] = {}
 
@@ -102,8 +100,6 @@ class EngineCore:
         return reqs
 
     def mask(self, logits: torch.Tensor, reqs: list[Request]) -> None:
-        if logits.shape[-1] > self.vocab_size > 0:
-            logits[:, self.vocab_size :] = float("-inf")
         if self.apply_bitmask is not None and any(r.constraint is not None for r in reqs):
             start = time.perf_counter()
             mask_constrained(logits, reqs, self.apply_bitmask)
