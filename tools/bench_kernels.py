@@ -32,7 +32,7 @@ from moeframe.attention.triton_decode import decode_attention
 from moeframe.attention.triton_extend import ExtendTile, extend_attention
 from moeframe.experts import EXPERTS
 from moeframe.experts.moe_configs import pick_config
-from moeframe.experts.triton_moe import align, fused_moe, run_down, run_gate_up
+from moeframe.experts.triton_moe import MAX_SINGLE_PASS_TOKENS, align, fused_moe, run_down, run_gate_up, run_single_pass
 from moeframe.routers.plan import RoutingPlan
 
 E, K, H, I = 64, 8, 2048, 1024
@@ -95,6 +95,9 @@ def bench_moe(num_tokens: int, w13: torch.Tensor, w2: torch.Tensor, copy_gbs: fl
     flat_weights = weights.reshape(-1).float().contiguous()
 
     def kernels_only() -> None:
+        if num_tokens <= MAX_SINGLE_PASS_TOKENS:  # the one kernel and its output's zero fill
+            run_single_pass(hidden, w13, w2, topk_ids, weights)
+            return
         run_gate_up(hidden, w13, blocks, act, K, config.gate_up)
         run_down(act, w2, flat_weights, blocks, out, config.down)
 
@@ -120,7 +123,7 @@ def bench_moe(num_tokens: int, w13: torch.Tensor, w2: torch.Tensor, copy_gbs: fl
     }
     if num_tokens <= 8:
         for layout, tokens in (("one_per_block", num_tokens), ("aligned", 0)):
-            graph = graph_of(lambda: fused_moe(hidden, w13, w2, topk_ids, weights, one_per_block_tokens=tokens))
+            graph = graph_of(lambda: fused_moe(hidden, w13, w2, topk_ids, weights, one_per_block_tokens=tokens, single_pass_tokens=0))
             row[f"{layout}_us"] = cold_ms(graph.replay) * 1e3
     try:
         row["grouped_mm_rel_err"] = rel_err(grouped.forward(hidden, w13, w2, plan), ref)
@@ -189,7 +192,8 @@ def markdown(result: dict) -> str:
         "",
         "## Fused MoE, OLMoE-1B-7B shape (E=64, k=8, H=2048, I=1024, bf16), whole forward from a CUDA graph, cold L2",
         "",
-        "Forward: alignment, both kernels and the top-k sum; kernels: the two GEMM kernels alone.",
+        "Forward: alignment, both kernels and the top-k sum (T <= 2: zero fill, the single-pass kernel and the cast); "
+        "kernels: the two GEMM kernels alone (T <= 2: the single-pass kernel and its zero fill).",
         "",
         "| T | experts read | weights MB | forward us | GB/s | of copy BW | TFLOP/s | of matmul "
         "| kernels us | kernels of copy BW | kernels of matmul | grouped_mm us | reference us | rel err |",
@@ -204,7 +208,7 @@ def markdown(result: dict) -> str:
         )
     small = [r for r in result["moe"] if "one_per_block_us" in r]
     if small:
-        lines += ["", "Batch layouts at decode sizes (forward us): one block per assignment (no alignment pass) vs aligned.", "",
+        lines += ["", "Batch layouts of the two-kernel path at decode sizes (forward us): one block per assignment (no alignment pass) vs aligned.", "",
                   "| T | one per block | aligned |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {r['tokens']} | {r['one_per_block_us']:.1f} | {r['aligned_us']:.1f} |" for r in small]
     lines += ["", "## Decode attention (bf16, head dim 128, random slots), CUDA graph, cold L2", "",

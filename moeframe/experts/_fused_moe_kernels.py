@@ -239,3 +239,82 @@ def align_kernel(
         expert = tl.sum((ends[None, :] <= (block * BLOCK_M)[:, None]).to(tl.int32), 1)
         tl.store(block_expert_ptr + block, tl.where(expert <= num_experts, expert, -1), mask=block < num_blocks)
     tl.store(num_rows_ptr, tl.sum(padded, 0))
+
+
+@triton.jit(do_not_specialize=["num_assignments"])
+def single_pass_moe_kernel(
+    x_ptr,
+    w13_ptr,
+    w2_ptr,
+    out_ptr,
+    topk_ids_ptr,
+    weights_ptr,
+    inter,
+    hidden,
+    num_assignments,
+    num_experts,
+    top_k,
+    stride_xm,
+    stride_ue,
+    stride_un,
+    stride_uk,
+    stride_de,
+    stride_dn,
+    stride_dk,
+    stride_om,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """out[t] += weight[a] * w2[e, :, n] . act[a, n] for one assignment a and one block n of the expert width.
+
+    Batch-1 path in one launch: the act slice a program computes (silu(gate) *
+    up over BLOCK_N columns) is all the down projection needs from it when the
+    down GEMM is split along its reduction dimension, so no program waits for
+    another. Each program adds its partial [H] row into a zeroed fp32 ``out``
+    with relaxed atomics; every weight byte is still read exactly once. This
+    is split-K of the down GEMM (atomic accumulation, as in CUTLASS's and
+    Triton's split-K GEMMs) fused with its producer, trading two dependent
+    short launches for one stream of weights.
+    """
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(inter, BLOCK_N)
+    assignment = pid // num_pid_n
+    pid_n = pid % num_pid_n
+    expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
+    if (expert < 0) | (expert >= num_experts):
+        return
+    token = assignment // top_k
+    offs_m = tl.arange(0, BLOCK_M)
+    row_ok = offs_m == 0
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < inter
+    offs_k = tl.arange(0, BLOCK_K)
+
+    x_ptrs = x_ptr + token.to(tl.int64) * stride_xm + offs_m[:, None] * 0 + offs_k[None, :]
+    gate_ptrs = w13_ptr + expert.to(tl.int64) * stride_ue + offs_n[None, :] * stride_un + offs_k[:, None] * stride_uk
+    up_ptrs = gate_ptrs + inter * stride_un
+    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        k_ok = offs_k < hidden - k0
+        x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        gate = tl.dot(x, tl.load(gate_ptrs, mask=w_mask, other=0.0), gate)
+        up = tl.dot(x, tl.load(up_ptrs, mask=w_mask, other=0.0), up)
+        x_ptrs += BLOCK_K
+        gate_ptrs += BLOCK_K * stride_uk
+        up_ptrs += BLOCK_K * stride_uk
+    act = (gate * tl.sigmoid(gate) * up).to(w2_ptr.dtype.element_ty)
+
+    weight = tl.load(weights_ptr + assignment)
+    offs_h = tl.arange(0, BLOCK_K)
+    w2_ptrs = w2_ptr + expert.to(tl.int64) * stride_de + offs_n[:, None] * stride_dk + offs_h[None, :] * stride_dn
+    out_ptrs = out_ptr + token.to(tl.int64) * stride_om + offs_m[:, None] * 0 + offs_h[None, :]
+    for h0 in range(0, hidden, BLOCK_K):
+        h_ok = offs_h < hidden - h0
+        w = tl.load(w2_ptrs, mask=col_ok[:, None] & h_ok[None, :], other=0.0)
+        part = tl.dot(act, w) * weight
+        tl.atomic_add(out_ptrs, part, mask=row_ok[:, None] & h_ok[None, :], sem="relaxed")
+        w2_ptrs += BLOCK_K * stride_dn
+        out_ptrs += BLOCK_K

@@ -1,6 +1,8 @@
 """``experts=triton``: the fused MoE of vLLM and SGLang, in two Triton kernels.
 
-    topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at batch 1,
+    T <= 2: single_pass_moe_kernel (gate/up, SiLU and split-K down in one launch, fp32 atomics) -> cast
+    otherwise:
+    topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at T <= 2 when forced,
                        one Triton program at decode sizes, torch ops past that)
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
       -> down_weighted_kernel: y [T*k, H] = weight * act W_down^T
@@ -42,6 +44,13 @@ def _cdiv(a: int, b: int) -> int:
 # shape this saved 10 us at T=1 and T=2, tied at T=4 and lost at T=8
 # (benchmarks/kernels_h100.md).
 MAX_ONE_PER_BLOCK_TOKENS = 2
+# Up to this many tokens the whole forward is one launch of the single-pass
+# kernel (its tile below, not the tuned tables): the two dependent kernels were
+# each too short to reach copy bandwidth. On an H100 at the OLMoE shape it took
+# 52.3 vs 55.9 us at T=1 and 85.6 vs 89.4 us at T=2; BLOCK_N 16 lost at both,
+# 32 tied at T=1 and lost at T=2 (benchmarks/kernels_h100.md).
+MAX_SINGLE_PASS_TOKENS = 2
+SINGLE_PASS_TILE = TileConfig(block_n=64, block_k=128, num_warps=4, num_stages=4)
 # Up to this many assignments the alignment runs as one Triton program; past
 # it the torch sort is faster than one program looping over chunks.
 MAX_ONE_PROGRAM_ALIGN = 2048
@@ -100,6 +109,24 @@ def run_down(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor, blocks:
     )  # fmt: skip
 
 
+def run_single_pass(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, weights: torch.Tensor, tile: TileConfig = SINGLE_PASS_TILE
+) -> torch.Tensor:
+    """[T, H] in fp32: sum_j weights[t, j] * expert_{topk_ids[t, j]}(x[t]) from one kernel launch; ids of -1 skipped."""
+    num_experts, two_inter, hidden = w13.shape
+    inter = two_inter // 2
+    out = torch.zeros(x.shape[0], hidden, dtype=torch.float32, device=x.device)
+    flat_ids = topk_ids.reshape(-1)
+    grid = (flat_ids.numel() * _cdiv(inter, tile.block_n),)
+    _kernels().single_pass_moe_kernel[grid](
+        x, w13, w2, out, flat_ids, weights.reshape(-1).float().contiguous(),
+        inter, hidden, flat_ids.numel(), num_experts, topk_ids.shape[1],
+        x.stride(0), w13.stride(0), w13.stride(1), w13.stride(2), w2.stride(0), w2.stride(1), w2.stride(2), out.stride(0),
+        BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )  # fmt: skip
+    return out
+
+
 def check_shapes(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor) -> None:
     num_experts, two_inter, hidden_size = w13.shape
     if hidden.dim() != 2 or hidden.shape[1] != hidden_size:
@@ -120,6 +147,7 @@ def fused_moe(
     topk_weights: torch.Tensor,
     config: MoEConfig | None = None,
     one_per_block_tokens: int = MAX_ONE_PER_BLOCK_TOKENS,
+    single_pass_tokens: int = MAX_SINGLE_PASS_TOKENS,
 ) -> torch.Tensor:
     """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
     check_shapes(hidden, w13, w2, topk_ids)
@@ -127,6 +155,8 @@ def fused_moe(
     num_experts, two_inter, hidden_size = w13.shape
     if num_tokens == 0:
         return torch.empty_like(hidden)
+    if num_tokens <= single_pass_tokens:
+        return run_single_pass(hidden.contiguous(), w13.contiguous(), w2.contiguous(), topk_ids, topk_weights).to(hidden.dtype)
     if config is None:
         config = pick_config(num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, True)
     hidden, w13, w2 = hidden.contiguous(), w13.contiguous(), w2.contiguous()

@@ -57,7 +57,7 @@ def test_one_assignment_per_block_layout_matches_reference_with_dropped_assignme
     plan.topk_ids[0, 1], plan.topk_weights[0, 1] = -1, 0.0
     hidden = torch.randn(num_tokens, 32, generator=gen)
     args = [t.to(device) for t in (hidden, w13, w2, plan.topk_ids, plan.topk_weights)]
-    out = fused_moe(*args, SMALL_TILES, one_per_block_tokens=num_tokens)
+    out = fused_moe(*args, SMALL_TILES, one_per_block_tokens=num_tokens, single_pass_tokens=0)
     plan.topk_ids, plan.topk_weights = args[3], args[4]
     torch.testing.assert_close(out, reference(*args[:3], plan), **tolerance(torch.float32, device))
 
@@ -90,3 +90,17 @@ def test_fused_moe_rejects_mismatched_weight_shapes():
     w13, w2 = torch.zeros(4, 32, 16), torch.zeros(4, 16, 8)
     with pytest.raises(ValueError, match="w2 must be"):
         fused_moe(torch.zeros(2, 16), w13, w2, torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("num_tokens", [1, 2])
+def test_single_pass_path_matches_reference_with_dropped_assignments(device, num_tokens):
+    gen = torch.Generator().manual_seed(11)
+    # widths not multiples of the single-pass tile, so its masks are exercised
+    w13, w2 = random_experts(6, 200, 72, torch.float32, gen)
+    plan = random_plan(num_tokens, 6, 4, drop_fraction=0.0, gen=gen)
+    plan.topk_ids[0, 2], plan.topk_weights[0, 2] = -1, 0.0
+    hidden = torch.randn(num_tokens, 200, generator=gen)
+    args = [t.to(device) for t in (hidden, w13, w2, plan.topk_ids, plan.topk_weights)]
+    out = fused_moe(*args, SMALL_TILES, single_pass_tokens=num_tokens)
+    plan.topk_ids, plan.topk_weights = args[3], args[4]
+    torch.testing.assert_close(out, reference(*args[:3], plan), **tolerance(torch.float32, device))
