@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from moeframe.config import CONF_DIR
+from moeframe.config import CONF_DIR, unknown_choice
 from moeframe.engine.builder import BuiltEngine, build
 from moeframe.engine.core import EngineCore
 from moeframe.engine.request import GenerateOutput, Request, Status
@@ -47,9 +47,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def one_line_hydra_error(message: str) -> str:
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", message)
     if missing:
-        group, choice = missing.groups()
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        return f"{group}: unknown choice '{choice}'; valid choices: {', '.join(options)}"
+        return unknown_choice(*missing.groups())
     return " ".join(message.split())
 
 
@@ -76,6 +74,21 @@ class Engine:
     @classmethod
     def from_overrides(cls, overrides: list[str]) -> "Engine":
         return cls(compose_config(overrides))
+
+    def variant(self, changes: dict[str, Any]) -> "Engine":
+        """A second engine on this one's config with ``changes`` (dotted key -> value; a value replaces the node).
+
+        Workloads use it to measure against a baseline that differs in one switch
+        (native routing, jump-forward off).
+        """
+        cfg = OmegaConf.to_container(self.cfg, resolve=True)
+        for key, value in changes.items():
+            *parents, leaf = key.split(".")
+            node = cfg
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return Engine(OmegaConf.create(cfg))
 
     # ---- tokens ----
     def encode(self, text: str) -> list[int]:

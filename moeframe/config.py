@@ -121,8 +121,16 @@ def unknown_group_choice(overrides: list[str]) -> str | None:
         folder = CONF_DIR / group
         if "." in group or "(" in value or not folder.is_dir():
             continue
-        options = sorted(p.stem for p in folder.glob("*.yaml"))
         for choice in value.split(","):
-            if choice and choice not in options:
-                return f"{group}: unknown choice '{choice}'; valid choices: {', '.join(options)}"
+            if choice and choice not in group_choices(group):
+                return unknown_choice(group, choice)
     return None
+
+
+def group_choices(group: str) -> list[str]:
+    """The choices of a config group: the yaml names in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def unknown_choice(group: str, choice: str) -> str:
+    return f"{group}: unknown choice '{choice}'; valid choices: {', '.join(group_choices(group))}"

@@ -100,8 +100,7 @@ def assemble_model(
     def place(name: str, tensor: torch.Tensor) -> None:
         if cut is not None:
             tensor = cut(name, tensor)
-        target = torch.float32 if FLOAT32_TENSORS.search(name) else dtype
-        state[name] = tensor.to(device=device, dtype=target)
+        state[name] = tensor.to(device=device, dtype=tensor_dtype(name, dtype))
 
     for name, tensor in tensors:
         if (m := EXPERT_PART.match(name)) is not None:
@@ -127,8 +126,18 @@ def assemble_model(
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"checkpoint {source}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+    return finish_model(model, state)
+
+
+def tensor_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor is kept in: the model's, except routing state kept in float32."""
+    return torch.float32 if FLOAT32_TENSORS.search(name) else dtype
+
+
+def finish_model(model: CausalLM, state: dict[str, torch.Tensor]) -> CausalLM:
+    """Assign the tensors, tie embeddings where the checkpoint does, convert experts once, eval mode."""
     model.load_state_dict(state, assign=True, strict=False)
-    if spec.tie_word_embeddings:
+    if model.spec.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     prepare_experts(model)
     return model.eval()
@@ -166,7 +175,7 @@ def random_model(
     for name, ref in full.items():
         if spec.tie_word_embeddings and name == "lm_head.weight":
             continue
-        target = torch.float32 if FLOAT32_TENSORS.search(name) else dtype
+        target = tensor_dtype(name, dtype)
         if name.endswith("norm.weight"):
             state[name] = torch.ones(ref.shape, dtype=target, device=device)
         elif ref.dim() >= 2:
@@ -175,11 +184,7 @@ def random_model(
             state[name] = torch.zeros(ref.shape, dtype=target, device=device)
         if cut is not None:
             state[name] = cut(name, state[name])
-    model.load_state_dict(state, assign=True, strict=False)
-    if spec.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    prepare_experts(model)
-    return model.eval()
+    return finish_model(model, state)
 
 
 def stack_experts(spec: ModelSpec, experts: dict, place) -> None:

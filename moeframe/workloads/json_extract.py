@@ -95,8 +95,6 @@ class JsonExtract(Workload):
         return drive(engine, submissions, self.params, desc="json_extract")
 
     def run(self, engine: "Engine") -> dict[str, Any]:
-        from moeframe.api import Engine
-
         steps_before = engine.core.stats.forward_steps
         mask_before = (engine.core.stats.mask_time_s, engine.core.stats.masked_rows)
         run = self.constrained_run(engine)
@@ -113,9 +111,7 @@ class JsonExtract(Workload):
             }
         )
         if self.params.compare_without_jump_forward and metrics["jump_forward"]:
-            plain_cfg = OmegaConf.to_container(engine.cfg, resolve=True)
-            plain_cfg["constraint"]["jump_forward"] = False
-            plain = Engine(OmegaConf.create(plain_cfg))
+            plain = engine.variant({"constraint.jump_forward": False})
             plain_run = self.constrained_run(plain)
             metrics["forward_steps_without_jump_forward"] = plain.core.stats.forward_steps
             metrics["forward_steps_saved"] = plain.core.stats.forward_steps - metrics["forward_steps"]

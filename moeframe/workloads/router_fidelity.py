@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import OmegaConf
 
 from moeframe.workloads import WORKLOADS
 from moeframe.workloads.base import Workload
@@ -82,11 +81,7 @@ class RouterFidelity(Workload):
 
 def measure_fidelity(engine: "Engine", text: str, chunk_tokens: int, max_chunks: int) -> dict[str, float]:
     """KL vs native, top-1 agreement and both perplexities over up to ``max_chunks`` chunks of ``text``."""
-    from moeframe.api import Engine
-
-    native_cfg = OmegaConf.to_container(engine.cfg, resolve=True)
-    native_cfg["router"] = {"name": "native"}
-    native = Engine(OmegaConf.create(native_cfg))
+    native = engine.variant({"router": {"name": "native"}})
     ids = engine.encode(text)
     chunk = min(chunk_tokens, engine.built.max_context)
     totals = {"kl": 0.0, "agree": 0.0, "nll_router": 0.0, "nll_native": 0.0, "positions": 0}
