@@ -11,6 +11,7 @@ same function.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ def set_compile(enabled: bool) -> None:
 def fused_on_cuda(fn: F) -> F:
     compiled: Callable | None = None
 
+    @functools.wraps(fn)
     def call(*args, **kwargs):
         nonlocal compiled
         if _enabled and args[0].is_cuda:
@@ -42,5 +44,4 @@ def fused_on_cuda(fn: F) -> F:
             return compiled(*args, **kwargs)
         return fn(*args, **kwargs)
 
-    call.__doc__, call.__name__ = fn.__doc__, fn.__name__
     return call  # type: ignore[return-value]
