@@ -200,7 +200,24 @@ def profile_decode(engine: Engine, batch: int, prompt_len: int) -> str:
     while engine.core.has_work():
         engine.step()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-    return f"decode batch {batch}: {wall * 1e3:.3f} ms per step (wall, {steps} steps)\n\n{table}\n"
+    return f"decode batch {batch}: {wall * 1e3:.3f} ms per step (wall, {steps} steps)\n\n{table}\n\n{step_kernels(prof, steps)}"
+
+
+def step_kernels(prof, steps: int) -> str:
+    """The kernels of the last profiled step in launch order, with their durations and the gaps between them."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.loads(Path(f.name).read_text())["traceEvents"]
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    per_step = len(kernels) // steps
+    last = kernels[-per_step:]
+    busy = sum(e["dur"] for e in last)
+    span = last[-1]["ts"] + last[-1]["dur"] - last[0]["ts"]
+    lines = [f"last step: {len(last)} kernels, {busy:.0f} us busy over a {span:.0f} us span", "start_us dur_us name"]
+    lines += [f"{e['ts'] - last[0]['ts']:8.1f} {e['dur']:6.1f} {e['name'][:110]}" for e in last]
+    return "\n".join(lines) + "\n"
 
 
 def profile_prefill(engine: Engine) -> str:

@@ -71,6 +71,13 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 / ms / 1e9
 
 
+def random_experts() -> tuple[torch.Tensor, torch.Tensor]:
+    """w13 [E, 2I, H] and w2 [E, H, I] in bf16, scaled so activations stay O(1)."""
+    w13 = (torch.randn(E, 2 * I, H, device="cuda") / H**0.5).bfloat16()
+    w2 = (torch.randn(E, H, I, device="cuda") / I**0.5).bfloat16()
+    return w13, w2
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).abs().max() / ref.float().abs().max())
 
@@ -131,6 +138,26 @@ def bench_moe(num_tokens: int, w13: torch.Tensor, w2: torch.Tensor, copy_gbs: fl
     except Exception as err:  # report, do not hide, a torch build without a working _grouped_mm
         row["grouped_mm_error"] = f"{type(err).__name__}: {err}"[:200]
     return row
+
+
+def bench_moe_stack(num_tokens: int, stack: list[tuple[torch.Tensor, torch.Tensor]], copy_gbs: float) -> dict:
+    """The forward as a decode step meets it: one CUDA graph runs it over every layer of a stack of distinct
+    expert weights (several GB, so each layer reads its experts from HBM, as in the model), time / layers."""
+    gen = torch.Generator(device="cuda").manual_seed(1000 + num_tokens)
+    hidden = torch.randn(num_tokens, H, device="cuda", generator=gen).bfloat16()
+    plans = [torch.rand(num_tokens, E, device="cuda", generator=gen).topk(K, dim=-1).indices for _ in stack]
+    weights = torch.softmax(torch.rand(num_tokens, K, device="cuda", generator=gen), -1)
+
+    def forward_all() -> None:
+        for (w13, w2), ids in zip(stack, plans):
+            fused_moe(hidden, w13, w2, ids, weights, single_pass_tokens=0)
+
+    graph = graph_of(forward_all)
+    ms = triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / len(stack)
+    read = sum(int(torch.unique(ids).numel()) for ids in plans) / len(stack)
+    weight_bytes = read * (stack[0][0][0].numel() + stack[0][1][0].numel()) * stack[0][0].element_size()
+    return {"tokens": num_tokens, "layers": len(stack), "us": ms * 1e3, "weight_mb": weight_bytes / 1e6,
+            "frac_copy_bw": weight_bytes / ms / 1e6 / copy_gbs}  # fmt: skip
 
 
 def kv_batch(q_lens: list[int], kv_lens: list[int], num_slots: int) -> ForwardBatch:
@@ -225,6 +252,11 @@ def markdown(result: dict) -> str:
             f"| {r['requests']} | {r['new']} | {r['prefix']} | {r['heads']} | {r['us']:.1f} | {r['tflops']:.1f} | "
             f"{r['frac_matmul']:.0%} | {r['rel_err']:.1e} |"
         )
+    if result.get("moe_stack"):
+        lines += ["", f"## Fused MoE in a layer stack: one CUDA graph over {result['moe_stack'][0]['layers']} layers of distinct "
+                  "expert weights, time per layer (the default deterministic two-kernel path, as the model runs it)", "",
+                  "| T | weights MB per layer | us per layer | of copy BW |", "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['tokens']} | {r['weight_mb']:.1f} | {r['us']:.1f} | {r['frac_copy_bw']:.0%} |" for r in result["moe_stack"]]
     for r in result["extend"]:
         lines.append(f"\nExtend tiles, {r['requests']} x {r['new']} on {r['prefix']} (TFLOP/s): "
                      + ", ".join(f"{name}: {v:.0f}" for name, v in r["tflops_by_tile"].items()))  # fmt: skip
@@ -236,13 +268,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/kernels"))
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 2, 4, 8, 32, 128, 512, 4096])
+    parser.add_argument("--tables", default="moe,moe_stack,decode,extend", help="which tables to measure")
+    parser.add_argument("--stack-layers", type=int, default=8, help="layers of distinct expert weights for the in-stack figure")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels needs a CUDA device")
     torch.manual_seed(0)
     copy_gbs, mm_tflops = copy_bandwidth_gbs(), matmul_tflops()
-    w13 = (torch.randn(E, 2 * I, H, device="cuda") / H**0.5).bfloat16()
-    w2 = (torch.randn(E, H, I, device="cuda") / I**0.5).bfloat16()
+    w13, w2 = random_experts()
     result = {
         "device": torch.cuda.get_device_name(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -253,16 +286,19 @@ def main() -> None:
         "copy_gbs": copy_gbs,
         "matmul_tflops": mm_tflops,
         "moe": [],
+        "moe_stack": [],
         "decode": [],
         "extend": [],
         "errors": [],
     }
     cases = [("moe", bench_moe, (t, w13, w2, copy_gbs, mm_tflops)) for t in args.tokens]
+    stack = [random_experts() for _ in range(args.stack_layers if "moe_stack" in args.tables else 0)]
+    cases += [("moe_stack", bench_moe_stack, (t, stack, copy_gbs)) for t in args.tokens if t <= 32]
     cases += [("decode", bench_decode, (b, n, hq, hkv, copy_gbs))
               for b, n, hq, hkv in [(1, 1024, 16, 16), (1, 8192, 16, 16), (8, 1024, 16, 16),
                                     (32, 1024, 16, 16), (128, 1024, 16, 16), (32, 4096, 32, 4)]]  # fmt: skip
     cases += [("extend", bench_extend, (r, n, p, h, mm_tflops)) for r, n, p, h in [(8, 1024, 0, 16), (8, 256, 1024, 16), (1, 4096, 0, 16)]]
-    for table, bench, bench_args in cases:
+    for table, bench, bench_args in [case for case in cases if case[0] in args.tables.split(",")]:
         try:
             result[table].append(bench(*bench_args))
         except Exception as err:  # one failing case is reported in the output, the others still run

@@ -6,7 +6,7 @@
                        one Triton program at decode sizes, torch ops past that)
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
       -> down_weighted_kernel: y [T*k, H] = weight * act W_down^T
-      -> sum over the k assignments of each token (one torch reduction, fp32 accumulation)
+      -> sum over the k assignments of each token (one generated kernel on CUDA, fp32 accumulation)
 
 Block sizes come from the tuned JSON tables in ``configs/`` (tools/tune_moe.py)
 or a heuristic (moe_configs.py). Every shape is static and nothing syncs with
@@ -24,6 +24,7 @@ from moeframe.experts import EXPERTS
 from moeframe.experts.base import ExpertsKernel
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
+from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -165,7 +166,14 @@ def fused_moe(
     out = hidden.new_empty(num_tokens * top_k, hidden_size)
     run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)
     run_down(act, w2, topk_weights.reshape(-1).float().contiguous(), blocks, out, config.down)
-    return out.view(num_tokens, top_k, hidden_size).sum(dim=1)
+    return sum_assignments(out.view(num_tokens, top_k, hidden_size))
+
+
+@fused_on_cuda
+def sum_assignments(out: torch.Tensor) -> torch.Tensor:
+    """[T, k, H] -> [T, H], accumulated in float32: one short generated kernel on CUDA (aten's
+    reduction over the middle dimension took 5 us for one token on an H100)."""
+    return out.sum(dim=1)
 
 
 @dataclass(frozen=True)
