@@ -20,11 +20,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NORM_NONE: tl.constexpr = 0
-NORM_PER_HEAD: tl.constexpr = 1
-NORM_FULL: tl.constexpr = 2
-
-
 @triton.jit
 def _rms_scale(x1, x2, xp, src_ptr, w_ptr, w1_offs, w2_offs, wp_offs, m1, mp, num_heads, head_dim, eps, FULL: tl.constexpr):
     """rms_norm of norm.py: x * rsqrt(mean(x^2) + eps) in float32, rounded, times the weight, rounded."""
@@ -63,7 +58,8 @@ def _rotate_heads(
     rot_half,
     eps,
     clip,
-    NORM: tl.constexpr,
+    FULL_NORM: tl.constexpr,
+    HEAD_NORM: tl.constexpr,
     HAS_CLIP: tl.constexpr,
     INTERLEAVE: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -89,14 +85,14 @@ def _rotate_heads(
     x2 = tl.load(src_ptr + row + dim2[None, :], mask=m1, other=0.0).to(tl.float32)
     xp = tl.load(src_ptr + row + offs_p[None, :], mask=mp, other=0.0).to(tl.float32)
     # The order of Attention.forward: full norm, clip, per-head norm, rotary.
-    if NORM == NORM_FULL:
+    if FULL_NORM:
         x1, x2, xp = _rms_scale(
             x1, x2, xp, src_ptr, w_ptr, row + dim1[None, :], row + dim2[None, :], row + offs_p[None, :],
             m1, mp, num_heads, head_dim, eps, True,
         )  # fmt: skip
     if HAS_CLIP:
         x1, x2, xp = _clamp(x1, clip), _clamp(x2, clip), _clamp(xp, clip)
-    if NORM == NORM_PER_HEAD:
+    if HEAD_NORM:
         x1, x2, xp = _rms_scale(
             x1, x2, xp, src_ptr, w_ptr, dim1[None, :], dim2[None, :], offs_p[None, :],
             m1, mp, num_heads, head_dim, eps, False,
@@ -143,7 +139,8 @@ def qkv_prologue_kernel(
     q_blocks,
     eps,
     clip,
-    NORM: tl.constexpr,
+    FULL_NORM: tl.constexpr,
+    HEAD_NORM: tl.constexpr,
     HAS_CLIP: tl.constexpr,
     INTERLEAVE: tl.constexpr,
     BLOCK_HQ: tl.constexpr,
@@ -162,7 +159,7 @@ def qkv_prologue_kernel(
         _rotate_heads(
             q_ptr + token * stride_q, q_out_ptr + token * stride_qo_n, stride_qo_h, q_weight_ptr, cos, sin,
             part * BLOCK_HQ, num_q_heads, head_dim, rot_half, eps, clip,
-            NORM, HAS_CLIP, INTERLEAVE, BLOCK_HQ, BLOCK_R, BLOCK_P,
+            FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE, BLOCK_HQ, BLOCK_R, BLOCK_P,
         )  # fmt: skip
     else:
         slot = tl.load(slots_ptr + token).to(tl.int64)
@@ -170,7 +167,7 @@ def qkv_prologue_kernel(
         _rotate_heads(
             k_ptr + token * stride_k, k_cache_ptr + slot * stride_kc_s, stride_kc_h, k_weight_ptr, cos, sin,
             head0, num_kv_heads, head_dim, rot_half, eps, clip,
-            NORM, HAS_CLIP, INTERLEAVE, BLOCK_HK, BLOCK_R, BLOCK_P,
+            FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE, BLOCK_HK, BLOCK_R, BLOCK_P,
         )  # fmt: skip
         heads = head0 + tl.arange(0, BLOCK_HK)
         offs_d = tl.arange(0, BLOCK_DV)

@@ -17,7 +17,7 @@ from types import ModuleType
 import torch
 import triton
 
-NORMS = {"none": 0, "per_head": 1, "full": 2}
+NORMS = ("none", "per_head", "full")
 
 # Elements of one head block (both rotary halves and the pass-through dims)
 # that a program takes when heads are normed independently: a few thousand
@@ -107,7 +107,7 @@ def prepare_qkv(
         q.stride(0), k.stride(0), v.stride(0), q_out.stride(0), q_out.stride(1),
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), cos.stride(0), sin.stride(0),
         num_q_heads, num_kv_heads, head_dim, v_dim, rot_half, q_blocks, eps, 0.0 if clip is None else float(clip),
-        NORM=NORMS[norm], HAS_CLIP=clip is not None, INTERLEAVE=interleave,
+        FULL_NORM=norm == "full", HEAD_NORM=norm == "per_head", HAS_CLIP=clip is not None, INTERLEAVE=interleave,
         BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_R=block_r, BLOCK_P=block_p,
         BLOCK_DV=triton.next_power_of_2(v_dim), num_warps=num_warps,
     )  # fmt: skip
