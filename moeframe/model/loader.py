@@ -4,7 +4,9 @@ The model is built on the meta device and its tensors are assigned straight
 from safetensors in the target dtype and device, so a checkpoint is read
 once and never held twice (nano-vllm's loader does the same per shard).
 Checkpoints may store experts per expert (hub naming) or fused as
-transformers 5 keeps them in memory; both load.
+transformers 5 keeps them in memory; both load. Attention's separate q/k/v
+projections are concatenated into its one ``qkv_proj`` as they are read (vLLM
+loads QKVParallelLinear the same way, shard by shard).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from moeframe.errors import CheckpointError
 from moeframe.model.causal_lm import CausalLM, MoEFactory
 from moeframe.model.families import Family, family_of, rename
+from moeframe.model.layers.attention import qkv_widths
 from moeframe.model.spec import ModelSpec
 
 # Shards the meta-device model for this rank and returns how to cut each full
@@ -27,6 +30,7 @@ from moeframe.model.spec import ModelSpec
 ShardFn = Callable[[CausalLM], Callable[[str, torch.Tensor], torch.Tensor]]
 
 EXPERT_PART = re.compile(r"^layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+QKV_PART = re.compile(r"^(layers\.\d+\.self_attn)\.([qkv])_proj\.(weight|bias)$")
 FUSED_PART = re.compile(r"^layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
 FLOAT32_TENSORS = re.compile(r"e_score_correction_bias$")
 
@@ -102,7 +106,7 @@ def assemble_model(
             tensor = cut(name, tensor)
         state[name] = tensor.to(device=device, dtype=tensor_dtype(name, dtype))
 
-    for name, tensor in tensors:
+    for name, tensor in fuse_qkv(spec, tensors, set(expected)):
         if (m := EXPERT_PART.match(name)) is not None:
             experts.setdefault((int(m[1]), m[3]), {})[int(m[2])] = tensor
         elif (m := FUSED_PART.match(name)) is not None:
@@ -127,6 +131,36 @@ def assemble_model(
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"checkpoint {source}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
     return finish_model(model, state)
+
+
+def fuse_qkv(
+    spec: ModelSpec, tensors: Iterable[tuple[str, torch.Tensor]], expected: set[str]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Checkpoint q_proj/k_proj/v_proj -> one ``qkv_proj`` (q rows, then k, then v) where the model fuses them.
+
+    A layer's three parts are held only until the last of them is read. Names
+    the model does not fuse (MLA's q_proj) pass through unchanged.
+    """
+    q_out, kv_out = qkv_widths(spec.attention)
+    widths = {"q": q_out, "k": kv_out, "v": kv_out}
+    pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors:
+        m = QKV_PART.match(name)
+        if m is None or f"{m[1]}.qkv_proj.{m[3]}" not in expected:
+            yield name, tensor
+            continue
+        prefix, part, leaf = m[1], m[2], m[3]
+        want = (widths[part], spec.hidden_size) if leaf == "weight" else (widths[part],)
+        if tuple(tensor.shape) != want:
+            raise CheckpointError(f"{name} has shape {tuple(tensor.shape)}, expected {want}")
+        parts = pending.setdefault((prefix, leaf), {})
+        parts[part] = tensor
+        if len(parts) == 3:
+            del pending[(prefix, leaf)]
+            yield f"{prefix}.qkv_proj.{leaf}", torch.cat([parts["q"], parts["k"], parts["v"]])
+    absent = [f"{prefix}.{p}_proj.{leaf}" for (prefix, leaf), parts in pending.items() for p in "qkv" if p not in parts]
+    if absent:
+        raise CheckpointError(f"checkpoint is missing {absent[:5]}{'...' if len(absent) > 5 else ''}")
 
 
 def tensor_dtype(name: str, dtype: torch.dtype) -> torch.dtype:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moeframe.model.layers.attention import Attention
+from moeframe.model.layers.attention import Attention, qkv_widths
 from moeframe.model.layers.mla import MultiLatentAttention
 from moeframe.model.layers.mlp import GatedMLP
 from moeframe.model.layers.moe import MoEBlock
@@ -110,9 +110,9 @@ def shard_attention(attn: Attention, world_size: int, rank: int, comm: Comm) -> 
     q_heads = local_heads(spec.num_heads, world_size, rank)
     kv_heads = local_heads(spec.num_kv_heads, world_size, rank)
     q_rows, kv_rows = head_rows(q_heads, d), head_rows(kv_heads, d)
-    attn.q_proj = column_linear(attn.q_proj, q_rows)
-    attn.k_proj = column_linear(attn.k_proj, kv_rows)
-    attn.v_proj = column_linear(attn.v_proj, kv_rows)
+    q_out, kv_out = qkv_widths(spec)
+    # The fused rows keep the full layout's order: this rank's q heads, then its k heads, then its v heads.
+    attn.qkv_proj = column_linear(attn.qkv_proj, torch.cat([q_rows, q_out + kv_rows, q_out + kv_out + kv_rows]))
     attn.o_proj = RowParallelLinear(attn.o_proj, q_rows, comm)
     if spec.qk_norm == "full":
         kv_replicas = max(1, world_size // spec.num_kv_heads)

@@ -3,6 +3,11 @@
 One module serves Llama, Qwen2, Mixtral, Qwen-MoE and OLMoE; their
 differences (qkv bias, q/k norms per head or over all heads, clipping) are
 AttentionSpec fields.
+
+q, k and v come from one fused projection (``qkv_proj``: q rows, then k,
+then v), as vLLM's QKVParallelLinear and SGLang do, so a decode step runs one
+GEMV per layer instead of three; its output is split into views, not copied.
+The loader concatenates a checkpoint's separate q/k/v tensors into it.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ from moeframe.model.layers.rotary import Rotary
 from moeframe.model.spec import AttentionSpec
 
 
+def qkv_widths(spec: AttentionSpec) -> tuple[int, int]:
+    """Output features of q and of each of k and v."""
+    return spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+
+
 class Attention(nn.Module):
     def __init__(self, spec: AttentionSpec, hidden_size: int, eps: float, rotary: Rotary, layer_idx: int) -> None:
         super().__init__()
         self.spec, self.rotary, self.layer_idx = spec, rotary, layer_idx
-        q_out, kv_out = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-        self.q_proj = nn.Linear(hidden_size, q_out, bias=spec.qkv_bias)
-        self.k_proj = nn.Linear(hidden_size, kv_out, bias=spec.qkv_bias)
-        self.v_proj = nn.Linear(hidden_size, kv_out, bias=spec.qkv_bias)
+        q_out, kv_out = qkv_widths(spec)
+        self.qkv_proj = nn.Linear(hidden_size, q_out + 2 * kv_out, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(q_out, hidden_size, bias=spec.out_bias)
         if spec.qk_norm == "per_head":
             self.q_norm, self.k_norm = RMSNorm(spec.head_dim, eps), RMSNorm(spec.head_dim, eps)
@@ -33,7 +41,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         spec, n = self.spec, x.shape[0]
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q_out, kv_out = qkv_widths(spec)
+        q, k, v = self.qkv_proj(x).split([q_out, kv_out, kv_out], dim=-1)
         if spec.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         if spec.clip_qkv is not None:
