@@ -71,6 +71,8 @@ class CausalLM(nn.Module):
         h, residual = self.embed_tokens(batch.input_ids), None
         for layer in self.layers:
             h, residual = layer(h, residual, batch.positions, ctx)
-        rows = batch.logits_indices
-        h, _ = self.norm.add_forward(h[rows], residual[rows])
+        if not batch.is_decode:  # a decode batch wants every row: no gather
+            rows = batch.logits_indices
+            h, residual = h[rows], residual[rows]
+        h, _ = self.norm.add_forward(h, residual)
         return self.lm_head(h).float()

@@ -8,6 +8,7 @@ computed as its reference does; plain RoPE is computed here.
 from __future__ import annotations
 
 import torch
+
 from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.model.spec import RopeSpec
 
@@ -47,13 +48,16 @@ class Rotary:
     def _compute(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if self._inv_freq.device != positions.device:
             self._inv_freq = self._inv_freq.to(positions.device)
-        freqs = positions[:, None].float() * self._inv_freq[None, :]
-        cos = (freqs.cos() * self.attention_scaling).to(dtype)
-        sin = (freqs.sin() * self.attention_scaling).to(dtype)
-        return cos, sin
+        return angles_cos_sin(positions, self._inv_freq, self.attention_scaling, dtype)
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return rotate(x, cos, sin, self.interleave)
+
+
+@fused_on_cuda
+def angles_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scaling: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = positions[:, None].float() * inv_freq[None, :]
+    return (freqs.cos() * scaling).to(dtype), (freqs.sin() * scaling).to(dtype)
 
 
 @fused_on_cuda
