@@ -219,7 +219,11 @@ def parse_deepseek_v3(cfg: object) -> ModelSpec:
 
 
 def rename(fam: Family, name: str) -> str:
-    """A checkpoint tensor name in our module layout (no ``model.`` prefix)."""
+    """A checkpoint tensor name in our module layout (no ``model.`` prefix).
+
+    Attention's q_proj/k_proj/v_proj keep their names here; the loader then
+    concatenates them into the module's one ``qkv_proj`` (loader.fuse_qkv).
+    """
     name = re.sub(r"^model\.", "", name)
     for pattern, repl in fam.renames:
         name = re.sub(pattern, repl, name)
