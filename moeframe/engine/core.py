@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from moeframe.engine.constrained import forced_run, mask_constrained
+from moeframe.engine.detokenizer import Detokenize, IncrementalDetokenizer
 from moeframe.engine.model_runner import ModelRunner
 from moeframe.engine.request import Request, Status
 from moeframe.engine.sampler import sample, token_logprobs
 from moeframe.engine.scheduler import Scheduler
-
-Detokenize = Callable[[list[int]], str]
 
 
 @dataclass
@@ -45,6 +44,7 @@ class EngineCore:
     ) -> None:
         self.scheduler, self.runner = scheduler, runner
         self.detokenize = detokenize
+        self.detokenizer = IncrementalDetokenizer(detokenize)
         self.eos_token_ids = set(eos_token_ids)
         self.max_context = max_context
         self.jump_forward = jump_forward
@@ -123,7 +123,7 @@ class EngineCore:
                 self.stats.jump_forward_tokens += len(forced)
                 if forced:
                     reason = self.stop_reason(req, req.output_ids[-1])
-        req.text = self.detokenize(req.output_ids)
+        req.text = self.detokenizer(req.detokenized, req.output_ids)
         if reason is None:
             reason = self.stop_string(req)
         if reason is None and len(req.output_ids) >= req.params.max_new_tokens:

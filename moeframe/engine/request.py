@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from moeframe.cache.base import PrefixMatch
+from moeframe.engine.detokenizer import DetokenizeState
 from moeframe.engine.sampling_params import SamplingParams
 
 
@@ -49,7 +50,8 @@ class Request:
     constraint: Any = None  # a ConstraintState, or None
     generator: torch.Generator | None = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
-    text: str = ""
+    text: str = ""  # detokenize(output_ids), cut at a stop string
+    detokenized: DetokenizeState = field(default_factory=DetokenizeState)  # how far ``text`` is final
     arrival_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
     token_times_s: list[float] = field(default_factory=list)
