@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moeframe.attention.batch import ForwardBatch
 from moeframe.attention.qkv_prologue import prepare_qkv
+from moeframe.model.layers.attention import Attention, qkv_widths
+from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import rms_norm
-from moeframe.model.layers.rotary import rotate
+from moeframe.model.layers.rotary import Rotary, rotate
+from moeframe.model.spec import AttentionSpec, RopeSpec
 
 NUM_SLOTS = 40
 
@@ -147,3 +151,36 @@ def test_prologue_rejects_an_unknown_norm(device):
             q, k, v, q_norm_weight=None, k_norm_weight=None, norm="layer", eps=1e-6, clip=None, cos=cos, sin=sin,
             interleave=False, k_cache=k_cache, v_cache=v_cache, out_slots=slots,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("qk_norm", ["per_head", "full"])
+def test_prologue_matches_an_attention_layers_cpu_path(device, qk_norm):
+    """The layer itself runs the torch sequence on the CPU; the kernel must reproduce what it hands to attention."""
+    gen = torch.Generator().manual_seed(3)
+    spec = AttentionSpec(num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=qk_norm, clip_qkv=1.5)
+    rotary = Rotary(RopeSpec(theta=1e4, rotary_dim=16))
+    attn = Attention(spec, hidden_size=32, eps=1e-5, rotary=rotary, layer_idx=0)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    batch = ForwardBatch.build([[0] * 5], [list(range(10, 18))], "cpu")
+    x = torch.randn(5, 32, generator=gen)
+    k_ref, v_ref = torch.zeros(20, 2, 16), torch.zeros(20, 2, 16)
+    seen = {}
+
+    def attend(q, k_cache, v_cache, batch, scale):
+        seen["q"] = q
+        return torch.zeros(q.shape[0], q.shape[1], v_cache.shape[-1])
+
+    with torch.no_grad():
+        attn(x, batch.positions, ForwardContext(batch, [k_ref], [v_ref], attend))
+        q_width, kv_width = qkv_widths(spec)
+        q, k, v = attn.qkv_proj(x).to(device).split([q_width, kv_width, kv_width], dim=-1)
+        cos, sin = rotary.cos_sin(batch.positions.to(device), q.dtype)
+        k_cache, v_cache = torch.zeros(20, 2, 16, device=device), torch.zeros(20, 2, 16, device=device)
+        q_out = prepare_qkv(
+            q, k, v, q_norm_weight=attn.q_norm.weight.to(device), k_norm_weight=attn.k_norm.weight.to(device), norm=qk_norm, eps=1e-5,
+            clip=1.5, cos=cos, sin=sin, interleave=False, k_cache=k_cache, v_cache=v_cache,
+            out_slots=batch.out_slots.to(device),
+        )  # fmt: skip
+    assert_matches((q_out, k_cache, v_cache), (seen["q"], k_ref, v_ref), torch.float32, device)

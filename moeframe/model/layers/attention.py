@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moeframe.attention.qkv_prologue import prepare_qkv
 from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
@@ -43,6 +44,15 @@ class Attention(nn.Module):
         spec, n = self.spec, x.shape[0]
         q_out, kv_out = qkv_widths(spec)
         q, k, v = self.qkv_proj(x).split([q_out, kv_out, kv_out], dim=-1)
+        k_cache, v_cache = ctx.k_cache[self.layer_idx], ctx.v_cache[self.layer_idx]
+        prologue = self._prologue_fused if q.is_cuda else self._prologue_torch
+        q = prologue(q, k, v, positions, k_cache, v_cache, ctx.batch.out_slots)
+        out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
+        return self.o_proj(out.reshape(n, -1))
+
+    def _prologue_torch(self, q, k, v, positions, k_cache, v_cache, out_slots) -> torch.Tensor:
+        """q/k norms, clip, rotary and the KV write as torch ops: the reference, and the CPU path."""
+        spec, n = self.spec, q.shape[0]
         if spec.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         if spec.clip_qkv is not None:
@@ -54,8 +64,22 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = self.rotary.cos_sin(positions, q.dtype)
         q, k = self.rotary.apply(q, cos, sin), self.rotary.apply(k, cos, sin)
-        k_cache, v_cache = ctx.k_cache[self.layer_idx], ctx.v_cache[self.layer_idx]
-        k_cache[ctx.batch.out_slots] = k.to(k_cache.dtype)
-        v_cache[ctx.batch.out_slots] = v.to(v_cache.dtype)
-        out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
-        return self.o_proj(out.reshape(n, -1))
+        k_cache[out_slots] = k.to(k_cache.dtype)
+        v_cache[out_slots] = v.to(v_cache.dtype)
+        return q
+
+    def _prologue_fused(self, q, k, v, positions, k_cache, v_cache, out_slots) -> torch.Tensor:
+        """_prologue_torch in one Triton launch (attention/qkv_prologue.py) instead of ~8 kernels."""
+        norm, weights, eps = self.spec.qk_norm, (None, None), 0.0
+        if norm == "full" and not isinstance(self.q_norm, RMSNorm):
+            # Tensor parallel: the norm spans ranks (tp_layers.ShardedRMSNorm all-reduces its
+            # sum of squares), so it runs before the kernel, which then clips and rotates.
+            q, k, norm = self.q_norm(q), self.k_norm(k), "none"
+        if norm != "none":
+            weights, eps = (self.q_norm.weight, self.k_norm.weight), self.q_norm.eps
+        cos, sin = self.rotary.cos_sin(positions, q.dtype)
+        return prepare_qkv(
+            q, k, v, q_norm_weight=weights[0], k_norm_weight=weights[1], norm=norm, eps=eps,
+            clip=self.spec.clip_qkv, cos=cos, sin=sin, interleave=self.rotary.interleave,
+            k_cache=k_cache, v_cache=v_cache, out_slots=out_slots,
+        )  # fmt: skip
