@@ -10,18 +10,20 @@ them; the weights are the unbiased affinities, normalised (with transformers'
 1e-20 guard) when norm_topk_prob, times routed_scaling_factor.
 
 The selection functions take the choice bias as an argument so the
-auxiliary-loss-free router can reuse them with its own online bias.
+auxiliary-loss-free router can reuse them with its own online bias. On CUDA
+softmax_topk is one Triton launch (fused_topk.py); the torch code here is the
+CPU path and the reference its tests compare against.
 """
 
 from __future__ import annotations
 
 import torch
 
-from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.model.spec import MoESpec
 from moeframe.registry import NoParams
 from moeframe.routers import ROUTERS
 from moeframe.routers.base import RouteContext, Router
+from moeframe.routers.fused_topk import fused_softmax_topk
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -38,10 +40,11 @@ def check_group_limits(moe: MoESpec, k: int) -> None:
         raise ValueError(f"k={k} is more than the {moe.topk_group * group_size} experts of topk_group={moe.topk_group} groups")
 
 
-@fused_on_cuda
 def softmax_topk(
     gate_logits: torch.Tensor, k: int, renormalize: bool, scale: float, bias: torch.Tensor | None = None
 ) -> RoutingPlan:
+    if gate_logits.is_cuda:
+        return fused_softmax_topk(gate_logits, k, renormalize, scale, bias)
     probs = torch.softmax(gate_logits.float(), dim=-1)
     choice = probs if bias is None else probs + bias
     ids = torch.topk(choice, k, dim=-1).indices

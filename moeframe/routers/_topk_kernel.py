@@ -1,0 +1,78 @@
+"""Softmax, choice bias, top-k, weight gather and renormalisation of gate logits in one Triton kernel.
+
+The fused top-k of vLLM and SGLang (``topk_softmax``, ``biased_grouped_topk``)
+keeps a token's scores in registers and selects the k best by k rounds of
+argmax. Here each round is a single max-reduction: a choice score and its
+expert id are packed into one int64 key (the float's bits remapped so that
+integer order is float order, shifted left, and ``BLOCK_E - 1 - id`` in the
+low bits), so the largest key is the largest score and, on exact ties, the
+lowest id. A picked column's key drops to a sentinel below every real key.
+NaN sorts above everything, as in ``torch.topk``, so ids stay in range.
+
+This module is imported lazily (see fused_topk.py): Triton decides at
+decoration time whether to compile or interpret a kernel.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+ID_BITS = tl.constexpr(10)  # room for expert ids below 1024
+ID_MASK = tl.constexpr(1023)
+TAKEN = tl.constexpr(-(1 << 62))  # below every packed key
+
+
+@triton.jit
+def softmax_topk_kernel(
+    logits_ptr,
+    bias_ptr,
+    topk_ids_ptr,
+    topk_weights_ptr,
+    num_tokens,
+    num_experts,
+    k,
+    stride_logits,
+    scale,
+    HAS_BIAS: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    row_ok = rows < num_tokens
+    col_ok = cols < num_experts
+    row_ptr = logits_ptr + rows.to(tl.int64) * stride_logits
+    logits = tl.load(row_ptr[:, None] + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=float("-inf"))
+    row_max = tl.where(row_ok, tl.max(logits, axis=1), 0.0)
+    exp = tl.exp(logits - row_max[:, None])
+    denom = tl.where(row_ok, tl.sum(exp, axis=1), 1.0)  # padding rows: no 0 / 0
+    choice = exp / denom[:, None]
+    if HAS_BIAS:
+        choice += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+
+    bits = choice.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    keys = (ordered << ID_BITS) | (BLOCK_E - 1 - cols).to(tl.int64)[None, :]
+    keys = tl.where(col_ok[None, :], keys, TAKEN)
+
+    slots = tl.arange(0, BLOCK_K)
+    topk_ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int64)
+    for i in range(k):
+        best = tl.max(keys, axis=1)
+        picked = BLOCK_E - 1 - (best & ID_MASK)
+        topk_ids = tl.where(slots[None, :] == i, picked[:, None], topk_ids)
+        keys = tl.where(cols[None, :] == picked[:, None], TAKEN, keys)
+
+    # the unbiased probability of each pick, recomputed from its logit with the same ops
+    slot_ok = row_ok[:, None] & (slots < k)[None, :]
+    picked_logits = tl.load(row_ptr[:, None] + topk_ids, mask=slot_ok, other=float("-inf"))
+    weights = tl.exp(picked_logits - row_max[:, None]) / denom[:, None]
+    if RENORMALIZE:
+        weights = weights / tl.where(row_ok, tl.sum(weights, axis=1), 1.0)[:, None]
+    weights = weights * scale
+    out = rows.to(tl.int64)[:, None] * k + slots[None, :]
+    tl.store(topk_ids_ptr + out, topk_ids, mask=slot_ok)
+    tl.store(topk_weights_ptr + out, weights, mask=slot_ok)
