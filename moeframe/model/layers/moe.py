@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moeframe.experts.base import ExpertsKernel
 from moeframe.model.layers.mlp import GatedMLP
 from moeframe.model.spec import MoESpec
 from moeframe.routers.base import RouteContext, Router
+from moeframe.routers.gate import gate_logits
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -68,7 +68,7 @@ class MoEBlock(nn.Module):
         self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False) if spec.shared_expert_gate else None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
-        logits = F.linear(x.float(), self.gate.weight.float())
+        logits = gate_logits(x, self.gate.weight)
         bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
         plan = self.router.route(logits, RouteContext(token_ids=token_ids, correction_bias=bias))
         if self.observer is not None:
