@@ -1,8 +1,10 @@
 """Expert-load recorder: tokens per (layer, expert) over every forward, and the balance statistics of them.
 
 The MoE block hands each layer's RoutingPlan to ``record``; counts stay on the
-plan's device and are added with index_add_, so recording never forces a
-device sync in the forward (``stats`` and ``heatmap_png`` read them back).
+plan's device and are added in place (index_add_ on the CPU, one Triton
+launch on CUDA: _expert_load_kernel.py), so recording never forces a device
+sync in the forward and replays inside a CUDA graph (``stats`` and
+``heatmap_png`` read the counts back).
 Load statistics follow the MoE literature: max/mean load (the capacity factor
 a layer would need to drop nothing; GShard, Switch), the coefficient of
 variation of the load (Shazeer et al., 2017), the entropy of the load
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
-from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -51,7 +53,49 @@ def load_stats(counts: torch.Tensor, dropped: int, tokens: int, unrouted: int) -
     }
 
 
-@fused_on_cuda
+# A program of the CUDA kernel reads this many plan entries at a time; at most
+# this many programs share a plan.
+ACCUMULATE_TILE = 1024
+MAX_ACCUMULATE_PROGRAMS = 256
+
+
+def _kernels() -> ModuleType:
+    # Imported on first use, not with the package: Triton chooses between
+    # compiling and interpreting (TRITON_INTERPRET) when a kernel is defined.
+    from moeframe.telemetry import _expert_load_kernel
+
+    return _expert_load_kernel
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def accumulate_fused(
+    topk_ids: torch.Tensor,
+    counts: torch.Tensor,
+    dropped: torch.Tensor,
+    tokens: torch.Tensor,
+    unrouted: torch.Tensor,
+    budget_k: int,
+) -> None:
+    """``accumulate`` in one Triton launch (the CUDA path)."""
+    num_tokens, num_columns = topk_ids.shape
+    if num_tokens == 0:
+        return
+    ids = topk_ids if topk_ids.stride(1) == 1 else topk_ids.contiguous()
+    block_c = _next_power_of_2(num_columns)
+    block_t = min(_next_power_of_2(num_tokens), max(1, ACCUMULATE_TILE // block_c))
+    # a row may keep more than budget_k ids: only one program can clamp the plan's total
+    clamp_total = num_columns > budget_k
+    programs = 1 if clamp_total else min(-(-num_tokens // block_t), MAX_ACCUMULATE_PROGRAMS)
+    _kernels().accumulate_kernel[(programs,)](
+        ids, counts, dropped, tokens, unrouted, num_tokens, num_columns, ids.stride(0), budget_k,
+        CLAMP_TOTAL=clamp_total, BLOCK_T=block_t, BLOCK_C=block_c,
+        num_warps=1 if block_t * block_c <= 256 else 4,
+    )  # fmt: skip
+
+
 def accumulate(
     topk_ids: torch.Tensor,
     counts: torch.Tensor,
@@ -60,7 +104,10 @@ def accumulate(
     unrouted: torch.Tensor,
     budget_k: int,
 ) -> None:
-    """Add one plan's figures to a layer's counters in place (one fused kernel or two on CUDA)."""
+    """Add one plan's figures to a layer's counters in place (one Triton launch on CUDA)."""
+    if topk_ids.is_cuda:
+        accumulate_fused(topk_ids, counts, dropped, tokens, unrouted, budget_k)
+        return
     kept = topk_ids >= 0
     num_kept = kept.sum()
     counts.index_add_(0, topk_ids.flatten().clamp_min(0), kept.flatten().long())
