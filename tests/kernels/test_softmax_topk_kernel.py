@@ -93,3 +93,18 @@ def test_fused_topk_reads_strided_logits(device):
 def test_fused_topk_rejects_k_above_the_number_of_experts():
     with pytest.raises(ValueError, match="k=9"):
         fused_softmax_topk(torch.zeros(1, 8), 9, renormalize=False, scale=1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_topk_replays_in_a_cuda_graph():
+    static_logits = random_logits(4, 64, seed=9).cuda()
+    bias = torch.randn(64, generator=torch.Generator().manual_seed(10)).cuda() * 0.1
+    softmax_topk(static_logits, 8, True, 1.0, bias)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_plan = softmax_topk(static_logits, 8, True, 1.0, bias)
+    new_logits = random_logits(4, 64, seed=11)
+    static_logits.copy_(new_logits)
+    graph.replay()
+    assert_same_plan(static_plan, softmax_topk(new_logits, 8, True, 1.0, bias.cpu()))
