@@ -44,7 +44,7 @@ def accumulate_kernel(
         mask = row_ok[:, None] & (cols < num_columns)[None, :]
         ids = tl.load(topk_ids_ptr + rows.to(tl.int64)[:, None] * stride_ids + cols[None, :], mask=mask, other=-1)
         kept = ids >= 0
-        tl.atomic_add(counts_ptr + ids, ones, mask=kept)
+        tl.atomic_add(counts_ptr + ids, ones, mask=kept, sem="relaxed")
         kept_per_row = tl.sum(kept.to(tl.int32), axis=1)
         num_kept += tl.sum(kept_per_row).to(tl.int64)
         num_rows += tl.sum(row_ok.to(tl.int32)).to(tl.int64)
@@ -52,6 +52,6 @@ def accumulate_kernel(
     short = num_rows * budget_k - num_kept
     if CLAMP_TOTAL:
         short = tl.maximum(short, 0)
-    tl.atomic_add(dropped_ptr, short)
-    tl.atomic_add(tokens_ptr, num_rows)
-    tl.atomic_add(unrouted_ptr, num_unrouted)
+    tl.atomic_add(dropped_ptr, short, sem="relaxed")
+    tl.atomic_add(tokens_ptr, num_rows, sem="relaxed")
+    tl.atomic_add(unrouted_ptr, num_unrouted, sem="relaxed")
