@@ -1,9 +1,11 @@
 """The expert-load recorder's per-forward update as one Triton kernel: counts, drops, tokens, unrouted.
 
 Each program takes blocks of a plan's rows, adds one to its layer's count of
-every kept expert id with an atomic add (vLLM's and SGLang's expert-load
-counters do the same), and adds its share of the three per-layer scalars at
-the end. The drop count is ``max(T * budget_k - kept, 0)`` over the whole
+every kept expert id with an atomic add (a GPU histogram's usual scatter; the
+torch path's index_add_ does the same on CUDA), and adds its share of the
+three per-layer scalars at the end. The adds are relaxed: nothing in the
+launch reads them back, and the kernel boundary orders them before any
+reader. The drop count is ``max(T * budget_k - kept, 0)`` over the whole
 plan: when no row can hold more than ``budget_k`` ids each share is already
 non-negative and the programs add them; otherwise (expert-choice plans) a
 single program sees the whole plan and clamps the total.
