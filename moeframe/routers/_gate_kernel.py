@@ -1,9 +1,10 @@
 """The gate projection of decode-sized batches as one Triton GEMV: logits [T, E] = x [T, H] @ W [E, H]^T in float32.
 
 At batch 1 the gate is a memory-bound matrix-vector product over the fp32
-gate weight (512 KB at OLMoE's E=64, H=2048), so the grid spreads the weight
-over many programs, one expert row each (and a block of tokens), as the
-split GEMVs of gpt-fast's decoders and SGLang's small-batch kernels do. The
+gate weight (512 KB at OLMoE's E=64, H=2048): one program reading all of it
+would stream it through a single SM, so the grid spreads it over many small
+programs, one expert row (and a block of up to 4 tokens) each, which keeps
+enough loads in flight across the SMs. The
 activations are cast to float32 as they are loaded, so no separate cast
 kernel runs. Products accumulate elementwise across the H loop and are
 reduced once at the end: plain float32 arithmetic in another summation order
