@@ -4,11 +4,10 @@ At batch 1 the gate is a memory-bound matrix-vector product over the fp32
 gate weight (512 KB at OLMoE's E=64, H=2048): one program reading all of it
 would stream it through a single SM, so the grid spreads it over many small
 programs, one expert row (and a block of up to 4 tokens) each, which keeps
-enough loads in flight across the SMs. The
-activations are cast to float32 as they are loaded, so no separate cast
-kernel runs. Products accumulate elementwise across the H loop and are
-reduced once at the end: plain float32 arithmetic in another summation order
-than cuBLAS, never TF32.
+enough loads in flight across the SMs. The activations are cast to float32
+as they are loaded, so no separate cast kernel runs. Products accumulate
+elementwise across the H loop and are reduced once at the end: plain float32
+arithmetic in another summation order than cuBLAS, never TF32.
 
 This module is imported lazily (see gate.py): Triton decides at decoration
 time whether to compile or interpret a kernel.
