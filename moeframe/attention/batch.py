@@ -5,13 +5,23 @@ request b are rows ``q_indptr[b]:q_indptr[b+1]`` of the flattened batch, and
 the KV slots of its whole context (cached prefix, then the new tokens) are
 ``kv_indices[kv_indptr[b]:kv_indptr[b+1]]``. New token i of request b sits at
 context position ``kv_len[b] - q_len[b] + i`` and attends causally.
+
+Either constructor fills one host array and copies it to the device once:
+per-step host time matters at decode. ``build_decode`` is the decode step's
+fast path: one token per request, contexts already int64 arrays (see
+``moeframe.engine.slot_array``), so no Python list of the whole context is
+built; with ``device="cpu"`` it leaves the batch on the host for a CUDA-graph
+replay to upload in its own single copy.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
+import numpy as np
 import torch
 
 
@@ -35,7 +45,7 @@ class ForwardBatch:
     def batch_size(self) -> int:
         return len(self.q_lens)
 
-    @property
+    @cached_property
     def is_decode(self) -> bool:
         return all(n == 1 for n in self.q_lens)
 
@@ -73,14 +83,49 @@ class ForwardBatch:
 
         q_indptr, kv_indptr = cumsum(q_lens), cumsum(kv_lens)
         parts = [ids, pos, out, list(itertools.chain.from_iterable(contexts)), rows, q_indptr, kv_indptr]
-        # One host tensor, one copy to the device: per-step host time matters at decode.
         host = torch.tensor(list(itertools.chain.from_iterable(parts)), dtype=torch.int64)
+        return ForwardBatch.from_host(host, [len(p) for p in parts], q_lens, kv_lens, device)
+
+    @staticmethod
+    def build_decode(token_ids: list[int], contexts: Sequence[np.ndarray], device: torch.device | str) -> "ForwardBatch":
+        """One new token per request: ``token_ids[b]`` writes ``contexts[b][-1]``, the last slot of its context.
+
+        The same batch as ``build([[t] for t in token_ids], contexts, device)``.
+        """
+        b = len(token_ids)
+        kv_lens = [c.shape[0] for c in contexts]
+        kv_ptr = cumsum(kv_lens)
+        total = kv_ptr[-1]
+        host = np.empty(6 * b + 2 + total, dtype=np.int64)
+        host[:b] = token_ids
+        host[b : 2 * b] = [n - 1 for n in kv_lens]
+        host[2 * b : 3 * b] = [c[-1] for c in contexts]
+        np.concatenate(contexts, out=host[3 * b : 3 * b + total])
+        host[3 * b + total :] = [*range(b), *range(b + 1), *kv_ptr]
+        sizes = [b, b, b, total, b, b + 1, b + 1]
+        if torch.device(device).type != "cpu":
+            return ForwardBatch.from_host(torch.from_numpy(host), sizes, [1] * b, kv_lens, device)
+        input_ids, positions, out_slots, kv_indices, logits_indices = torch.from_numpy(host[: 4 * b + total]).split(sizes[:5])
+        return ForwardBatch(
+            input_ids=input_ids,
+            positions=positions,
+            out_slots=out_slots,
+            q_indptr=torch.from_numpy(host[4 * b + total : 5 * b + total + 1].astype(np.int32)),
+            kv_indptr=torch.from_numpy(host[5 * b + total + 1 :].astype(np.int32)),
+            kv_indices=kv_indices,
+            logits_indices=logits_indices,
+            q_lens=[1] * b,
+            kv_lens=kv_lens,
+        )
+
+    @staticmethod
+    def from_host(
+        host: torch.Tensor, sizes: list[int], q_lens: list[int], kv_lens: list[int], device: torch.device | str
+    ) -> "ForwardBatch":
+        """Split one int64 host tensor (ids, positions, out slots, kv indices, rows, q indptr, kv indptr) onto ``device``."""
         device = torch.device(device)
-        if device.type == "cuda":
-            packed = host.pin_memory().to(device, non_blocking=True)
-        else:
-            packed = host
-        input_ids, positions, out_slots, kv_indices, logits_indices, q_ptr, kv_ptr = packed.split([len(p) for p in parts])
+        packed = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        input_ids, positions, out_slots, kv_indices, logits_indices, q_ptr, kv_ptr = packed.split(sizes)
         return ForwardBatch(
             input_ids=input_ids,
             positions=positions,

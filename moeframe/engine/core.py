@@ -70,8 +70,7 @@ class EngineCore:
         scheduled = self.scheduler.schedule()
         if scheduled is None:
             return self.unblock()
-        batch = self.runner.make_batch(scheduled)
-        logits = self.runner.forward(batch)
+        logits = self.runner.run(scheduled)
         self.stats.forward_steps += 1
         for req, n in zip(scheduled.requests, scheduled.num_new_tokens):
             if req.num_pending == 0 and n == 1 and len(req.output_ids) > 0:

@@ -6,16 +6,92 @@ the Python and launch overhead (SGLang's CudaGraphRunner, nano-vllm's
 capture_cudagraph). A batch of b requests replays the smallest captured size
 >= b; the padding rows read and write one scratch KV slot that no request
 owns, so they never touch real KV.
+
+The graphs read their inputs (token ids, positions, output slots, kv indptr,
+kv indices) from views into one packed device buffer. The engine's decode
+step is packed on the host, padding included, into a pinned buffer of the
+same layout and uploaded with one copy, instead of building a device batch
+and then copying or filling each input (SGLang and vLLM likewise stage decode
+inputs in pinned memory).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 
-from moeframe.attention.batch import ForwardBatch
+from moeframe.attention.batch import ForwardBatch, cumsum
 from moeframe.cache.pool import KVPool
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.context import AttendFn, ForwardContext
+
+ALIGN = 16  # int64 elements: every input starts on a 128-byte boundary
+
+
+@dataclass
+class DecodeInputs:
+    """The graphs' inputs as views into one packed int64 buffer (torch or numpy)."""
+
+    input_ids: Any
+    positions: Any
+    out_slots: Any
+    kv_indptr: Any  # int32
+    kv_indices: Any
+
+
+class DecodeInputLayout:
+    """Where each decode input lives in the packed buffer, in int64 elements; kv_indices comes last."""
+
+    def __init__(self, max_batch_size: int, max_context: int) -> None:
+        def region(num_int64: int) -> int:
+            nonlocal end
+            start, end = end, end + -(-num_int64 // ALIGN) * ALIGN
+            return start
+
+        end = 0
+        self.input_ids = region(max_batch_size)
+        self.positions = region(max_batch_size)
+        self.out_slots = region(max_batch_size)
+        self.kv_indptr = region((max_batch_size + 2) // 2)  # max_batch_size + 1 int32 values
+        self.kv_indices = end
+        self.max_batch_size = max_batch_size
+        self.size = end + max_batch_size * max_context
+
+    def views(self, buf: Any, int32: Any) -> DecodeInputs:
+        """Views of ``buf`` (a torch or numpy int64 buffer of ``size``); ``int32`` is that library's dtype."""
+        m = self.max_batch_size
+        indptr = buf[self.kv_indptr : self.kv_indices].view(int32)[: m + 1]
+        return DecodeInputs(
+            buf[self.input_ids : self.input_ids + m],
+            buf[self.positions : self.positions + m],
+            buf[self.out_slots : self.out_slots + m],
+            indptr,
+            buf[self.kv_indices : self.size],
+        )
+
+    def pack(self, host: DecodeInputs, token_ids: list[int], contexts: Sequence[np.ndarray], padded_size: int, scratch_slot: int) -> int:
+        """Write a decode step padded to ``padded_size`` rows into numpy views; returns the int64 elements used.
+
+        Row b decodes ``token_ids[b]`` into the last slot of ``contexts[b]``
+        (as ``ForwardBatch.build_decode``). Padding rows read and write
+        ``scratch_slot`` only: token 0 at position 0 with a one-slot context.
+        """
+        b, pad = len(token_ids), padded_size - len(token_ids)
+        kv_lens = [c.shape[0] for c in contexts]
+        kv_ptr = cumsum(kv_lens)
+        total = kv_ptr[-1]
+        host.input_ids[:padded_size] = [*token_ids, *[0] * pad]
+        host.positions[:padded_size] = [*(n - 1 for n in kv_lens), *[0] * pad]
+        host.out_slots[:padded_size] = [*(c[-1] for c in contexts), *[scratch_slot] * pad]
+        host.kv_indptr[: padded_size + 1] = [*kv_ptr, *range(total + 1, total + pad + 1)]
+        if b:
+            np.concatenate(contexts, out=host.kv_indices[:total])
+        host.kv_indices[total : total + pad] = scratch_slot
+        return self.kv_indices + total + pad
 
 
 class CudaGraphRunner:
@@ -29,26 +105,34 @@ class CudaGraphRunner:
         if scratch is None:
             raise RuntimeError("no KV slot free for CUDA-graph padding")
         self.scratch_slot = scratch[0]
-        longs = dict(dtype=torch.int64, device=device)
-        self.input_ids = torch.zeros(max_bs, **longs)
-        self.positions = torch.zeros(max_bs, **longs)
-        self.out_slots = torch.full((max_bs,), self.scratch_slot, **longs)
-        self.kv_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
+        self.layout = DecodeInputLayout(max_bs, max_context)
+        self.packed = torch.zeros(self.layout.size, dtype=torch.int64, device=device)
+        self.static = self.layout.views(self.packed, torch.int32)
+        self.static.out_slots.fill_(self.scratch_slot)
+        self.static.kv_indptr.copy_(torch.arange(max_bs + 1, dtype=torch.int32, device=device))
+        self.static.kv_indices.fill_(self.scratch_slot)
+        self.staging = torch.empty(self.layout.size, dtype=torch.int64, pin_memory=True)
+        self.staged = self.layout.views(self.staging.numpy(), np.int32)
+        self.staging_free = torch.cuda.Event()  # the last upload has read the staging buffer
         self.q_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
-        self.kv_indices = torch.full((max_bs * max_context,), self.scratch_slot, **longs)
-        self.logits_indices = torch.arange(max_bs, **longs)
+        self.logits_indices = torch.arange(max_bs, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.capture()
 
+    @property
+    def max_batch_size(self) -> int:
+        return self.batch_sizes[-1]
+
     def static_batch(self, bs: int) -> ForwardBatch:
+        s = self.static
         return ForwardBatch(
-            input_ids=self.input_ids[:bs],
-            positions=self.positions[:bs],
-            out_slots=self.out_slots[:bs],
+            input_ids=s.input_ids[:bs],
+            positions=s.positions[:bs],
+            out_slots=s.out_slots[:bs],
             q_indptr=self.q_indptr[: bs + 1],
-            kv_indptr=self.kv_indptr[: bs + 1],
-            kv_indices=self.kv_indices,
+            kv_indptr=s.kv_indptr[: bs + 1],
+            kv_indices=s.kv_indices,
             logits_indices=self.logits_indices[:bs],
             q_lens=[1] * bs,
             kv_lens=[1] * bs,
@@ -76,24 +160,43 @@ class CudaGraphRunner:
         torch.cuda.synchronize()
 
     def can_run(self, batch: ForwardBatch) -> bool:
-        return batch.is_decode and batch.batch_size <= self.batch_sizes[-1]
+        return batch.is_decode and batch.batch_size <= self.max_batch_size
 
     @torch.inference_mode()
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
-        b = batch.batch_size
-        bs = next(size for size in self.batch_sizes if size >= b)
-        total = batch.kv_indices.shape[0]
-        self.input_ids[:b].copy_(batch.input_ids)
-        self.positions[:b].copy_(batch.positions)
-        self.out_slots[:b].copy_(batch.out_slots)
-        self.kv_indices[:total].copy_(batch.kv_indices)
-        self.kv_indptr[: b + 1].copy_(batch.kv_indptr)
-        if bs > b:
-            self.input_ids[b:bs].zero_()
-            self.positions[b:bs].zero_()
-            self.out_slots[b:bs].fill_(self.scratch_slot)
-            pad = torch.arange(1, bs - b + 1, dtype=torch.int32, device=self.kv_indptr.device)
-            self.kv_indptr[b + 1 : bs + 1].copy_(pad + total)
-            self.kv_indices[total : total + bs - b].fill_(self.scratch_slot)
+        """Logits [b, V] of a decode batch already on the device."""
+        bs = self.padded_size(batch.batch_size)
+        self.load_device(batch, bs)
         self.graphs[bs].replay()
-        return self.outputs[bs][:b]
+        return self.outputs[bs][: batch.batch_size]
+
+    @torch.inference_mode()
+    def replay_decode(self, token_ids: list[int], contexts: Sequence[np.ndarray]) -> torch.Tensor:
+        """Logits [b, V] of a decode step given on the host (see ``DecodeInputLayout.pack``): one upload, one replay."""
+        bs = self.padded_size(len(token_ids))
+        self.staging_free.synchronize()
+        used = self.layout.pack(self.staged, token_ids, contexts, bs, self.scratch_slot)
+        self.packed[:used].copy_(self.staging[:used], non_blocking=True)
+        self.staging_free.record()
+        self.graphs[bs].replay()
+        return self.outputs[bs][: len(token_ids)]
+
+    def padded_size(self, batch_size: int) -> int:
+        return next(size for size in self.batch_sizes if size >= batch_size)
+
+    def load_device(self, batch: ForwardBatch, bs: int) -> None:
+        """Copy a batch that is already on the device into the static inputs, padding rows after it."""
+        s, b = self.static, batch.batch_size
+        total = batch.kv_indices.shape[0]
+        s.input_ids[:b].copy_(batch.input_ids)
+        s.positions[:b].copy_(batch.positions)
+        s.out_slots[:b].copy_(batch.out_slots)
+        s.kv_indices[:total].copy_(batch.kv_indices)
+        s.kv_indptr[: b + 1].copy_(batch.kv_indptr)
+        if bs > b:
+            s.input_ids[b:bs].zero_()
+            s.positions[b:bs].zero_()
+            s.out_slots[b:bs].fill_(self.scratch_slot)
+            pad = torch.arange(1, bs - b + 1, dtype=torch.int32, device=s.kv_indptr.device)
+            s.kv_indptr[b + 1 : bs + 1].copy_(pad + total)
+            s.kv_indices[total : total + bs - b].fill_(self.scratch_slot)

@@ -1,15 +1,23 @@
-"""Runs the model on a scheduled batch: builds the ForwardBatch, picks the attention kernel, returns logits."""
+"""Runs the model on a scheduled batch: builds the ForwardBatch, picks the attention kernel, returns logits.
+
+A decode batch (one new token per request) takes ``ForwardBatch.build_decode``
+over each request's incrementally mirrored slot array; when a captured graph
+will replay it, ``run`` hands the same host inputs to the graph runner, which
+uploads them in one copy.
+"""
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from moeframe.attention import get_attention_backend
 from moeframe.attention.batch import ForwardBatch
 from moeframe.cache.pool import KVPool
 from moeframe.engine.cuda_graph import CudaGraphRunner
+from moeframe.engine.request import Request
 from moeframe.engine.scheduler import ScheduledBatch
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.context import ForwardContext
@@ -34,6 +42,8 @@ class ModelRunner:
             self.graphs = None
 
     def make_batch(self, scheduled: ScheduledBatch, all_logits: bool = False) -> ForwardBatch:
+        if all(n == 1 for n in scheduled.num_new_tokens):
+            return ForwardBatch.build_decode(*self.decode_inputs(scheduled.requests), self.device)
         new_tokens, contexts = [], []
         for req, n in zip(scheduled.requests, scheduled.num_new_tokens):
             end = len(req.slots)
@@ -41,6 +51,19 @@ class ModelRunner:
             new_tokens.append(req.token_span(start, end))
             contexts.append(req.slots)
         return ForwardBatch.build(new_tokens, contexts, self.device, all_logits=all_logits)
+
+    @staticmethod
+    def decode_inputs(requests: list[Request]) -> tuple[list[int], list[np.ndarray]]:
+        """Each request's one new token and the int64 slots of its context, the new token's slot last."""
+        tokens = [req.token_at(len(req.slots) - 1) for req in requests]
+        return tokens, [req.slot_array.sync(req.slots) for req in requests]
+
+    def run(self, scheduled: ScheduledBatch) -> torch.Tensor:
+        """Logits of the scheduled step's last token per request: a captured graph when one fits, else eager."""
+        graphs = self.graphs
+        if graphs is not None and len(scheduled.requests) <= graphs.max_batch_size and all(n == 1 for n in scheduled.num_new_tokens):
+            return graphs.replay_decode(*self.decode_inputs(scheduled.requests))
+        return self.forward(self.make_batch(scheduled))
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from moeframe.cache.base import PrefixMatch
 from moeframe.engine.detokenizer import DetokenizeState
 from moeframe.engine.sampling_params import SamplingParams
+from moeframe.engine.slot_array import SlotArray
 
 
 class Status(enum.Enum):
@@ -40,8 +41,10 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     output_ids: list[int] = field(default_factory=list)
-    # slots[i] holds the KV of all_ids[i]; len(slots) tokens are computed
+    # slots[i] holds the KV of all_ids[i]; len(slots) tokens are computed. Grown in place by
+    # extend; any other change assigns a new list (slot_array mirrors it on that understanding).
     slots: list[int] = field(default_factory=list)
+    slot_array: SlotArray = field(default_factory=SlotArray)
     match: PrefixMatch = field(default_factory=PrefixMatch)
     cached_tokens: int | None = None
     status: Status = Status.WAITING
@@ -72,6 +75,11 @@ class Request:
         if start >= n:
             return self.output_ids[start - n : end - n]
         return (self.prompt_ids + self.output_ids)[start:end]
+
+    def token_at(self, i: int) -> int:
+        """all_ids[i] without building all_ids."""
+        n = len(self.prompt_ids)
+        return self.prompt_ids[i] if i < n else self.output_ids[i - n]
 
     @property
     def num_computed(self) -> int:
