@@ -71,20 +71,26 @@ class EngineCore:
         if scheduled is None:
             return self.unblock()
         logits = self.runner.run(scheduled)
-        self.stats.forward_steps += 1
-        for req, n in zip(scheduled.requests, scheduled.num_new_tokens):
-            if req.num_pending == 0 and n == 1 and len(req.output_ids) > 0:
-                self.stats.decode_tokens += 1
+        stats = self.stats
+        stats.forward_steps += 1
+        ready: list[int] = []
+        for i, (req, n) in enumerate(zip(scheduled.requests, scheduled.num_new_tokens)):
+            done = req.num_pending == 0
+            if done and n == 1 and req.output_ids:
+                stats.decode_tokens += 1
             else:
-                self.stats.prefill_tokens += n
-                if req.num_pending == 0:
+                stats.prefill_tokens += n
+                if done:
                     self.scheduler.cache_prefix(req)
-        ready = [i for i, req in enumerate(scheduled.requests) if req.num_pending == 0]
+            if done:
+                ready.append(i)
         if not ready:
             return []
-        reqs = [scheduled.requests[i] for i in ready]
         if len(ready) < logits.shape[0]:
+            reqs = [scheduled.requests[i] for i in ready]
             logits = logits[ready]
+        else:
+            reqs = scheduled.requests
         self.mask(logits, reqs)
         next_ids = sample(logits, reqs)
         want_logprobs = [r.params.logprobs for r in reqs if r.params.logprobs is not None]

@@ -42,16 +42,19 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         budget = self.params.max_batch_tokens
         batch = ScheduledBatch([], [])
+        chunk_size = self.params.chunk_size
         for req in list(self.running):
-            if req not in self.running or budget == 0:
+            if budget == 0:
+                break
+            if req.status is not Status.RUNNING:  # preempted by an earlier request's grow this step
                 continue
-            n = min(req.num_pending, self.params.chunk_size, budget)
+            n = min(req.num_pending, chunk_size, budget)
             if not self.grow(req, n, protect=batch.requests):
                 continue
             batch.requests.append(req)
             batch.num_new_tokens.append(n)
             budget -= n
-        for req in self.policy.order(self.waiting, self.cache):
+        for req in self.policy.order(self.waiting, self.cache) if self.waiting else ():
             if budget == 0 or len(self.running) >= self.params.max_running:
                 break
             n = self.admit(req, budget)
