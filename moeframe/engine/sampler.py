@@ -1,9 +1,11 @@
 """Logits -> next tokens: greedy, temperature, top-k, top-p, and per-request seeds.
 
-Greedy rows take one batched argmax; sampled rows are filtered in one batched
-pass and drawn with each request's own generator when it has a seed, so a
-seeded request gives the same tokens whatever its batch-mates (vLLM's
-per-request generators do the same).
+A batch of greedy requests costs one argmax and nothing else. Sampled rows
+are scaled, filtered only when some row asks for top-k or top-p (vLLM skips
+the sort the same way), and drawn in one batched multinomial; a request with
+a seed draws from its own generator instead, so it gives the same tokens
+whatever its batch-mates (vLLM's per-request generators do the same). The
+rows' settings go to the device in one copy.
 """
 
 from __future__ import annotations
@@ -14,32 +16,50 @@ from moeframe.engine.request import Request
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """logits [B, V]; top_k [B] (V = off); top_p [B] (1 = off) -> logits with the rest at -inf."""
+    """logits [B, V]; top_k [B] (V = off); top_p [B] (1 = off) -> logits with the rest at -inf.
+
+    A row with both off comes back unchanged, bit for bit: top_p = 1 drops
+    nothing even where rounding brings the running sum to 1 early.
+    """
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(logits.shape[-1], device=logits.device)[None, :]
     drop = ranks >= top_k[:, None]
     probs = torch.softmax(sorted_logits, dim=-1)
     cum_before = probs.cumsum(dim=-1) - probs
-    drop |= cum_before >= top_p[:, None]
+    drop |= (cum_before >= top_p[:, None]) & (top_p[:, None] < 1)
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
 def sample(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     """logits [B, V] float32 (masked already) -> token ids [B] int64."""
-    next_ids = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(requests) if r.params.temperature > 0]
     if not sampled:
-        return next_ids
-    rows = torch.tensor(sampled, device=logits.device)
+        return logits.argmax(dim=-1)
+    every_row = len(sampled) == len(requests)
+    next_ids = torch.empty(len(requests), dtype=torch.int64, device=logits.device) if every_row else logits.argmax(dim=-1)
+    params = [requests[i].params for i in sampled]
     vocab = logits.shape[-1]
-    temps = torch.tensor([requests[i].params.temperature for i in sampled], device=logits.device)
-    top_k = torch.tensor([requests[i].params.top_k if requests[i].params.top_k > 0 else vocab for i in sampled], device=logits.device)
-    top_p = torch.tensor([requests[i].params.top_p for i in sampled], device=logits.device)
-    probs = torch.softmax(filter_top_k_top_p(logits[rows] / temps[:, None], top_k, top_p), dim=-1)
+    settings = torch.tensor(
+        [[p.temperature for p in params], [p.top_k if p.top_k > 0 else vocab for p in params], [p.top_p for p in params]]
+    ).to(logits.device)
+    temps, top_k, top_p = settings.unbind(0)
+    scaled = (logits if every_row else logits[sampled]) / temps[:, None]
+    if any(p.top_k > 0 or p.top_p < 1 for p in params):
+        scaled = filter_top_k_top_p(scaled, top_k, top_p)
+    probs = torch.softmax(scaled, dim=-1)
+    unseeded = [j for j, i in enumerate(sampled) if requests[i].generator is None]
+    if unseeded:
+        draws = torch.multinomial(probs if len(unseeded) == len(sampled) else probs[unseeded], 1)[:, 0]
+        if every_row and len(unseeded) == len(sampled):
+            next_ids = draws
+        else:
+            next_ids[[sampled[j] for j in unseeded]] = draws
     for j, i in enumerate(sampled):
         gen = requests[i].generator
-        if gen is not None and gen.device != probs.device:
+        if gen is None:
+            continue
+        if gen.device != probs.device:
             draw = torch.multinomial(probs[j].cpu(), 1, generator=gen).to(probs.device)
         else:
             draw = torch.multinomial(probs[j], 1, generator=gen)
