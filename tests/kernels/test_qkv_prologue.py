@@ -183,4 +183,5 @@ def test_prologue_matches_an_attention_layers_cpu_path(device, qk_norm):
             clip=1.5, cos=cos, sin=sin, interleave=False, k_cache=k_cache, v_cache=v_cache,
             out_slots=batch.out_slots.to(device),
         )  # fmt: skip
-    assert_matches((q_out, k_cache, v_cache), (seen["q"], k_ref, v_ref), torch.float32, device)
+    expected = tuple(t.to(device) for t in (seen["q"], k_ref, v_ref))
+    assert_matches((q_out, k_cache, v_cache), expected, torch.float32, device)
