@@ -10,8 +10,7 @@ Either constructor fills one host array and copies it to the device once:
 per-step host time matters at decode. ``build_decode`` is the decode step's
 fast path: one token per request, contexts already int64 arrays (see
 ``moeframe.engine.slot_array``), so no Python list of the whole context is
-built; with ``device="cpu"`` it leaves the batch on the host for a CUDA-graph
-replay to upload in its own single copy.
+built each step.
 """
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ class Request:
     # slots[i] holds the KV of all_ids[i]; len(slots) tokens are computed. Grown in place by
     # extend; any other change assigns a new list (slot_array mirrors it on that understanding).
     slots: list[int] = field(default_factory=list)
-    slot_array: SlotArray = field(default_factory=SlotArray)
     match: PrefixMatch = field(default_factory=PrefixMatch)
     cached_tokens: int | None = None
     status: Status = Status.WAITING
@@ -54,12 +53,14 @@ class Request:
     generator: torch.Generator | None = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""  # detokenize(output_ids), cut at a stop string
-    detokenized: DetokenizeState = field(default_factory=DetokenizeState)  # how far ``text`` is final
     arrival_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
     token_times_s: list[float] = field(default_factory=list)
     finished_s: float | None = None
     num_preemptions: int = 0
+    # Host-side caches of the hot path: how far ``text`` is final, and ``slots`` as an int64 array.
+    detokenized: DetokenizeState = field(default_factory=DetokenizeState)
+    slot_array: SlotArray = field(default_factory=SlotArray)
 
     @property
     def all_ids(self) -> list[int]:
