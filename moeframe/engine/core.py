@@ -70,7 +70,8 @@ class EngineCore:
         scheduled = self.scheduler.schedule()
         if scheduled is None:
             return self.unblock()
-        logits = self.runner.run(scheduled)
+        step = self.runner.run(scheduled)
+        logits, argmax = step.logits, step.argmax
         stats = self.stats
         stats.forward_steps += 1
         ready: list[int] = []
@@ -88,11 +89,12 @@ class EngineCore:
             return []
         if len(ready) < logits.shape[0]:
             reqs = [scheduled.requests[i] for i in ready]
-            logits = logits[ready]
+            logits, argmax = logits[ready], None
         else:
             reqs = scheduled.requests
-        self.mask(logits, reqs)
-        next_ids = sample(logits, reqs)
+        if self.mask(logits, reqs):
+            argmax = None
+        next_ids = sample(logits, reqs, argmax)
         want_logprobs = [r.params.logprobs for r in reqs if r.params.logprobs is not None]
         logprobs = token_logprobs(logits, next_ids, max(want_logprobs)) if want_logprobs else None
         now = time.perf_counter()
@@ -104,12 +106,15 @@ class EngineCore:
             self.append(req, token, now)
         return reqs
 
-    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> None:
+    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> bool:
+        """Apply constraint masks to the logits in place; whether any row was masked."""
         if self.apply_bitmask is not None and any(r.constraint is not None for r in reqs):
             start = time.perf_counter()
             mask_constrained(logits, reqs, self.apply_bitmask)
             self.stats.mask_time_s += time.perf_counter() - start
             self.stats.masked_rows += sum(r.constraint is not None for r in reqs)
+            return True
+        return False
 
     def append(self, req: Request, token: int, now: float) -> None:
         if req.first_token_s is None:

@@ -113,11 +113,11 @@ class CudaGraphRunner:
         self.static.kv_indices.fill_(self.scratch_slot)
         self.staging = torch.empty(self.layout.size, dtype=torch.int64, pin_memory=True)
         self.staged = self.layout.views(self.staging.numpy(), np.int32)
-        self.staging_free = torch.cuda.Event()  # the last upload has read the staging buffer
         self.q_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(max_bs, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.argmax: dict[int, torch.Tensor] = {}  # greedy ids of each graph's logits, computed inside it
         self.capture()
 
     @property
@@ -154,6 +154,7 @@ class CudaGraphRunner:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
                     self.outputs[bs] = self.forward_static(bs)
+                    self.argmax[bs] = self.outputs[bs].argmax(dim=-1)
                 pool = graph.pool()
                 self.graphs[bs] = graph
         torch.cuda.current_stream().wait_stream(stream)
@@ -170,19 +171,22 @@ class CudaGraphRunner:
         self.graphs[bs].replay()
         return self.outputs[bs][: batch.batch_size]
 
-    def replay_decode(self, token_ids: list[int], contexts: Sequence[np.ndarray]) -> torch.Tensor:
-        """Logits [b, V] of a decode step given on the host (see ``DecodeInputLayout.pack``): one upload, one replay.
+    def replay_decode(self, token_ids: list[int], contexts: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [b, V] and their argmax [b] of a decode step given on the host (see ``DecodeInputLayout.pack``).
 
-        No autograd op runs here, so it skips entering inference mode (a
-        microsecond or two per step); the engine's step is in it already.
+        One upload, one replay, and the greedy choice without a launch of its
+        own (gpt-fast compiles sampling into the step the same way). The
+        upload is blocking: when it returns the pinned buffer may be rewritten,
+        and in an engine step the stream is idle by then (the last step's
+        tokens were read back), so it waits for the copy alone. No autograd op
+        runs here, so it skips entering inference mode.
         """
-        bs = self.padded_size(len(token_ids))
-        self.staging_free.synchronize()
+        b = len(token_ids)
+        bs = self.padded_size(b)
         used = self.layout.pack(self.staged, token_ids, contexts, bs, self.scratch_slot)
-        self.packed[:used].copy_(self.staging[:used], non_blocking=True)
-        self.staging_free.record()
+        self.packed[:used].copy_(self.staging[:used])
         self.graphs[bs].replay()
-        return self.outputs[bs][: len(token_ids)]
+        return self.outputs[bs][:b], self.argmax[bs][:b]
 
     def padded_size(self, batch_size: int) -> int:
         return next(size for size in self.batch_sizes if size >= batch_size)

@@ -9,6 +9,7 @@ uploads them in one copy.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,12 @@ from moeframe.engine.request import Request
 from moeframe.engine.scheduler import ScheduledBatch
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.context import ForwardContext
+
+
+@dataclass
+class StepLogits:
+    logits: torch.Tensor  # [B, V] float32, one row per scheduled request
+    argmax: torch.Tensor | None = None  # [B] logits.argmax(-1), when the CUDA graph computed it already
 
 
 class ModelRunner:
@@ -58,12 +65,12 @@ class ModelRunner:
         tokens = [req.token_at(len(req.slots) - 1) for req in requests]
         return tokens, [req.slot_array.sync(req.slots) for req in requests]
 
-    def run(self, scheduled: ScheduledBatch) -> torch.Tensor:
+    def run(self, scheduled: ScheduledBatch) -> StepLogits:
         """Logits of the scheduled step's last token per request: a captured graph when one fits, else eager."""
         graphs = self.graphs
         if graphs is not None and len(scheduled.requests) <= graphs.max_batch_size and all(n == 1 for n in scheduled.num_new_tokens):
-            return graphs.replay_decode(*self.decode_inputs(scheduled.requests))
-        return self.forward(self.make_batch(scheduled))
+            return StepLogits(*graphs.replay_decode(*self.decode_inputs(scheduled.requests)))
+        return StepLogits(self.forward(self.make_batch(scheduled)))
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Logits -> next tokens: greedy, temperature, top-k, top-p, and per-request seeds.
 
-A batch of greedy requests costs one argmax and nothing else. Sampled rows
+A batch of greedy requests costs one argmax and nothing else (nothing at all
+when a CUDA graph computed the argmax with the logits). Sampled rows
 are scaled, filtered only when some row asks for top-k or top-p (vLLM skips
 the sort the same way), and drawn in one batched multinomial; a request with
 a seed draws from its own generator instead, so it gives the same tokens
@@ -31,13 +32,20 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
-def sample(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
-    """logits [B, V] float32 (masked already) -> token ids [B] int64."""
+def sample(logits: torch.Tensor, requests: list[Request], argmax: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V] float32 (masked already) -> token ids [B] int64.
+
+    ``argmax``: ``logits.argmax(-1)`` when the caller has it already (a CUDA
+    graph computes it), so greedy rows launch nothing; its rows may be overwritten.
+    """
     sampled = [i for i, r in enumerate(requests) if r.params.temperature > 0]
-    if not sampled:
-        return logits.argmax(dim=-1)
     every_row = len(sampled) == len(requests)
-    next_ids = torch.empty(len(requests), dtype=torch.int64, device=logits.device) if every_row else logits.argmax(dim=-1)
+    if every_row:
+        next_ids = torch.empty(len(requests), dtype=torch.int64, device=logits.device)
+    else:
+        next_ids = logits.argmax(dim=-1) if argmax is None else argmax
+    if not sampled:
+        return next_ids
     params = [requests[i].params for i in sampled]
     vocab = logits.shape[-1]
     settings = torch.tensor(

@@ -90,3 +90,19 @@ def test_every_row_of_a_mixed_batch_gets_a_token_its_settings_allow():
     ids = sample(logits.clone(), reqs).tolist()
     top = logits.topk(3, dim=-1).indices.tolist()
     assert ids[0] in top[0][:2] and ids[1] == top[1][0] and ids[2] == top[2][0] and ids[3] in top[3]
+
+
+def test_an_argmax_computed_with_the_logits_leaves_a_greedy_batch_nothing_to_run():
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(4))
+    argmax = logits.argmax(dim=-1)
+    with RecordOps() as rec:
+        ids = sample(logits, [request(i) for i in range(3)], argmax)
+    assert rec.ops == [] and torch.equal(ids, argmax)
+
+
+def test_a_mixed_batch_draws_the_same_with_or_without_a_precomputed_argmax():
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(5))
+    batch = [request(0), request(1, seed=3, temperature=0.9), request(2)]
+    without = sample(logits.clone(), batch).tolist()
+    batch[1].generator.manual_seed(3)
+    assert sample(logits.clone(), batch, logits.argmax(dim=-1)).tolist() == without
