@@ -75,7 +75,6 @@ class GemvTiles(NamedTuple):
     num_stages: int
 
 
-@functools.cache
 def gemv_tiles(n: int, k: int, dtype: torch.dtype, num_sms: int) -> GemvTiles:
     """The tiling of a [N, K] weight.
 
