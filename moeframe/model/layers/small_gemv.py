@@ -36,12 +36,8 @@ MAX_GEMV_TOKENS = 8
 BLOCK_T = 16
 # Enough programs to give every SM at least two.
 PROGRAMS_PER_SM = 2
-# Weight bytes one program loads per pipeline stage (the token block adds 16 rows beside it).
-STAGE_WEIGHT_BYTES = 8192
-# Shared memory the programs resident on one SM may fill with stages (an H100 SM has 228 KB),
-# and the deepest pipeline worth its prologue.
-SHARED_BYTES_PER_SM = 192 * 1024
-MAX_STAGES = 6
+# Weight bytes one program loads per pipeline stage.
+STAGE_BYTES = 16384
 GEMV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -60,10 +56,6 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
@@ -79,28 +71,20 @@ def gemv_tiles(n: int, k: int, dtype: torch.dtype, num_sms: int) -> GemvTiles:
     """The tiling of a [N, K] weight.
 
     The widest row block that still gives every SM ``PROGRAMS_PER_SM``
-    programs (16 at the least: the MMA's smallest N). For half types a K
-    chunk of ``STAGE_WEIGHT_BYTES`` of weight, and as many stages as the
-    programs sharing an SM leave shared memory for (Triton buffers
-    ``num_stages - 1`` of them): a grid of one program per SM (N = 2048)
-    keeps five chunks, 40 KB, in flight, enough to cover HBM latency at an
-    SM's share of the bandwidth; a grid of three per SM keeps four each.
-    For float32 a small chunk, as its dot runs on the FMA units with the
-    operands in registers.
+    programs (16 at the least: the MMA's smallest N); for half types a K
+    chunk of ``STAGE_BYTES`` of weight, four stages deep (64 KB of shared
+    memory: three programs fit an SM); for float32 a small chunk, as its dot
+    runs on the FMA units with the operands in registers.
     """
     block_n = 16
     for wide in (64, 32):
-        if _cdiv(n, wide) >= PROGRAMS_PER_SM * num_sms:
+        if -(-n // wide) >= PROGRAMS_PER_SM * num_sms:
             block_n = wide
             break
     if dtype == torch.float32:
         return GemvTiles(block_n, min(64, max(16, _next_power_of_2(k))), 4, 2)
-    itemsize = torch.finfo(dtype).bits // 8
-    block_k = min(STAGE_WEIGHT_BYTES // (block_n * itemsize), max(16, _next_power_of_2(k)))
-    resident = _cdiv(_cdiv(n, block_n), num_sms)
-    stage_bytes = (block_n + BLOCK_T) * block_k * itemsize
-    buffered = SHARED_BYTES_PER_SM // (resident * stage_bytes)
-    return GemvTiles(block_n, block_k, 4, max(2, min(MAX_STAGES, buffered + 1)))
+    chunk = STAGE_BYTES // (block_n * torch.finfo(dtype).bits // 8)
+    return GemvTiles(block_n, min(chunk, max(16, _next_power_of_2(k))), 4, 4)
 
 
 def gemv(
@@ -118,7 +102,7 @@ def gemv(
     if num_tokens == 0 or n == 0:
         return out
     block_n, block_k, num_warps, num_stages = tiles or gemv_tiles(n, k, x.dtype, _num_sms(x.device))
-    _kernels().gemv_kernel[(_cdiv(n, block_n),)](
+    _kernels().gemv_kernel[(-(-n // block_n),)](
         x, weight, weight if bias is None else bias, out, num_tokens, n, k,
         x.stride(0), x.stride(1), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, IEEE_FP32=x.dtype == torch.float32,
