@@ -50,8 +50,7 @@ def gemv_kernel(
     token_ok = tokens < num_tokens
     x_ptrs = x_ptr + tokens[:, None] * stride_xt + offs_k[None, :] * stride_xk
     # The weight tile is loaded as W^T [BLOCK_K, BLOCK_N]: K is contiguous in memory either way.
-    # Row offsets in int64: a vocabulary-sized weight can hold more than 2^31 elements.
-    w_ptrs = w_ptr + rows.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
+    w_ptrs = w_ptr + rows[None, :] * stride_wn + offs_k[:, None]
     acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
     for start in range(0, K, BLOCK_K):
         k_ok = offs_k < K - start

@@ -12,10 +12,9 @@ runtime autotune: a CUDA graph captures one launch, and a fixed tiling keeps
 every output's summation order, hence its bits, the same from run to run.
 
 Split-K (several programs per output row, summed by a second launch or by
-atomics) is left out: from N = 2048 (OLMoE's o_proj, a dense MLP's down
-projection) N / BLOCK_N gives >= 128 programs, each streaming 64 KB or more
-through a pipeline four 16 KB loads deep, enough to cover the memory latency
-of one SM; a second launch would cost about what the GEMV saves, and fp32
+atomics) is left out: at the sizes served here N / BLOCK_N already gives
+>= 128 programs, each streaming 64 KB or more with a pipeline several loads
+deep, while a second launch would cost about what the GEMV saves and fp32
 atomics would make the last bits depend on the order programs finish.
 """
 
@@ -29,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Decode batch sizes: the range tools/bench_kernels.py's ``gemv`` table measures (T = 1, 4, 8).
-# The MMA tile holds 16 tokens, so up to 16 the weight would still be read once, but past 8
-# cuBLAS's own small-batch kernels are unmeasured against it; prefill sizes belong to cuBLAS.
+# Decode batch sizes, as measured by tools/bench_kernels.py (table ``gemv``). The MMA
+# tile holds 16 tokens, so up to 16 the weight is still read once; past 8 it is unmeasured,
+# and from prefill sizes on cuBLAS's tiled GEMMs are the right kernels.
 MAX_GEMV_TOKENS = 8
 BLOCK_T = 16
 # Enough programs to give every SM at least two.
