@@ -8,9 +8,7 @@ checks bf16 outputs against the reference loop, then times the whole forward
 cold L2, and reports the bandwidth over the expert weights the step must read
 (decode sizes) and the matmul rate (prefill sizes); grouped_mm and the
 reference loop are timed beside it. For attention it times the Triton decode
-kernel (bandwidth over the K/V it reads) and the extend kernel (TFLOP/s). Table
-``gemv`` (not in the default --tables) compares small_gemv with cuBLAS on
-dense projections at decode batch sizes.
+kernel (bandwidth over the K/V it reads) and the extend kernel (TFLOP/s).
 Writes ``kernels.json`` and ``kernels.md`` into ``--out``.
 """
 
@@ -25,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.testing
 
@@ -36,7 +33,6 @@ from moeframe.attention.triton_extend import ExtendTile, extend_attention
 from moeframe.experts import EXPERTS
 from moeframe.experts.moe_configs import pick_config
 from moeframe.experts.triton_moe import MAX_SINGLE_PASS_TOKENS, align, fused_moe, run_down, run_gate_up, run_single_pass
-from moeframe.model.layers.small_gemv import GemvTiles, gemv, gemv_tiles
 from moeframe.routers.plan import RoutingPlan
 
 E, K, H, I = 64, 8, 2048, 1024
@@ -164,31 +160,6 @@ def bench_moe_stack(num_tokens: int, stack: list[tuple[torch.Tensor, torch.Tenso
             "frac_copy_bw": weight_bytes / ms / 1e6 / copy_gbs}  # fmt: skip
 
 
-GEMV_TILES = [GemvTiles(n, 8192 // n, 4, s) for n in (16, 32, 64) for s in (3, 4)] + [GemvTiles(16, 256, 4, 4), GemvTiles(16, 1024, 4, 3)]
-
-
-def bench_gemv(num_tokens: int, n: int, k: int, copy_gbs: float) -> dict:
-    """A dense bf16 projection [T, K] x [N, K]^T: cuBLAS (F.linear) vs small_gemv (its own tiles; at T=1 others too),
-    each from one CUDA graph over a stack of distinct weights (>= 512 MB, read from HBM as in the model), time per layer."""
-    weight_bytes = 2 * n * k
-    stack = [(torch.randn(n, k, device="cuda") / k**0.5).bfloat16() for _ in range(max(2, -(-(1 << 29) // weight_bytes)))]
-    x = torch.randn(num_tokens, k, device="cuda").bfloat16()
-
-    def per_layer_us(project: Callable[[torch.Tensor], torch.Tensor]) -> float:
-        graph = graph_of(lambda: [project(w) for w in stack])
-        return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / len(stack) * 1e3
-
-    cublas_us = per_layer_us(lambda w: F.linear(x, w))
-    gemv_us = per_layer_us(lambda w: gemv(x, w))
-    others = GEMV_TILES if num_tokens == 1 else []
-    tiles = gemv_tiles(n, k, torch.bfloat16, torch.cuda.get_device_properties(0).multi_processor_count)
-    return {"tokens": num_tokens, "n": n, "k": k, "weight_mb": weight_bytes / 1e6, "tiles": "x".join(map(str, tiles)),
-            "cublas_us": cublas_us, "cublas_frac_copy_bw": weight_bytes / cublas_us / 1e3 / copy_gbs,
-            "gemv_us": gemv_us, "gemv_frac_copy_bw": weight_bytes / gemv_us / 1e3 / copy_gbs,
-            "rel_err": rel_err(gemv(x, stack[0]), F.linear(x, stack[0])),
-            "us_by_tile": {"x".join(map(str, t)): per_layer_us(lambda w, t=t: gemv(x, w, tiles=t)) for t in others}}  # fmt: skip
-
-
 def kv_batch(q_lens: list[int], kv_lens: list[int], num_slots: int) -> ForwardBatch:
     slots = torch.randperm(num_slots).tolist()
     contexts, used = [], 0
@@ -286,14 +257,6 @@ def markdown(result: dict) -> str:
                   "expert weights, time per layer (the default deterministic two-kernel path, as the model runs it)", "",
                   "| T | weights MB per layer | us per layer | of copy BW |", "|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['tokens']} | {r['weight_mb']:.1f} | {r['us']:.1f} | {r['frac_copy_bw']:.0%} |" for r in result["moe_stack"]]
-    if result.get("gemv"):
-        lines += ["", "## Dense projection GEMV (bf16), cuBLAS F.linear vs small_gemv, CUDA graph over a stack of distinct weights, "
-                  "time per layer; tiles: block_n x block_k x warps x stages", "",
-                  "| T | N | K | weight MB | cuBLAS us | of copy BW | gemv us | of copy BW | tiles | rel err |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['tokens']} | {r['n']} | {r['k']} | {r['weight_mb']:.1f} | {r['cublas_us']:.1f} | {r['cublas_frac_copy_bw']:.0%} | "
-                  f"{r['gemv_us']:.1f} | {r['gemv_frac_copy_bw']:.0%} | {r['tiles']} | {r['rel_err']:.1e} |" for r in result["gemv"]]  # fmt: skip
-        lines += [f"\nGEMV tiles, T=1, {r['n']} x {r['k']} (us): " + ", ".join(f"{t}: {us:.1f}" for t, us in r["us_by_tile"].items())
-                  for r in result["gemv"] if r["us_by_tile"]]  # fmt: skip
     for r in result["extend"]:
         lines.append(f"\nExtend tiles, {r['requests']} x {r['new']} on {r['prefix']} (TFLOP/s): "
                      + ", ".join(f"{name}: {v:.0f}" for name, v in r["tflops_by_tile"].items()))  # fmt: skip
@@ -326,7 +289,6 @@ def main() -> None:
         "moe_stack": [],
         "decode": [],
         "extend": [],
-        "gemv": [],
         "errors": [],
     }
     cases = [("moe", bench_moe, (t, w13, w2, copy_gbs, mm_tflops)) for t in args.tokens]
@@ -336,7 +298,6 @@ def main() -> None:
               for b, n, hq, hkv in [(1, 1024, 16, 16), (1, 8192, 16, 16), (8, 1024, 16, 16),
                                     (32, 1024, 16, 16), (128, 1024, 16, 16), (32, 4096, 32, 4)]]  # fmt: skip
     cases += [("extend", bench_extend, (r, n, p, h, mm_tflops)) for r, n, p, h in [(8, 1024, 0, 16), (8, 256, 1024, 16), (1, 4096, 0, 16)]]
-    cases += [("gemv", bench_gemv, (t, n, k, copy_gbs)) for n, k in [(2048, 2048), (6144, 2048), (2048, 8192), (16384, 2048)] for t in (1, 4, 8)]
     for table, bench, bench_args in [case for case in cases if case[0] in args.tables.split(",")]:
         try:
             result[table].append(bench(*bench_args))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +34,6 @@ MAX_GEMV_TOKENS = 8
 BLOCK_T = 16
 # Enough programs to give every SM at least two.
 PROGRAMS_PER_SM = 2
-# Weight bytes one program loads per pipeline stage.
-STAGE_BYTES = 16384
 GEMV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -59,21 +56,13 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-class GemvTiles(NamedTuple):
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-
-
-def gemv_tiles(n: int, k: int, dtype: torch.dtype, num_sms: int) -> GemvTiles:
-    """The tiling of a [N, K] weight.
+def gemv_tiles(n: int, k: int, dtype: torch.dtype, num_sms: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for a [N, K] weight.
 
     The widest row block that still gives every SM ``PROGRAMS_PER_SM``
-    programs (16 at the least: the MMA's smallest N); for half types a K
-    chunk of ``STAGE_BYTES`` of weight, four stages deep (64 KB of shared
-    memory: three programs fit an SM); for float32 a small chunk, as its dot
-    runs on the FMA units with the operands in registers.
+    programs (16 at the least: the MMA's smallest N); a K chunk of 8-16 KB
+    of weight per stage for half types, and a small one for float32, whose
+    dot runs on the FMA units and holds its operands in registers.
     """
     block_n = 16
     for wide in (64, 32):
@@ -81,18 +70,13 @@ def gemv_tiles(n: int, k: int, dtype: torch.dtype, num_sms: int) -> GemvTiles:
             block_n = wide
             break
     if dtype == torch.float32:
-        return GemvTiles(block_n, min(64, max(16, _next_power_of_2(k))), 4, 2)
-    chunk = STAGE_BYTES // (block_n * torch.finfo(dtype).bits // 8)
-    return GemvTiles(block_n, min(chunk, max(16, _next_power_of_2(k))), 4, 4)
+        return block_n, min(64, max(16, _next_power_of_2(k))), 4, 2
+    chunk = 512 if block_n == 16 else 256
+    return block_n, min(chunk, max(16, _next_power_of_2(k))), 4, 4 if block_n == 16 else 3
 
 
-def gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tiles: GemvTiles | None = None
-) -> torch.Tensor:
-    """x [T, K] @ weight [N, K]^T (+ bias [N]) in x's dtype, T <= 16, in one Triton launch.
-
-    ``tiles``: gemv_tiles' choice unless given (tools/bench_kernels.py compares others).
-    """
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, K] @ weight [N, K]^T (+ bias [N]) in x's dtype, T <= 16, in one Triton launch."""
     num_tokens, k = x.shape
     n = weight.shape[0]
     if num_tokens > BLOCK_T:
@@ -100,7 +84,7 @@ def gemv(
     out = torch.empty(num_tokens, n, dtype=x.dtype, device=x.device)
     if num_tokens == 0 or n == 0:
         return out
-    block_n, block_k, num_warps, num_stages = tiles or gemv_tiles(n, k, x.dtype, _num_sms(x.device))
+    block_n, block_k, num_warps, num_stages = gemv_tiles(n, k, x.dtype, _num_sms(x.device))
     _kernels().gemv_kernel[(-(-n // block_n),)](
         x, weight, weight if bias is None else bias, out, num_tokens, n, k,
         x.stride(0), x.stride(1), weight.stride(0), out.stride(0),
