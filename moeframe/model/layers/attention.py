@@ -19,7 +19,6 @@ from moeframe.attention.qkv_prologue import prepare_qkv
 from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
-from moeframe.model.layers.small_gemv import project
 from moeframe.model.spec import AttentionSpec
 
 
@@ -44,12 +43,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         spec, n = self.spec, x.shape[0]
         q_out, kv_out = qkv_widths(spec)
-        q, k, v = project(self.qkv_proj, x).split([q_out, kv_out, kv_out], dim=-1)
+        q, k, v = self.qkv_proj(x).split([q_out, kv_out, kv_out], dim=-1)
         k_cache, v_cache = ctx.k_cache[self.layer_idx], ctx.v_cache[self.layer_idx]
         prologue = self._prologue_fused if q.is_cuda else self._prologue_torch
         q = prologue(q, k, v, positions, k_cache, v_cache, ctx.batch.out_slots)
         out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
-        return project(self.o_proj, out.reshape(n, -1))
+        return self.o_proj(out.reshape(n, -1))
 
     def _prologue_torch(self, q, k, v, positions, k_cache, v_cache, out_slots) -> torch.Tensor:
         """q/k norms, clip, rotary and the KV write as torch ops: the reference, and the CPU path."""
