@@ -19,6 +19,7 @@ from moeframe.model.spec import MoESpec
 from moeframe.routers import ROUTERS
 from moeframe.routers.base import RouteContext, Router
 from moeframe.routers.capacity import drop_assignments, expert_capacity, gshard_priority, keep_within_capacity
+from moeframe.routers.native import softmax_topk
 from moeframe.routers.options import (
     check_k,
     check_positive,
@@ -55,6 +56,9 @@ class TopKRouter(Router):
         self.batch_dependent = params.capacity_factor is not None
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
+        if self.capacity_factor is None and self.scoring == "softmax":
+            # the native softmax path (one kernel on CUDA), so top1/top2 ablations cost what native costs
+            return softmax_topk(gate_logits, self.k, self.renormalize, self.scale)
         scores = expert_scores(gate_logits, self.scoring)
         ids = torch.topk(scores, self.k, dim=-1).indices
         plan = RoutingPlan(ids, assignment_weights(scores, ids, renormalize=self.renormalize, scale=self.scale))
