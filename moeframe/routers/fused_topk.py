@@ -15,6 +15,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+import triton
 
 from moeframe.routers.plan import RoutingPlan
 
@@ -33,10 +34,6 @@ def _kernels() -> ModuleType:
     return _topk_kernel
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def fused_softmax_topk(
     gate_logits: torch.Tensor, k: int, renormalize: bool, scale: float, bias: torch.Tensor | None = None
 ) -> RoutingPlan:
@@ -53,14 +50,14 @@ def fused_softmax_topk(
     topk_weights = torch.empty(num_tokens, k, dtype=torch.float32, device=logits.device)
     if num_tokens == 0:
         return RoutingPlan(topk_ids, topk_weights)
-    block_e = _next_power_of_2(num_experts)
+    block_e = triton.next_power_of_2(num_experts)
     block_t = 1 if num_tokens <= MAX_ONE_TOKEN_PROGRAMS else max(1, min(16, 2048 // block_e))
     tile = block_t * block_e
     _kernels().softmax_topk_kernel[(-(-num_tokens // block_t),)](
         logits, logits if bias is None else bias.contiguous(), topk_ids, topk_weights,
         num_tokens, num_experts, k, logits.stride(0), float(scale),
         HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
-        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=_next_power_of_2(k),
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k),
         num_warps=1 if tile <= 128 else 2 if tile <= 512 else 4,
     )  # fmt: skip
     return RoutingPlan(topk_ids, topk_weights)

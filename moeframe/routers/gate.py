@@ -14,6 +14,7 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+import triton
 
 # Decode batch sizes; past them the weight is re-read by too many token blocks
 # and cuBLAS's tiled GEMM wins.
@@ -31,10 +32,6 @@ def _kernels() -> ModuleType:
     return _gate_kernel
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def gate_gemv(hidden_states: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """[T, E] float32 logits of hidden_states [T, H] (any float dtype) and weight [E, H], in one launch."""
     num_tokens, hidden = hidden_states.shape
@@ -44,8 +41,8 @@ def gate_gemv(hidden_states: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     logits = torch.empty(num_tokens, num_experts, dtype=torch.float32, device=x.device)
     if num_tokens == 0:
         return logits
-    block_t = min(_next_power_of_2(num_tokens), MAX_BLOCK_T)
-    block_h = min(_next_power_of_2(hidden), TILE_ELEMENTS // block_t)
+    block_t = min(triton.next_power_of_2(num_tokens), MAX_BLOCK_T)
+    block_h = min(triton.next_power_of_2(hidden), TILE_ELEMENTS // block_t)
     _kernels().gate_gemv_kernel[(num_experts, -(-num_tokens // block_t))](
         x, w, logits, num_tokens, hidden, x.stride(0), w.stride(0), logits.stride(0),
         BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+import triton
 
 from moeframe.routers.plan import RoutingPlan
 
@@ -67,10 +68,6 @@ def _kernels() -> ModuleType:
     return _expert_load_kernel
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def accumulate_fused(
     topk_ids: torch.Tensor,
     counts: torch.Tensor,
@@ -84,8 +81,8 @@ def accumulate_fused(
     if num_tokens == 0:
         return
     ids = topk_ids if topk_ids.stride(1) == 1 else topk_ids.contiguous()
-    block_c = _next_power_of_2(num_columns)
-    block_t = min(_next_power_of_2(num_tokens), max(1, ACCUMULATE_TILE // block_c))
+    block_c = triton.next_power_of_2(num_columns)
+    block_t = min(triton.next_power_of_2(num_tokens), max(1, ACCUMULATE_TILE // block_c))
     # a row may keep more than budget_k ids: only one program can clamp the plan's total
     clamp_total = num_columns > budget_k
     programs = 1 if clamp_total else min(-(-num_tokens // block_t), MAX_ACCUMULATE_PROGRAMS)
