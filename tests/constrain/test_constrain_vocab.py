@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
 
@@ -13,6 +13,8 @@ from moeframe.model.tokenizer import SPECIAL_TOKENS
 @settings(max_examples=50, deadline=None)
 @given(st.text(max_size=40))
 def test_token_bytes_concatenate_to_the_encoded_text(backend, text):
+    # a special token's text encodes to that token, which spells nothing (the next test)
+    assume(not any(token in text for token in SPECIAL_TOKENS))
     ids = backend.vocab.encode(text)
     assert backend.vocab.decode(ids) == text.encode("utf-8")
 
