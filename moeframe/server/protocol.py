@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -110,6 +110,20 @@ class Usage(BaseModel):
     prompt_tokens_details: dict[str, int] | None = None
 
 
+ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
+
+
+class ResponseEnvelope(BaseModel, Generic[ChoiceT]):
+    """The fields every completion body and stream chunk carries; a subclass names its ``object`` and choice type."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChoiceT]
+    usage: Usage | None = None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
@@ -117,13 +131,10 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(ResponseEnvelope[CompletionChoice]):
+    """Both the whole response and each stream chunk of /v1/completions (OpenAI uses one shape for both)."""
+
     object: str = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
 
 
 class ChatChoiceMessage(BaseModel):
@@ -138,13 +149,8 @@ class ChatChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(ResponseEnvelope[ChatChoice]):
     object: str = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage | None = None
 
 
 class ChatDelta(BaseModel):
@@ -159,13 +165,8 @@ class ChatChunkChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(ResponseEnvelope[ChatChunkChoice]):
     object: str = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):

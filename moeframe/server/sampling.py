@@ -13,6 +13,10 @@ from moeframe.server.errors import APIError
 from moeframe.server.protocol import ResponseFormat, SamplingFields
 
 
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
 def constraint_fields(response_format: ResponseFormat | None, regex: str | None, choices: list[str] | None) -> dict:
     fields: dict = {}
     if response_format is not None and response_format.type == "json_schema":
@@ -37,7 +41,7 @@ def sampling_params(
     extra_stop_token_ids: list[int] = (),
 ) -> list[SamplingParams]:
     """One SamplingParams per choice; ``max_tokens=None`` is filled from the context by the engine loop."""
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    stop = stop_strings(body.stop)
     constraint = constraint_fields(body.response_format, body.regex, body.choices)
     return [
         SamplingParams(
