@@ -111,15 +111,21 @@ def _decode_split_kernel(
     counter = arrivals_ptr + req * tl.num_programs(1) + kv_head
     if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
         offs_s = tl.arange(0, BLOCK_S)
-        s_ok = offs_s < num_splits
-        for g in tl.static_range(GROUP):
-            merge_row = (req * num_q_heads + kv_head * GROUP + g) * num_splits + offs_s
-            lses = tl.load(part_lse_ptr + merge_row, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-            weights = tl.exp2(lses - tl.max(lses, 0))
-            parts = tl.load(part_out_ptr + merge_row[:, None] * v_dim + offs_dv[None, :], mask=s_ok[:, None] & dv_ok[None, :], other=0.0, cache_modifier=".cg")
-            merged = tl.sum(parts * weights[:, None], 0) / tl.sum(weights, 0)
-            out_ptrs = out_ptr + req * stride_on + (kv_head * GROUP + g) * stride_oh + offs_dv
-            tl.store(out_ptrs, merged.to(out_ptr.dtype.element_ty), mask=dv_ok)
+        rows = (req * num_q_heads + head[:, None]) * num_splits + offs_s[None, :]
+        rows_ok = head_ok[:, None] & (offs_s[None, :] < num_splits)
+        lses = tl.load(part_lse_ptr + rows, mask=rows_ok, other=float("-inf"), cache_modifier=".cg")
+        lse_max = tl.max(lses, 1)
+        weights = tl.exp2(lses - tl.where(lse_max > float("-inf"), lse_max, 0.0)[:, None])
+        total = tl.sum(weights, 1)
+        merged = tl.zeros((BLOCK_H, BLOCK_DV), dtype=tl.float32)
+        for s in range(0, num_splits):
+            weight = tl.sum(tl.where(offs_s[None, :] == s, weights, 0.0), 1)
+            part_rows = (req * num_q_heads + head) * num_splits + s
+            part = tl.load(part_out_ptr + part_rows[:, None] * v_dim + offs_dv[None, :], mask=head_ok[:, None] & dv_ok[None, :], other=0.0, cache_modifier=".cg")
+            merged += part * weight[:, None]
+        merged = merged / tl.where(total > 0, total, 1.0)[:, None]
+        out_ptrs = out_ptr + req * stride_on + head[:, None] * stride_oh + offs_dv[None, :]
+        tl.store(out_ptrs, merged.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & dv_ok[None, :])
         tl.atomic_xchg(counter, 0)
 
 
