@@ -2,10 +2,9 @@
 
 A decode batch has too few queries to fill the GPU, so each request's context
 is cut into ``num_kv_splits`` chunks processed in parallel, each writing a
-partial output and its log-sum-exp (Dao et al., "Flash-Decoding for
-long-context inference", 2023; SGLang's decode_attention merges them in a
-second kernel). Here the last chunk of a (request, KV head) to finish merges
-them, so a decode layer's attention is one launch. One program serves all query heads that share a
+partial output and its log-sum-exp; a second kernel merges the chunks (Dao et
+al., "Flash-Decoding for long-context inference", 2023; the two-stage layout
+of SGLang's decode_attention). One program serves all query heads that share a
 KV head (grouped-query attention), so each K/V row is gathered once through
 ``kv_indices`` and reused by the whole group in one MMA.
 
@@ -36,13 +35,9 @@ def _decode_split_kernel(
     kv_indices_ptr,
     part_out_ptr,
     part_lse_ptr,
-    out_ptr,
-    arrivals_ptr,
     scale_log2,
     stride_qn,
     stride_qh,
-    stride_on,
-    stride_oh,
     stride_ks,
     stride_kh,
     stride_vs,
@@ -56,7 +51,6 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr,
-    BLOCK_S: tl.constexpr,
 ):
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -104,29 +98,33 @@ def _decode_split_kernel(
     tl.store(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], out, mask=head_ok[:, None] & dv_ok[None, :])
     tl.store(part_lse_ptr + row, lse, mask=head_ok)
 
-    # The last split of this (request, KV head) to finish merges all of them (the
-    # "last block" reduction of stream-K GEMMs): no second launch. The atomic orders
-    # every split's partial stores before the merger's loads, and the merger resets
-    # the counter, so the buffer is zero again for the next call (and graph replay).
-    counter = arrivals_ptr + req * tl.num_programs(1) + kv_head
-    if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
-        offs_s = tl.arange(0, BLOCK_S)
-        rows = (req * num_q_heads + head[:, None]) * num_splits + offs_s[None, :]
-        rows_ok = head_ok[:, None] & (offs_s[None, :] < num_splits)
-        lses = tl.load(part_lse_ptr + rows, mask=rows_ok, other=float("-inf"), cache_modifier=".cg")
-        lse_max = tl.max(lses, 1)
-        weights = tl.exp2(lses - tl.where(lse_max > float("-inf"), lse_max, 0.0)[:, None])
-        total = tl.sum(weights, 1)
-        merged = tl.zeros((BLOCK_H, BLOCK_DV), dtype=tl.float32)
-        for s in range(0, num_splits):
-            weight = tl.sum(tl.where(offs_s[None, :] == s, weights, 0.0), 1)
-            part_rows = (req * num_q_heads + head) * num_splits + s
-            part = tl.load(part_out_ptr + part_rows[:, None] * v_dim + offs_dv[None, :], mask=head_ok[:, None] & dv_ok[None, :], other=0.0, cache_modifier=".cg")
-            merged += part * weight[:, None]
-        merged = merged / tl.where(total > 0, total, 1.0)[:, None]
-        out_ptrs = out_ptr + req * stride_on + head[:, None] * stride_oh + offs_dv[None, :]
-        tl.store(out_ptrs, merged.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & dv_ok[None, :])
-        tl.atomic_xchg(counter, 0)
+
+@triton.jit
+def _decode_merge_kernel(
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    stride_on,
+    stride_oh,
+    num_q_heads,
+    v_dim,
+    num_splits,
+    BLOCK_S: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    s_ok = offs_s < num_splits
+    dv_ok = offs_dv < v_dim
+    row = (req * num_q_heads + head) * num_splits + offs_s
+    lse = tl.load(part_lse_ptr + row, mask=s_ok, other=float("-inf"))
+    weight = tl.exp2(lse - tl.max(lse, 0))
+    weight = weight / tl.sum(weight, 0)
+    parts = tl.load(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], mask=s_ok[:, None] & dv_ok[None, :], other=0.0)
+    out = tl.sum(parts * weight[:, None], 0)
+    tl.store(out_ptr + req * stride_on + head * stride_oh + offs_dv, out.to(out_ptr.dtype.element_ty), mask=dv_ok)
 
 
 def default_num_kv_splits(batch_size: int, num_kv_heads: int, device: torch.device) -> int:
@@ -156,32 +154,17 @@ def decode_attention(
 
     part_out = torch.empty(num_reqs, num_q_heads, splits, v_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_reqs, num_q_heads, splits, dtype=torch.float32, device=q.device)
-    out = q.new_empty(num_reqs, num_q_heads, v_dim)
     block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
     _decode_split_kernel[(num_reqs, num_kv_heads, splits)](
-        q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, part_out, part_lse, out,
-        arrival_counters(num_reqs * num_kv_heads, q.device),
-        scale * LOG2_E, q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
+        q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, part_out, part_lse,
+        scale * LOG2_E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), num_q_heads, k_dim, v_dim, splits,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=64 if block_dk <= 128 else 32,
-        BLOCK_DK=block_dk, BLOCK_DV=block_dv, BLOCK_S=triton.next_power_of_2(splits), num_warps=4, num_stages=2,
+        BLOCK_DK=block_dk, BLOCK_DV=block_dv, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    out = q.new_empty(num_reqs, num_q_heads, v_dim)
+    _decode_merge_kernel[(num_reqs, num_q_heads)](
+        part_out, part_lse, out, out.stride(0), out.stride(1), num_q_heads, v_dim, splits,
+        BLOCK_S=triton.next_power_of_2(splits), BLOCK_DV=block_dv,
     )  # fmt: skip
     return out
-
-
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def arrival_counters(count: int, device: torch.device) -> torch.Tensor:
-    """Zeroed int32 counters, one per (request, KV head), kept per device: every call leaves them zero again.
-
-    They grow, never shrink, and only outside CUDA-graph capture (the graph runner's
-    warm-up calls at the largest batch come first), so a captured graph keeps valid ones.
-    """
-    counters = _counters.get(device)
-    if counters is None or counters.numel() < count:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("decode attention's arrival counters must be sized before CUDA-graph capture")
-        counters = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
-        _counters[device] = counters
-    return counters

@@ -50,20 +50,6 @@ def test_decode_with_more_splits_than_keys_ignores_the_empty_splits(device):
     torch.testing.assert_close(out, attend_reference(q, k_cache, v_cache, batch, 0.25), **tolerance(torch.float32, device))
 
 
-def test_decode_leaves_its_arrival_counters_zero_so_repeated_calls_agree(device):
-    from moeframe.attention.triton_decode import _counters, decode_attention
-
-    gen = torch.Generator().manual_seed(5)
-    k_cache, v_cache = kv_pool(2, 16, 16, torch.float32, device, gen)
-    batch = random_kv_batch([1, 1, 1], [50, 7, 120], NUM_SLOTS, device, gen)
-    q = torch.randn(3, 4, 16, generator=gen).to(device)
-    first = decode_attention(q, k_cache, v_cache, batch, 0.25, num_kv_splits=5)
-    again = decode_attention(q, k_cache, v_cache, batch, 0.25, num_kv_splits=3)
-    assert int(_counters[q.device].count_nonzero()) == 0
-    torch.testing.assert_close(again, first, **tolerance(torch.float32, device))
-    torch.testing.assert_close(first, attend_reference(q, k_cache, v_cache, batch, 0.25), **tolerance(torch.float32, device))
-
-
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_extend_matches_reference_on_top_of_cached_prefixes(device, group):
     compare([5, 70, 1], [5, 100, 40], group, k_dim=32, v_dim=32, dtype=torch.float32, device=device, seed=10 + group)
