@@ -4,8 +4,9 @@ A request's slots come in blocks of ``block_size`` consecutive slots (its
 slot list is its block table written out token by token): ``allocate`` fills
 the request's last block before it takes a new one. With ``prefix_reuse``,
 a released request's full blocks are committed under hash-chained keys and
-a later prompt reuses its longest chain of cached blocks (vLLM v1's
-automatic prefix caching); unreferenced cached blocks are evicted least
+a later prompt reuses its longest chain of cached blocks short of its last
+token (vLLM v1's automatic prefix caching), so a request's slot list stays
+aligned with its blocks; unreferenced cached blocks are evicted least
 recently used first, a request's last block before its first, as vLLM frees
 them in reverse order. Without it, blocks go back to the pool on release.
 """
@@ -42,10 +43,21 @@ class PagedCache(KVCache):
         self.blocks = BlockManager(pool, params.block_size)
 
     def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
+        """The cached blocks over all but the last token (vLLM v1 caps a hit at ``num_tokens - 1`` likewise).
+
+        The caller recomputes the last token for its logits. Were its block
+        matched, the request would list that block but for one slot and
+        write the last token at the start of a fresh block, off its place
+        in the block: none of the request's later blocks could be committed,
+        and ``cache_prefix`` swapping the cached block back in would strand
+        the fresh block's first slot, held but nobody's, until release.
+        Matching only whole blocks before the last token recomputes up to a
+        block instead of one token and keeps every block in place.
+        """
         self.stats.queried_tokens += len(token_ids)
         if not self.prefix_reuse:
             return PrefixMatch(handle=[])
-        chain = self.blocks.lookup(token_ids)
+        chain = self.blocks.lookup(token_ids[:-1])
         slots: list[int] = []
         for block in chain:
             self.blocks.take(block)
@@ -152,7 +164,7 @@ class PagedCache(KVCache):
     def cached_prefix_len(self, token_ids: list[int]) -> int:
         if not self.prefix_reuse:
             return 0
-        return self.block_size * len(self.blocks.lookup(token_ids))
+        return self.block_size * len(self.blocks.lookup(token_ids[:-1]))
 
     def clear(self) -> None:
         while self.blocks.num_evictable_blocks:

@@ -33,8 +33,6 @@ class Running:
     match: PrefixMatch
     matched_keys: list[Prefix]
     own: list[int] = field(default_factory=list)  # slots from allocate it still lists, in order
-    # Slots from allocate it no longer lists (a cached copy replaced them) in a block it still uses (paged).
-    orphans: list[int] = field(default_factory=list)
 
 
 class PrefixModel:
@@ -107,16 +105,16 @@ class CacheMachine(RuleBasedStateMachine):
     def model_release(self, req: Running, cacheable: bool) -> None:
         raise NotImplementedError
 
+    def match_keys(self, tokens: list[int]) -> list[Prefix]:
+        """The model's units a match of ``tokens`` reuses."""
+        return self.model.longest(tokens)
+
     def model_match(self, keys: list[Prefix]) -> None:
         self.model.pin(keys)
 
     def model_cache_prefix(self, req: Running) -> list[Prefix]:
         """Update the model for sharing a running request's KV; returns the keys of its new match."""
         raise NotImplementedError
-
-    def orphaned(self, req: Running, replaced: list[int]) -> list[int]:
-        """Which of the request's replaced own slots the cache keeps with the request (none: they are freed)."""
-        return []
 
     def reserved_slots(self) -> int:
         return 0
@@ -169,7 +167,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     def admit(self, prompt: list[int], keep_last: bool) -> Running | None:
         """Match, pin and allocate the rest of a prompt; a request that cannot get slots gives its match back."""
-        keys = self.model.longest(prompt)
+        keys = self.match_keys(prompt)
         expected = self.model.slots_of(keys)
         assert self.cache.cached_prefix_len(prompt) == len(expected)
         match = self.cache.match_prefix(prompt)
@@ -209,9 +207,7 @@ class CacheMachine(RuleBasedStateMachine):
         req.slots = match.slots + req.slots[match.num_tokens :]
         req.match, req.matched_keys = match, keys
         kept = set(req.slots[match.num_tokens :])
-        replaced = [slot for slot in req.own if slot not in kept]
         req.own = [slot for slot in req.own if slot in kept]
-        req.orphans += self.orphaned(req, replaced)
 
     @precondition(lambda self: self.running)
     @rule(data=st.data(), cacheable=st.booleans())
@@ -233,7 +229,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_slot_leaks(self) -> None:
-        own = sum(len(req.own) + len(req.orphans) for req in self.running)
+        own = sum(len(req.own) for req in self.running)
         assert self.pool.num_free_slots + self.cache.num_cached_tokens() + own == self.num_slots
 
     @invariant()
@@ -245,8 +241,8 @@ class CacheMachine(RuleBasedStateMachine):
     @invariant()
     def every_cached_prefix_is_matchable(self) -> None:
         for key in self.model.entries:
-            if len(self.model.longest(list(key))) * self.model.unit == len(key):
-                assert self.cache.cached_prefix_len(list(key)) == len(key)
+            for probe in (list(key), [*key, 0]):
+                assert self.cache.cached_prefix_len(probe) == self.model.unit * len(self.match_keys(probe))
 
     @invariant()
     def matched_tokens_are_counted(self) -> None:

@@ -1,7 +1,9 @@
 """paged against a brute-force block cache, under random match/allocate/release/clear sequences.
 
-The model follows the documented policy exactly: full blocks are committed
-at release under their token prefix (a duplicate of a cached block is not),
+The model follows the documented policy exactly: a prompt matches the cached
+blocks before its last token, full blocks are committed at release (and when
+a running request shares them) under their token prefix (a duplicate of a
+cached block is not), every token's slot sits at the token's offset in its block,
 blocks become evictable when their last reference goes (a request's last
 block first), and allocation evicts the oldest evictable blocks, only as
 many as it lacks free ones.
@@ -9,8 +11,9 @@ many as it lacks free ones.
 
 from __future__ import annotations
 
-from cache_machine import CacheMachine, Running
+from cache_machine import CacheMachine, Prefix, Running
 from hypothesis import settings
+from hypothesis.stateful import invariant
 
 SETTINGS = settings(max_examples=120, stateful_step_count=50, deadline=None)
 
@@ -23,24 +26,29 @@ class PagedMachine(CacheMachine):
     def own_block_starts(self, req: Running) -> list[int]:
         return list(dict.fromkeys(slot - slot % self.unit for slot in req.own))
 
-    def handed_out(self, req: Running) -> int:
-        return len(req.own) + len(req.orphans)
-
     def num_free_blocks(self) -> int:
         running = sum(len(self.own_block_starts(req)) for req in self.running)
         return self.num_slots // self.unit - len(self.model.entries) - running
 
     def blocks_needed(self, req: Running, n: int) -> int:
-        room = -self.handed_out(req) % self.unit
+        room = -len(req.own) % self.unit
         return -(-max(0, n - room) // self.unit)
 
     def reserved_slots(self) -> int:
-        return sum(-self.handed_out(req) % self.unit for req in self.running)
+        return sum(-len(req.own) % self.unit for req in self.running)
 
     def in_use_slots(self, asking: Running) -> set[int]:
         others = [req for req in self.running if req is not asking]
         reserved = {start + i for req in others for start in self.own_block_starts(req) for i in range(self.unit)}
         return super().in_use_slots(asking) | reserved
+
+    def match_keys(self, tokens: list[int]) -> list[Prefix]:
+        return self.model.longest(tokens[:-1])
+
+    @invariant()
+    def every_slot_sits_at_its_tokens_offset_in_its_block(self) -> None:
+        for req in self.running:
+            assert [slot % self.unit for slot in req.slots] == [i % self.unit for i in range(len(req.slots))]
 
     def can_allocate(self, req: Running, n: int) -> bool:
         return self.blocks_needed(req, n) <= self.num_free_blocks() + len(self.model.unpinned())
@@ -50,7 +58,7 @@ class PagedMachine(CacheMachine):
         evict = max(0, self.blocks_needed(req, len(fresh)) - self.num_free_blocks())
         assert evicted_tokens == self.unit * evict
         model.remove(sorted(model.unpinned(), key=model.last_use.__getitem__)[:evict])
-        room = -self.handed_out(req) % self.unit
+        room = -len(req.own) % self.unit
         for i, slot in enumerate(fresh):
             previous = fresh[i - 1] if i else req.slots[-1] if room else None
             fills_block = previous is not None and previous % self.unit != self.unit - 1
@@ -77,10 +85,6 @@ class PagedMachine(CacheMachine):
         for key in req.matched_keys:
             self.model.pins[key] -= 1
         return chain
-
-    def orphaned(self, req: Running, replaced: list[int]) -> list[int]:
-        still_used = set(self.own_block_starts(req))
-        return [slot for slot in replaced if slot - slot % self.unit in still_used]
 
     def model_release(self, req: Running, cacheable: bool) -> None:
         model = self.model
