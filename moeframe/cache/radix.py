@@ -58,7 +58,10 @@ class RadixCache(KVCache):
         if len(token_ids) != len(slots):
             raise ValueError(f"release needs one slot per token, got {len(token_ids)} tokens and {len(slots)} slots")
         if cacheable:
-            self.pool.free(self.tree.insert(token_ids, slots))
+            # insert hands back every slot past the last whole page, lent ones too when a request
+            # gives back fewer tokens than it matched (its admission failed): those stay the tree's.
+            lent = set(match.slots)
+            self.pool.free([slot for slot in self.tree.insert(token_ids, slots) if slot not in lent])
         else:
             self.pool.free(_own_slots(slots, match))
         if match.handle is not None:

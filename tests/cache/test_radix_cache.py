@@ -111,3 +111,16 @@ def test_cache_prefix_shares_a_running_requests_kv_and_frees_its_duplicates(make
     assert pool.num_free_slots == 16 - 3
     assert cache.match_prefix([1, 2, 3]).slots == shared.slots
     assert cache.num_evictable_slots() == 0
+
+
+def test_giving_back_part_of_a_whole_page_match_keeps_the_pages_slots_cached(
+    make_pool: Callable[[int], KVPool],
+) -> None:
+    # The scheduler keeps all but the last matched token, and gives them back unextended when allocate fails.
+    pool = make_pool(16)
+    cache = CACHES.build({"name": "radix", "page_size": 3}, pool=pool)
+    cached = run_request(cache, [1, 2, 3])
+    match = cache.match_prefix([1, 2, 3])
+    cache.release([1, 2], match.slots[:2], match, cacheable=True)
+    assert (pool.num_free_slots, cache.num_cached_tokens(), cache.num_evictable_slots()) == (13, 3, 3)
+    assert not set(cached) & set(pool.alloc(13))
