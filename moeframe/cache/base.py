@@ -61,7 +61,8 @@ class KVCache(ABC):
         The match may cover all of ``token_ids``; a caller that needs the
         logits of the last token keeps only the first ``len - 1`` matched
         slots and recomputes the rest (``release`` accepts such a shorter
-        ``slots`` list).
+        ``slots`` list). A block cache may stop before the last token instead,
+        so that the recomputed token keeps its offset in its block (paged).
         """
 
     @abstractmethod
