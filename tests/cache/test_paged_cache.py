@@ -197,6 +197,8 @@ def test_sharing_after_a_whole_prompt_match_strands_no_slot(make_pool: Callable[
     for step, move in enumerate(moves):
         move()
         assert pool.num_free_slots + cache.num_cached_tokens() + sched.held_slots() == 26, f"after move {step}"
+        for _, slots, _ in sched.requests.values():
+            assert [slot % 2 for slot in slots] == [i % 2 for i in range(len(slots))], f"after move {step}"
     assert cache.cached_prefix_len([0, 0, 0, 2, 2, 1, 0]) == 6
     cache.clear()
     assert pool.num_free_slots == 26
