@@ -61,10 +61,12 @@ class IncrementalDetokenizer:
         if len(ids) == state.read_offset or pending.endswith(REPLACEMENT_CHAR):
             return state.text + pending
         state.text += pending
-        if len(ids) - state.prefix_offset >= self.max_window_tokens:
-            state.prefix_offset = state.read_offset
-            state.prefix_text = self.detokenize(ids[state.prefix_offset : len(ids)])
+        context = self.detokenize(ids[state.read_offset :]) if len(ids) - state.prefix_offset >= self.max_window_tokens else ""
+        if context:
+            state.prefix_offset, state.prefix_text = state.read_offset, context
         else:
+            # Context that decodes to nothing (special tokens, say) would make the next token
+            # the window's first, whose leading space some decoders drop: keep the old one.
             state.prefix_text = window
         state.read_offset = len(ids)
         return state.text

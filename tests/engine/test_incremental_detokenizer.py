@@ -76,6 +76,14 @@ def test_a_decoder_that_strips_the_first_leading_space_needs_the_window_context(
         assert got == want
 
 
+def test_special_tokens_are_no_context_for_a_decoder_that_strips_the_first_space(tokenizer):
+    """A window whose context decodes to nothing would strip the next token's space; found by hypothesis."""
+    decode = byte_level(tokenizer)
+    ids = [0] * 8 + [3, 0, tokenizer.token_to_id("Ġt")]
+    for got, want in texts_after_each_chunk(lambda t: decode(t).removeprefix(" "), ids, [1]):
+        assert got == want
+
+
 @SETTINGS
 @given(words=st.lists(st.sampled_from(["a", " b", " ", ".", " .", ",", "c d", "é"]), min_size=1, max_size=30), chunks=chunk_sizes)
 def test_a_decoder_that_rewrites_across_token_edges_falls_back_to_full_decode(tokenizer, words, chunks):
