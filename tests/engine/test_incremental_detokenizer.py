@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from moeframe.engine.detokenizer import DetokenizeState, IncrementalDetokenizer
-from moeframe.model.tokenizer import train_tokenizer
+from moeframe.model.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 VOCAB = 4096
 SETTINGS = settings(max_examples=150, deadline=None)
@@ -52,6 +52,7 @@ def test_random_token_ids_decode_like_the_whole_output(tokenizer, ids, chunks):
 @SETTINGS
 @given(text=st.text(st.characters(codec="utf-8"), min_size=1, max_size=40), chunks=chunk_sizes)
 def test_encoded_unicode_text_decodes_like_the_whole_output(tokenizer, text, chunks):
+    assume(not any(token in text for token in SPECIAL_TOKENS))  # those encode to tokens that decode to nothing
     ids = tokenizer.encode(text).ids
     pairs = texts_after_each_chunk(byte_level(tokenizer), ids, chunks)
     assert all(got == want for got, want in pairs)
