@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every GPU figure and GPU test of issue 6 in one device call, so one machine start pays for all of them:
+#
+#     bash tools/gpu_check.sh OUT_DIR          # on the device machine, from the repo root
+#
+# Writes into OUT_DIR: gpu_tests.log (tests/gpu, tests/kernels, the router CUDA tests, compiled on the GPU),
+# decode_<preset>.{md,json} and profile_<preset>_b1.txt (tools/bench_decode.py: decode at batch 1/8/32/128 and
+# an 8 x 1024 prefill, against transformers and the roofline, in one process), and kernels/ (the fused MoE in a
+# stack of layers, tools/bench_kernels.py). If .whl/ holds wheels (hydra-core, omegaconf, ... for a machine
+# without them) they are installed into /tmp/site first. A failing step is logged and the next still runs; the
+# timeouts keep the whole call under the device tool's 600 s limit.
+set -u
+out=${1:?usage: bash tools/gpu_check.sh OUT_DIR}
+preset=${PRESET:-olmoe-1b-7b}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > /dev/null 2>&1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+
+timeout 180 python3 -m pytest -q -p no:cacheprovider -p no:logging tests/gpu tests/kernels tests/routers/test_router_cuda.py \
+    > "$out/gpu_tests.log" 2>&1
+echo "gpu tests: $(tail -n 1 "$out/gpu_tests.log")"
+timeout 300 python3 tools/bench_decode.py --preset "$preset" --batches 1,8,32,128 --profile 1 --out "$out" \
+    > "$out/bench_decode.log" 2>&1
+echo "bench_decode: exit $?"
+timeout 100 python3 tools/bench_kernels.py --tables moe_stack --tokens 1 2 4 8 32 --out "$out/kernels" \
+    > "$out/bench_kernels.log" 2>&1
+echo "bench_kernels: exit $?"
+cat "$out/decode_$preset.md" 2> /dev/null
