@@ -102,20 +102,7 @@ class ForwardBatch:
         np.concatenate(contexts, out=host[3 * b : 3 * b + total])
         host[3 * b + total :] = [*range(b), *range(b + 1), *kv_ptr]
         sizes = [b, b, b, total, b, b + 1, b + 1]
-        if torch.device(device).type != "cpu":
-            return ForwardBatch.from_host(torch.from_numpy(host), sizes, [1] * b, kv_lens, device)
-        input_ids, positions, out_slots, kv_indices, logits_indices = torch.from_numpy(host[: 4 * b + total]).split(sizes[:5])
-        return ForwardBatch(
-            input_ids=input_ids,
-            positions=positions,
-            out_slots=out_slots,
-            q_indptr=torch.from_numpy(host[4 * b + total : 5 * b + total + 1].astype(np.int32)),
-            kv_indptr=torch.from_numpy(host[5 * b + total + 1 :].astype(np.int32)),
-            kv_indices=kv_indices,
-            logits_indices=logits_indices,
-            q_lens=[1] * b,
-            kv_lens=kv_lens,
-        )
+        return ForwardBatch.from_host(torch.from_numpy(host), sizes, [1] * b, kv_lens, device)
 
     @staticmethod
     def from_host(
