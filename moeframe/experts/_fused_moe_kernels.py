@@ -64,6 +64,40 @@ def _block_rows(
     return pid_n, expert, assignment
 
 
+@triton.jit
+def _silu_gate_up(
+    x_ptrs,
+    gate_ptrs,
+    up_offset,
+    stride_wk,
+    row_ok,
+    col_ok,
+    K,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """silu(x . W_gate) * (x . W_up) of a [BLOCK_M, BLOCK_N] tile in float32, over the K dimension.
+
+    ``x_ptrs`` [BLOCK_M, BLOCK_K] and ``gate_ptrs`` [BLOCK_K, BLOCK_N] point at
+    the first K block; the up rows sit ``up_offset`` elements after the gate rows.
+    """
+    offs_k = tl.arange(0, BLOCK_K)
+    up_ptrs = gate_ptrs + up_offset
+    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        gate = tl.dot(x, tl.load(gate_ptrs, mask=w_mask, other=0.0), gate)
+        up = tl.dot(x, tl.load(up_ptrs, mask=w_mask, other=0.0), up)
+        x_ptrs += BLOCK_K
+        gate_ptrs += BLOCK_K * stride_wk
+        up_ptrs += BLOCK_K * stride_wk
+    return gate * tl.sigmoid(gate) * up
+
+
 @triton.jit(do_not_specialize=["num_assignments"])
 def gate_up_silu_kernel(
     x_ptr,
@@ -104,20 +138,7 @@ def gate_up_silu_kernel(
 
     x_ptrs = x_ptr + token[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
     gate_ptrs = w13_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk
-    up_ptrs = gate_ptrs + N * stride_wn
-    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
-        x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w_mask = k_ok[:, None] & col_ok[None, :]
-        gate = tl.dot(x, tl.load(gate_ptrs, mask=w_mask, other=0.0), gate)
-        up = tl.dot(x, tl.load(up_ptrs, mask=w_mask, other=0.0), up)
-        x_ptrs += BLOCK_K
-        gate_ptrs += BLOCK_K * stride_wk
-        up_ptrs += BLOCK_K * stride_wk
-
-    act = gate * tl.sigmoid(gate) * up
+    act = _silu_gate_up(x_ptrs, gate_ptrs, N * stride_wn, stride_wk, row_ok, col_ok, K, BLOCK_M, BLOCK_N, BLOCK_K)
     act_ptrs = act_ptr + assignment[:, None].to(tl.int64) * stride_am + offs_n[None, :]
     tl.store(act_ptrs, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
@@ -293,19 +314,8 @@ def single_pass_moe_kernel(
 
     x_ptrs = x_ptr + token.to(tl.int64) * stride_xm + offs_m[:, None] * 0 + offs_k[None, :]
     gate_ptrs = w13_ptr + expert.to(tl.int64) * stride_ue + offs_n[None, :] * stride_un + offs_k[:, None] * stride_uk
-    up_ptrs = gate_ptrs + inter * stride_un
-    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        k_ok = offs_k < hidden - k0
-        x = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w_mask = k_ok[:, None] & col_ok[None, :]
-        gate = tl.dot(x, tl.load(gate_ptrs, mask=w_mask, other=0.0), gate)
-        up = tl.dot(x, tl.load(up_ptrs, mask=w_mask, other=0.0), up)
-        x_ptrs += BLOCK_K
-        gate_ptrs += BLOCK_K * stride_uk
-        up_ptrs += BLOCK_K * stride_uk
-    act = (gate * tl.sigmoid(gate) * up).to(w2_ptr.dtype.element_ty)
+    act = _silu_gate_up(x_ptrs, gate_ptrs, inter * stride_un, stride_uk, row_ok, col_ok, hidden, BLOCK_M, BLOCK_N, BLOCK_K)
+    act = act.to(w2_ptr.dtype.element_ty)
 
     weight = tl.load(weights_ptr + assignment)
     offs_h = tl.arange(0, BLOCK_K)
