@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from cache_requests import run_request
 
 from moeframe.cache import CACHES, KVCache, KVPool, PrefixMatch
 from moeframe.errors import ConfigError
@@ -12,15 +13,6 @@ from moeframe.errors import ConfigError
 
 def paged(pool: KVPool, block_size: int = 4, prefix_reuse: bool = True) -> KVCache:
     return CACHES.build({"name": "paged", "block_size": block_size, "prefix_reuse": prefix_reuse}, pool=pool)
-
-
-def run_request(cache: KVCache, tokens: list[int], cacheable: bool = True) -> list[int]:
-    match = cache.match_prefix(tokens)
-    fresh = cache.allocate(match.slots, len(tokens) - match.num_tokens)
-    assert fresh is not None
-    slots = match.slots + fresh
-    cache.release(tokens, slots, match, cacheable)
-    return slots
 
 
 def test_allocate_fills_the_requests_last_block_before_taking_another(make_pool: Callable[[int], KVPool]) -> None:

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from moeframe.cache import CACHES, KVCache, KVPool
+from cache_requests import run_request
 
-
-def run_request(cache: KVCache, tokens: list[int], cacheable: bool = True) -> list[int]:
-    """Match, allocate the rest, release: one whole request; returns its slots."""
-    match = cache.match_prefix(tokens)
-    fresh = cache.allocate(match.slots, len(tokens) - match.num_tokens)
-    assert fresh is not None
-    slots = match.slots + fresh
-    cache.release(tokens, slots, match, cacheable)
-    return slots
+from moeframe.cache import CACHES, KVPool
 
 
 def test_a_repeated_prompt_reuses_the_slots_of_its_first_run(make_pool: Callable[[int], KVPool]) -> None:
