@@ -37,6 +37,7 @@ class RunnerConfig:
     attention: str = "auto"  # auto | torch | triton
     cuda_graph: bool = True  # capture decode steps on CUDA
     compile: bool = True  # fuse elementwise regions (norms, rotary) with torch.compile on CUDA
+    pdl: bool = True  # programmatic dependent launch of the Triton kernels on sm_90+ (moeframe/gpu/pdl.py)
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moeframe.gpu._pdl_jit import pdl_wait
+
 @triton.jit
 def _rms_scale(x1, x2, xp, src_ptr, w_ptr, w1_offs, w2_offs, wp_offs, m1, mp, num_heads, head_dim, eps, FULL: tl.constexpr):
     """rms_norm of norm.py: x * rsqrt(mean(x^2) + eps) in float32, rounded, times the weight, rounded."""
@@ -148,7 +150,9 @@ def qkv_prologue_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)

@@ -17,6 +17,8 @@ from types import ModuleType
 import torch
 import triton
 
+from moeframe.gpu.pdl import pdl_args
+
 NORMS = ("none", "per_head", "full")
 
 # Elements of one head block (both rotary halves and the pass-through dims)
@@ -109,6 +111,6 @@ def prepare_qkv(
         num_q_heads, num_kv_heads, head_dim, v_dim, rot_half, q_blocks, eps, 0.0 if clip is None else float(clip),
         FULL_NORM=norm == "full", HEAD_NORM=norm == "per_head", HAS_CLIP=clip is not None, INTERLEAVE=interleave,
         BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_R=block_r, BLOCK_P=block_p,
-        BLOCK_DV=triton.next_power_of_2(v_dim), num_warps=num_warps,
+        BLOCK_DV=triton.next_power_of_2(v_dim), num_warps=num_warps, **pdl_args(q),
     )  # fmt: skip
     return q_out

@@ -22,6 +22,8 @@ import triton
 import triton.language as tl
 
 from moeframe.attention.batch import ForwardBatch
+from moeframe.gpu._pdl_jit import pdl_wait
+from moeframe.gpu.pdl import pdl_args
 
 LOG2_E = 1.4426950408889634
 
@@ -51,7 +53,9 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -111,7 +115,9 @@ def _decode_merge_kernel(
     num_splits,
     BLOCK_S: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     req = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -160,11 +166,11 @@ def decode_attention(
         scale * LOG2_E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), num_q_heads, k_dim, v_dim, splits,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=64 if block_dk <= 128 else 32,
-        BLOCK_DK=block_dk, BLOCK_DV=block_dv, num_warps=4, num_stages=2,
+        BLOCK_DK=block_dk, BLOCK_DV=block_dv, num_warps=4, num_stages=2, **pdl_args(q),
     )  # fmt: skip
     out = q.new_empty(num_reqs, num_q_heads, v_dim)
     _decode_merge_kernel[(num_reqs, num_q_heads)](
         part_out, part_lse, out, out.stride(0), out.stride(1), num_q_heads, v_dim, splits,
-        BLOCK_S=triton.next_power_of_2(splits), BLOCK_DV=block_dv,
+        BLOCK_S=triton.next_power_of_2(splits), BLOCK_DV=block_dv, **pdl_args(q),
     )  # fmt: skip
     return out

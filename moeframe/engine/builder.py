@@ -22,6 +22,7 @@ from moeframe.engine.model_runner import ModelRunner
 from moeframe.engine.policies import SCHEDULERS
 from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
+from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.fusion import set_compile
 from moeframe.model.layers.moe import MoEBlock
@@ -91,6 +92,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     dtype = resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     set_compile(cfg.runner.compile)
+    set_pdl(cfg.runner.pdl)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)

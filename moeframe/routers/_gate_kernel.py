@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moeframe.gpu._pdl_jit import pdl_wait
+
 
 @triton.jit
 def gate_gemv_kernel(
@@ -31,7 +33,9 @@ def gate_gemv_kernel(
     stride_out,
     BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     expert = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < num_tokens

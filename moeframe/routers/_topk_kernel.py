@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moeframe.gpu._pdl_jit import pdl_wait
+
 ID_BITS = tl.constexpr(10)  # room for expert ids below 1024
 ID_MASK = tl.constexpr(1023)
 TAKEN = tl.constexpr(-(1 << 62))  # below every packed key
@@ -39,7 +41,9 @@ def softmax_topk_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < num_tokens

@@ -17,6 +17,7 @@ from types import ModuleType
 import torch
 import triton
 
+from moeframe.gpu.pdl import pdl_args
 from moeframe.routers.plan import RoutingPlan
 
 # expert ids are packed into 10 bits of the kernel's selection keys
@@ -58,6 +59,6 @@ def fused_softmax_topk(
         num_tokens, num_experts, k, logits.stride(0), float(scale),
         HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
         BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k),
-        num_warps=1 if tile <= 128 else 2 if tile <= 512 else 4,
+        num_warps=1 if tile <= 128 else 2 if tile <= 512 else 4, **pdl_args(logits),
     )  # fmt: skip
     return RoutingPlan(topk_ids, topk_weights)

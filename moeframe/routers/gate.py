@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from moeframe.gpu.pdl import pdl_args
+
 # Decode batch sizes; past them the weight is re-read by too many token blocks
 # and cuBLAS's tiled GEMM wins.
 MAX_GEMV_TOKENS = 64
@@ -45,7 +47,7 @@ def gate_gemv(hidden_states: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     block_h = min(triton.next_power_of_2(hidden), TILE_ELEMENTS // block_t)
     _kernels().gate_gemv_kernel[(num_experts, -(-num_tokens // block_t))](
         x, w, logits, num_tokens, hidden, x.stride(0), w.stride(0), logits.stride(0),
-        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,
+        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4, **pdl_args(x),
     )  # fmt: skip
     return logits
 

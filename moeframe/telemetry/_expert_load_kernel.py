@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moeframe.gpu._pdl_jit import pdl_wait
+
 
 @triton.jit
 def accumulate_kernel(
@@ -34,7 +36,9 @@ def accumulate_kernel(
     CLAMP_TOTAL: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     cols = tl.arange(0, BLOCK_C)
     ones = tl.full([BLOCK_T, BLOCK_C], 1, dtype=tl.int64)
     num_kept = tl.zeros([], dtype=tl.int64)

@@ -26,6 +26,7 @@ from types import ModuleType
 import torch
 import triton
 
+from moeframe.gpu.pdl import pdl_args
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -89,7 +90,7 @@ def accumulate_fused(
     _kernels().accumulate_kernel[(programs,)](
         ids, counts, dropped, tokens, unrouted, num_tokens, num_columns, ids.stride(0), budget_k,
         CLAMP_TOTAL=clamp_total, BLOCK_T=block_t, BLOCK_C=block_c,
-        num_warps=1 if block_t * block_c <= 256 else 4,
+        num_warps=1 if block_t * block_c <= 256 else 4, **pdl_args(ids),
     )  # fmt: skip
 
 

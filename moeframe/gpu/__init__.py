@@ -1,0 +1,1 @@
+"""Launch helpers shared by every Triton kernel family (attention, routers, experts, telemetry)."""
