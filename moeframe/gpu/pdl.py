@@ -35,6 +35,11 @@ def set_pdl(enabled: bool) -> None:
     _enabled = enabled
 
 
+def pdl_enabled() -> bool:
+    """Whether ``runner.pdl`` asks for PDL (it still applies only where ``pdl_supported``)."""
+    return _enabled
+
+
 def pdl_supported(device: torch.device) -> bool:
     """Whether kernels on ``device`` can be launched with PDL: CUDA, compute capability 9.0+, compiled Triton."""
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":

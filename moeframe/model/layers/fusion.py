@@ -6,7 +6,9 @@ launch of a microsecond or two. Compiling those regions fuses each into one
 Triton kernel, as gpt-fast does for its whole decoder; the compiled kernels
 are ordinary launches, so CUDA graphs capture them. On the CPU the plain
 torch code runs (the reference, and the path CI tests), so both paths are the
-same function.
+same function. Where ``runner.pdl`` is on and Inductor knows the option, its
+kernels are generated for programmatic dependent launch too (moeframe/gpu/pdl.py),
+so they do not break the chain of the decode step's Triton kernels.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import TypeVar
 
 import torch
 
+from moeframe.gpu.pdl import pdl_enabled
+
 F = TypeVar("F", bound=Callable)
 
 _enabled = True
@@ -26,6 +30,12 @@ def set_compile(enabled: bool) -> None:
     """Turn fusion on or off for CUDA tensors (``runner.compile``); CPU tensors always run eagerly."""
     global _enabled
     _enabled = enabled
+
+
+def _inductor_options() -> dict[str, bool]:
+    if pdl_enabled() and hasattr(torch._inductor.config.triton, "enable_pdl"):
+        return {"triton.enable_pdl": True}
+    return {}
 
 
 def fused_on_cuda(fn: F) -> F:
@@ -40,7 +50,7 @@ def fused_on_cuda(fn: F) -> F:
                 # models in one process (tests, sweeps) need more than dynamo's default of 8;
                 # past the limit dynamo runs the function eagerly, which is still correct.
                 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-                compiled = torch.compile(fn, dynamic=True)
+                compiled = torch.compile(fn, dynamic=True, options=_inductor_options())
             return compiled(*args, **kwargs)
         return fn(*args, **kwargs)
 
