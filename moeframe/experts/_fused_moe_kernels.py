@@ -1,4 +1,4 @@
-"""The two Triton kernels of the fused MoE: gate/up with SiLU-and-multiply, and down with routing weights.
+"""The Triton kernels of the fused MoE: gate/up with SiLU-and-multiply, and down with routing weights.
 
 The design is vLLM's and SGLang's ``fused_moe``: rows come in expert order,
 padded per expert to ``BLOCK_M`` (moe_align.py), and each program computes one
@@ -13,6 +13,13 @@ the kernels are then weight-streaming GEMVs (one program per expert block and
 N-block) and the tuned configs pick small ``BLOCK_N`` and deep pipelines to
 keep enough loads in flight. At batch 1 (``ONE_PER_BLOCK``) the alignment is
 skipped altogether: block b is assignment b, its expert read from topk_ids.
+Whatever the layout, gate/up writes act row ``t * k + j`` for assignment j of
+token t, so at decode sizes ``down_topk_sum_kernel`` can replace the down
+kernel and the top-k sum by reading each token's k rows itself.
+
+Every kernel takes ``USE_PDL`` and waits for the previous grid before its first
+load (moeframe/gpu/pdl.py), so the experts' launches overlap each other's
+ramp-up and tail in a decode step.
 
 This module is imported lazily (see triton_moe.py): Triton decides at
 decoration time whether to compile or interpret a kernel.
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from moeframe.gpu._pdl_jit import pdl_wait
 
 
 @triton.jit
@@ -122,8 +131,10 @@ def gate_up_silu_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     ONE_PER_BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """act[a, n] = silu(x[a // k] . w13[e, n]) * (x[a // k] . w13[e, N + n]) for rows a of expert e."""
+    pdl_wait(USE_PDL)
     pid_n, expert, assignment = _block_rows(
         sorted_ids_ptr, block_expert_ptr, num_rows_ptr, padded_rows, N, num_assignments, num_experts,
         BLOCK_M, BLOCK_N, GROUP_M, ONE_PER_BLOCK,
@@ -167,8 +178,10 @@ def down_weighted_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     ONE_PER_BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """out[a, n] = weight[a] * (act[a] . w2[e, n]) for rows a of expert e; zeros for dropped rows."""
+    pdl_wait(USE_PDL)
     pid_n, expert, assignment = _block_rows(
         sorted_ids_ptr, block_expert_ptr, num_rows_ptr, padded_rows, N, num_assignments, num_experts,
         BLOCK_M, BLOCK_N, GROUP_M, ONE_PER_BLOCK,
@@ -202,6 +215,89 @@ def down_weighted_kernel(
 
 
 @triton.jit
+def down_topk_sum_kernel(
+    act_ptr,
+    w2_ptr,
+    out_ptr,
+    topk_ids_ptr,
+    weights_ptr,
+    N,
+    K,
+    top_k,
+    num_experts,
+    stride_am,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_om,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_TOPK: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """out[t, n] = sum_j weight[a] * (act[a] . w2[topk_ids[a], n]), a = t * k + j, for one token t and one block of n.
+
+    The down GEMV and the top-k sum of decode-sized batches in one launch
+    (vLLM and SGLang run the sum as a separate moe_sum kernel). A program owns
+    ``BLOCK_N`` output columns of one token and loops over the token's k
+    assignments, so the sum stays in registers: no [T * k, H] intermediate, no
+    atomics (unlike single_pass_moe_kernel), no zero fill, and a fixed
+    summation order, hence bitwise-reproducible outputs. Dropped assignments
+    (id -1) are masked out, their act rows never read.
+
+    The tiling is for weight streaming: at batch 1 each w2 byte is read once,
+    and ``BLOCK_N`` 16 gives H / 16 = 128 programs at H=2048, about one per SM
+    of an H100 (132), each streaming 16 contiguous rows of k experts' w2
+    (8 x 16 x 1024 x 2 B = 256 KB at OLMoE's shape); a wider block leaves SMs
+    idle, a narrower one gives each program too little to stream. The k
+    assignments and the K chunks are one flat loop so the software pipeline
+    (``num_stages`` - 1 tiles in flight) runs across expert boundaries instead
+    of draining at each one. Triton (3.6-3.9) pipelines only loads that feed
+    ``tl.dot``, and not behind a load of the address in the same loop, so the
+    act row is a 16-row dot operand whose other rows are masked (cp.async
+    fetches nothing for them) and the k expert ids and weights are loaded
+    once, before the loop. Each assignment's product is accumulated alone
+    in float32, then scaled by its weight into the token's sum.
+
+    The grid puts tokens first, so programs of one column block run side by
+    side and tokens sharing an expert find its rows in L2; past a few tokens
+    the aligned down kernel, which reads each expert once for all its rows,
+    wins (triton_moe.MAX_DOWN_TOPK_SUM_TOKENS).
+    """
+    pdl_wait(USE_PDL)
+    token = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    is_row = tl.arange(0, 16) == 0
+    offs_j = tl.arange(0, BLOCK_TOPK)
+    ids = tl.load(topk_ids_ptr + token * top_k + offs_j, mask=offs_j < top_k, other=-1).to(tl.int32)
+    ids = tl.where((ids >= 0) & (ids < num_experts), ids, -1)
+    weights = tl.load(weights_ptr + token * top_k + offs_j, mask=ids >= 0, other=0.0).to(tl.float32)
+
+    num_k_blocks = tl.cdiv(K, BLOCK_K)
+    partial = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    total = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    for step in range(0, top_k * num_k_blocks):
+        j = step // num_k_blocks
+        k0 = (step - j * num_k_blocks) * BLOCK_K
+        expert = tl.sum(tl.where(offs_j == j, ids, 0))
+        k_ok = offs_k < tl.where(expert >= 0, K - k0, 0)
+        a_ptrs = act_ptr + (token * top_k + j).to(tl.int64) * stride_am + k0 + offs_k[None, :]
+        a = tl.load(a_ptrs, mask=is_row[:, None] & k_ok[None, :], other=0.0)
+        w_ptrs = w2_ptr + tl.maximum(expert, 0).to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + (k0 + offs_k)[:, None] * stride_wk
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        partial = tl.dot(a, w, partial)
+        last = k0 + BLOCK_K >= K
+        weight = tl.sum(tl.where(offs_j == j, weights, 0.0))
+        total = tl.where(last, total + partial * weight, total)
+        partial = tl.where(last, 0.0, partial)
+    # rows 1..15 of the dot operands are zeros, so this sum is row 0 exactly
+    out = tl.sum(total, 0)
+    tl.store(out_ptr + token.to(tl.int64) * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
 def _bucket_onehot(topk_ids_ptr, start, num_assignments, num_experts, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     offs = start + tl.arange(0, CHUNK)
     ok = offs < num_assignments
@@ -223,6 +319,7 @@ def align_kernel(
     BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """moe_align.align_by_expert in one program, for decode-sized batches.
 
@@ -232,6 +329,7 @@ def align_kernel(
     histogram, then each assignment's rank within its expert (a cumulative
     sum of one-hot rows) gives its padded row.
     """
+    pdl_wait(USE_PDL)
     offs_e = tl.arange(0, BLOCK_E)
     counts = tl.zeros((BLOCK_E,), dtype=tl.int32)
     for start in range(0, num_assignments, CHUNK):
@@ -286,6 +384,7 @@ def single_pass_moe_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """out[t] += weight[a] * w2[e, :, n] . act[a, n] for one assignment a and one block n of the expert width.
 
@@ -298,6 +397,7 @@ def single_pass_moe_kernel(
     Triton's split-K GEMMs) fused with its producer, trading two dependent
     short launches for one stream of weights.
     """
+    pdl_wait(USE_PDL)
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(inter, BLOCK_N)
     assignment = pid // num_pid_n

@@ -1,16 +1,20 @@
 """``experts=triton``: the fused MoE of vLLM and SGLang, in two Triton kernels.
 
-    T <= 2: single_pass_moe_kernel (gate/up, SiLU and split-K down in one launch, fp32 atomics) -> cast
+    T <= single_pass_tokens (off by default): single_pass_moe_kernel (gate/up, SiLU and split-K down in
+                                              one launch, fp32 atomics) -> cast
     otherwise:
-    topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at T <= 2 when forced,
+    topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at T <= 2,
                        one Triton program at decode sizes, torch ops past that)
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
-      -> down_weighted_kernel: y [T*k, H] = weight * act W_down^T
-      -> sum over the k assignments of each token (one generated kernel on CUDA, fp32 accumulation)
+      -> T <= MAX_DOWN_TOPK_SUM_TOKENS: down_topk_sum_kernel: out [T, H] = sum_j weight * act W_down^T
+         otherwise: down_weighted_kernel: y [T*k, H] = weight * act W_down^T
+                    -> sum over the k assignments of each token (one generated kernel on CUDA, fp32)
 
 Block sizes come from the tuned JSON tables in ``configs/`` (tools/tune_moe.py)
 or a heuristic (moe_configs.py). Every shape is static and nothing syncs with
 the host, so a decode step with this kernel can be captured in a CUDA graph.
+Every kernel is launched with programmatic dependent launch where the GPU
+has it (moeframe/gpu/pdl.py).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import torch
+import triton
 
 from moeframe.experts import EXPERTS
 from moeframe.experts.base import ExpertsKernel
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
+from moeframe.gpu.pdl import pdl_args
 from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.routers.plan import RoutingPlan
 
@@ -52,6 +58,15 @@ MAX_ONE_PER_BLOCK_TOKENS = 2
 # 32 tied at T=1 and lost at T=2 (benchmarks/kernels_h100.md).
 MAX_SINGLE_PASS_TOKENS = 2
 SINGLE_PASS_TILE = TileConfig(block_n=64, block_k=128, num_warps=4, num_stages=4)
+# Up to this many tokens the down projection and the top-k sum are one kernel
+# (down_topk_sum_kernel), with the tile below rather than the tuned tables: its
+# grid is tokens x H / block_n, one program per SM at T=1 and H=2048 (the
+# kernel's docstring says why). Past it each token re-reads the experts it
+# shares with others, and the aligned down kernel reads each expert once.
+# 2 to start with, where gate/up already runs one assignment per block; to be
+# set from H100 figures at T = 1, 2, 4, 8 (tools/bench_kernels.py --tables moe_stack).
+MAX_DOWN_TOPK_SUM_TOKENS = 2
+DOWN_TOPK_SUM_TILE = TileConfig(block_n=16, block_k=256, num_warps=4, num_stages=4)
 # Up to this many tokens the top-k sum is a generated kernel: on an H100 it took
 # 1.6 us at T=1 where aten's reduction over the middle dimension took 5 us, but
 # 360 us at T=8192 where aten's is about 3x faster.
@@ -80,7 +95,7 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, one_per_block_
     _kernels().align_kernel[(1,)](
         topk_ids.reshape(-1), blocks.sorted_ids, blocks.block_expert, blocks.num_rows,
         num_assignments, num_experts, rows,
-        BLOCK_M=block_m, CHUNK=128, BLOCK_E=1 << num_experts.bit_length(), num_warps=4,
+        BLOCK_M=block_m, CHUNK=128, BLOCK_E=1 << num_experts.bit_length(), num_warps=4, **pdl_args(topk_ids),
     )  # fmt: skip
     return blocks
 
@@ -96,7 +111,7 @@ def run_gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, act: t
         rows, inter, hidden, blocks.num_assignments, num_experts, top_k,
         x.stride(0), w13.stride(0), w13.stride(1), w13.stride(2), act.stride(0),
         BLOCK_M=blocks.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
-        ONE_PER_BLOCK=blocks.one_per_block, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        ONE_PER_BLOCK=blocks.one_per_block, num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_args(x),
     )  # fmt: skip
 
 
@@ -110,7 +125,23 @@ def run_down(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor, blocks:
         rows, hidden, inter, blocks.num_assignments, num_experts,
         act.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), out.stride(0),
         BLOCK_M=blocks.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
-        ONE_PER_BLOCK=blocks.one_per_block, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        ONE_PER_BLOCK=blocks.one_per_block, num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_args(act),
+    )  # fmt: skip
+
+
+def run_down_topk_sum(
+    act: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, out: torch.Tensor, tile: TileConfig
+) -> None:
+    """out[t] = sum_j topk_weights[t, j] * down(act[t * k + j]) through expert topk_ids[t, j]; ids of -1 skipped."""
+    num_experts, hidden, inter = w2.shape
+    num_tokens, top_k = topk_ids.shape
+    grid = (num_tokens, _cdiv(hidden, tile.block_n))
+    _kernels().down_topk_sum_kernel[grid](
+        act, w2, out, topk_ids.contiguous(), topk_weights.contiguous(),
+        hidden, inter, top_k, num_experts,
+        act.stride(0), w2.stride(0), w2.stride(1), w2.stride(2), out.stride(0),
+        BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_TOPK=triton.next_power_of_2(top_k),
+        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl_args(act),
     )  # fmt: skip
 
 
@@ -128,6 +159,7 @@ def run_single_pass(
         inter, hidden, flat_ids.numel(), num_experts, topk_ids.shape[1],
         x.stride(0), w13.stride(0), w13.stride(1), w13.stride(2), w2.stride(0), w2.stride(1), w2.stride(2), out.stride(0),
         BLOCK_M=16, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages,
+        **pdl_args(x),
     )  # fmt: skip
     return out
 
@@ -153,6 +185,8 @@ def fused_moe(
     config: MoEConfig | None = None,
     one_per_block_tokens: int = MAX_ONE_PER_BLOCK_TOKENS,
     single_pass_tokens: int = MAX_SINGLE_PASS_TOKENS,
+    down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS,
+    down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
 ) -> torch.Tensor:
     """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
     check_shapes(hidden, w13, w2, topk_ids)
@@ -167,8 +201,12 @@ def fused_moe(
     hidden, w13, w2 = hidden.contiguous(), w13.contiguous(), w2.contiguous()
     blocks = align(topk_ids, num_experts, config.block_m, one_per_block_tokens)
     act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
-    out = hidden.new_empty(num_tokens * top_k, hidden_size)
     run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)
+    if num_tokens <= down_topk_sum_tokens:
+        out = torch.empty_like(hidden)
+        run_down_topk_sum(act, w2, topk_ids, topk_weights, out, down_topk_sum_tile)
+        return out
+    out = hidden.new_empty(num_tokens * top_k, hidden_size)
     run_down(act, w2, topk_weights.reshape(-1).float().contiguous(), blocks, out, config.down)
     out = out.view(num_tokens, top_k, hidden_size)
     return sum_assignments(out) if num_tokens <= MAX_GENERATED_SUM_TOKENS else out.sum(dim=1)
@@ -188,10 +226,15 @@ class TritonMoEParams:
     # faster at 1 token on an H100, but its last bits depend on program order, so greedy
     # decoding is no longer bitwise reproducible); 0 keeps the deterministic two-kernel path
     single_pass_tokens: int = 0
+    # batches of at most this many tokens run the down projection and the top-k sum as one
+    # kernel (deterministic); 0 keeps the separate down kernel and sum at every size
+    down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS
 
     def __post_init__(self) -> None:
         if not 0 <= self.single_pass_tokens <= MAX_SINGLE_PASS_TOKENS:
             raise ValueError(f"single_pass_tokens must be in 0..{MAX_SINGLE_PASS_TOKENS}, got {self.single_pass_tokens}")
+        if self.down_topk_sum_tokens < 0:
+            raise ValueError(f"down_topk_sum_tokens must be >= 0, got {self.down_topk_sum_tokens}")
 
 
 @EXPERTS.register("triton", params=TritonMoEParams)
@@ -199,6 +242,7 @@ class TritonFusedMoE(ExpertsKernel):
     def __init__(self, params: TritonMoEParams, **_: object) -> None:
         self.use_tuned_configs = params.use_tuned_configs
         self.single_pass_tokens = params.single_pass_tokens
+        self.down_topk_sum_tokens = params.down_topk_sum_tokens
 
     def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         num_tokens, top_k = plan.topk_ids.shape
@@ -206,4 +250,7 @@ class TritonFusedMoE(ExpertsKernel):
         config = pick_config(
             num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, self.use_tuned_configs
         )
-        return fused_moe(hidden, w13, w2, plan.topk_ids, plan.topk_weights, config, single_pass_tokens=self.single_pass_tokens)
+        return fused_moe(
+            hidden, w13, w2, plan.topk_ids, plan.topk_weights, config,
+            single_pass_tokens=self.single_pass_tokens, down_topk_sum_tokens=self.down_topk_sum_tokens,
+        )  # fmt: skip
