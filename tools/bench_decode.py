@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 import time
 import traceback
 from pathlib import Path
@@ -53,25 +54,32 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[
     return torch.randint(1, vocab, (batch, length), generator=g).tolist()
 
 
-def ours_decode_tok_s(engine: Engine, batch: int, prompt_len: int, new_tokens: int) -> float:
+def ours_decode_tok_s(engine: Engine, batch: int, prompt_len: int, new_tokens: int, repeats: int = 3) -> float:
+    """The median of ``repeats`` runs: one run's host time varies by a few percent on the device machine."""
     prompts = random_prompts(batch, prompt_len, engine.spec.vocab_size, batch)
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     engine.generate(prompts, SamplingParams(max_new_tokens=4, ignore_eos=True))
-    requests, _ = engine.generate_requests(prompts, params)
-    first = max(r.token_times_s[0] for r in requests)
-    last = max(r.token_times_s[-1] for r in requests)
-    return batch * (new_tokens - 1) / (last - first)
+    rates = []
+    for _ in range(repeats):
+        requests, _ = engine.generate_requests(prompts, params)
+        first = max(r.token_times_s[0] for r in requests)
+        last = max(r.token_times_s[-1] for r in requests)
+        rates.append(batch * (new_tokens - 1) / (last - first))
+    return statistics.median(rates)
 
 
 def ours_prefill_tok_s(engine: Engine, num_seqs: int, seq_len: int) -> float:
     prompts = random_prompts(num_seqs, seq_len, engine.spec.vocab_size, 7)
     params = SamplingParams(max_new_tokens=1, ignore_eos=True)
     engine.generate(prompts, params)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    engine.generate(prompts, params)
-    torch.cuda.synchronize()
-    return num_seqs * seq_len / (time.perf_counter() - start)
+    times = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        engine.generate(prompts, params)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return num_seqs * seq_len / statistics.median(times)
 
 
 @torch.inference_mode()
