@@ -22,6 +22,35 @@ from moeframe.gpu._pdl_jit import pdl_wait
 
 
 @triton.jit
+def gate_logits_tile(
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    expert,
+    token_block,
+    num_tokens,
+    hidden,
+    stride_x,
+    stride_w,
+    stride_out,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """Store the logits of one expert row for one block of BLOCK_T tokens (shared with _gate_topk_kernel.py)."""
+    rows = token_block * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok = rows < num_tokens
+    offs = tl.arange(0, BLOCK_H)
+    acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+    for start in range(0, hidden, BLOCK_H):
+        cols = start + offs
+        col_ok = cols < hidden
+        w = tl.load(w_ptr + expert * stride_w + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        acc += x.to(tl.float32) * w[None, :]
+    tl.store(out_ptr + rows * stride_out + expert, tl.sum(acc, axis=1), mask=row_ok)
+
+
+@triton.jit
 def gate_gemv_kernel(
     x_ptr,
     w_ptr,
@@ -36,15 +65,7 @@ def gate_gemv_kernel(
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
-    expert = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok = rows < num_tokens
-    offs = tl.arange(0, BLOCK_H)
-    acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
-    for start in range(0, hidden, BLOCK_H):
-        cols = start + offs
-        col_ok = cols < hidden
-        w = tl.load(w_ptr + expert * stride_w + cols, mask=col_ok, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        acc += x.to(tl.float32) * w[None, :]
-    tl.store(out_ptr + rows * stride_out + expert, tl.sum(acc, axis=1), mask=row_ok)
+    gate_logits_tile(
+        x_ptr, w_ptr, out_ptr, tl.program_id(0), tl.program_id(1), num_tokens, hidden, stride_x, stride_w, stride_out,
+        BLOCK_T, BLOCK_H,
+    )  # fmt: skip

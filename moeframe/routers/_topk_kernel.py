@@ -26,11 +26,12 @@ TAKEN = tl.constexpr(-(1 << 62))  # below every packed key
 
 
 @triton.jit
-def softmax_topk_kernel(
+def softmax_topk_rows(
     logits_ptr,
     bias_ptr,
     topk_ids_ptr,
     topk_weights_ptr,
+    rows,
     num_tokens,
     num_experts,
     k,
@@ -41,10 +42,8 @@ def softmax_topk_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    USE_PDL: tl.constexpr,
 ):
-    pdl_wait(USE_PDL)
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    """Route the tokens ``rows`` (a block of row indices): shared with _gate_topk_kernel.py."""
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < num_tokens
     col_ok = cols < num_experts
@@ -80,3 +79,29 @@ def softmax_topk_kernel(
     out = rows.to(tl.int64)[:, None] * k + slots[None, :]
     tl.store(topk_ids_ptr + out, topk_ids, mask=slot_ok)
     tl.store(topk_weights_ptr + out, weights, mask=slot_ok)
+
+
+@triton.jit
+def softmax_topk_kernel(
+    logits_ptr,
+    bias_ptr,
+    topk_ids_ptr,
+    topk_weights_ptr,
+    num_tokens,
+    num_experts,
+    k,
+    stride_logits,
+    scale,
+    HAS_BIAS: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    pdl_wait(USE_PDL)
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    softmax_topk_rows(
+        logits_ptr, bias_ptr, topk_ids_ptr, topk_weights_ptr, rows, num_tokens, num_experts, k, stride_logits, scale,
+        HAS_BIAS, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K,
+    )  # fmt: skip

@@ -1,5 +1,11 @@
 """The router interface: gate logits of a layer in, a RoutingPlan out.
 
+The MoE layer hands a router its hidden states and gate weight
+(``route_hidden``); by default the router takes the float32 gate logits and
+routes them (``route``). A router whose routing has a fused kernel that also
+computes the logits (native and top_k's softmax top-k on CUDA decode,
+gate_topk.py) overrides ``route_hidden`` to save the launch between them.
+
 A router instance is built once per MoE layer, so a stateful router (such as
 DeepSeek-V3's auxiliary-loss-free bias) keeps its own per-layer state. The MoE
 layer never knows which router it holds.
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moeframe.routers.gate import gate_logits
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -32,3 +39,7 @@ class Router(ABC):
     @abstractmethod
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         """gate_logits: [T, E] float32."""
+
+    def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
+        """hidden_states: [T, H] in the model's dtype; gate_weight: [E, H]. Routes ``gate_logits`` unless overridden."""
+        return self.route(gate_logits(hidden_states, gate_weight), ctx)

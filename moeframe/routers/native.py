@@ -11,8 +11,10 @@ them; the weights are the unbiased affinities, normalised (with transformers'
 
 The selection functions take the choice bias as an argument so the
 auxiliary-loss-free router can reuse them with its own online bias. On CUDA
-softmax_topk is one Triton launch (fused_topk.py); the torch code here is the
-CPU path and the reference its tests compare against.
+softmax_topk is one Triton launch (fused_topk.py), and at decode sizes the
+softmax families route from the hidden states in the gate GEMV's own launch
+(gate_topk.py); the torch code here is the CPU path and the reference their
+tests compare against.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from moeframe.registry import NoParams
 from moeframe.routers import ROUTERS
 from moeframe.routers.base import RouteContext, Router
 from moeframe.routers.fused_topk import fused_softmax_topk
+from moeframe.routers.gate_topk import GateTopK
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -81,6 +84,13 @@ class NativeRouter(Router):
         if moe.scoring == "sigmoid":
             check_group_limits(moe, moe.top_k)
         self.moe = moe
+        self.gate_topk = GateTopK()
+
+    def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
+        moe = self.moe
+        if moe.scoring == "softmax" and self.gate_topk.applies(hidden_states, gate_weight):
+            return self.gate_topk(hidden_states, gate_weight, moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor)
+        return super().route_hidden(hidden_states, gate_weight, ctx)
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         moe = self.moe

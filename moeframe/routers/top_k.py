@@ -19,6 +19,7 @@ from moeframe.model.spec import MoESpec
 from moeframe.routers import ROUTERS
 from moeframe.routers.base import RouteContext, Router
 from moeframe.routers.capacity import drop_assignments, expert_capacity, gshard_priority, keep_within_capacity
+from moeframe.routers.gate_topk import GateTopK
 from moeframe.routers.native import softmax_topk
 from moeframe.routers.options import (
     check_k,
@@ -54,9 +55,20 @@ class TopKRouter(Router):
         self.capacity_factor = params.capacity_factor
         self.scale = moe.routed_scaling_factor
         self.batch_dependent = params.capacity_factor is not None
+        self.gate_topk = GateTopK()
+
+    @property
+    def plain_softmax(self) -> bool:
+        """Softmax top-k without capacity: the path native routing takes, with its fused kernels on CUDA."""
+        return self.capacity_factor is None and self.scoring == "softmax"
+
+    def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
+        if self.plain_softmax and self.gate_topk.applies(hidden_states, gate_weight):
+            return self.gate_topk(hidden_states, gate_weight, self.k, self.renormalize, self.scale)
+        return super().route_hidden(hidden_states, gate_weight, ctx)
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
-        if self.capacity_factor is None and self.scoring == "softmax":
+        if self.plain_softmax:
             # the native softmax path (one kernel on CUDA), so top1/top2 ablations cost what native costs
             return softmax_topk(gate_logits, self.k, self.renormalize, self.scale)
         scores = expert_scores(gate_logits, self.scoring)

@@ -1,6 +1,6 @@
 """The MoE block: gate -> router -> expert kernel (-> shared experts).
 
-    h -> gate logits -> router -> RoutingPlan -> parallel.dispatch -> experts -> parallel.combine
+    h -> router (gate logits -> routing) -> RoutingPlan -> parallel.dispatch -> experts -> parallel.combine
 
 The router, the expert kernel and the parallel strategy are components built
 from the config and handed in; this block never knows which ones it holds.
@@ -17,7 +17,6 @@ from moeframe.experts.base import ExpertsKernel
 from moeframe.model.layers.mlp import GatedMLP
 from moeframe.model.spec import MoESpec
 from moeframe.routers.base import RouteContext, Router
-from moeframe.routers.gate import gate_logits
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -68,9 +67,8 @@ class MoEBlock(nn.Module):
         self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False) if spec.shared_expert_gate else None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
-        logits = gate_logits(x, self.gate.weight)
         bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
-        plan = self.router.route(logits, RouteContext(token_ids=token_ids, correction_bias=bias))
+        plan = self.router.route_hidden(x, self.gate.weight, RouteContext(token_ids=token_ids, correction_bias=bias))
         if self.observer is not None:
             self.observer.record(self.layer_idx, plan)
         out = self.runner.run_experts(x, self.w13, self.w2, plan, self.kernel)

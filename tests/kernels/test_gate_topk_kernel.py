@@ -1,0 +1,191 @@
+"""The fused gate GEMV + softmax top-k launch against the two launches it replaces and the torch reference."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moeframe.routers.fused_topk import fused_softmax_topk
+from moeframe.routers.gate import gate_gemv
+from moeframe.routers.gate_topk import MAX_FUSED_TOKENS, gate_softmax_topk, new_counts
+from moeframe.routers.native import softmax_topk
+
+HIDDEN = 96
+
+
+def gate_inputs(num_tokens: int, num_experts: int, hidden: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_tokens, hidden, generator=generator)
+    weight = torch.randn(num_experts, hidden, generator=generator) * (2 / hidden**0.5)
+    return x, weight
+
+
+def choice_bias(num_experts: int, seed: int) -> torch.Tensor:
+    return torch.randn(num_experts, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+def fused_plan(x, weight, k, renormalize, scale, bias=None, counts=None, device="cpu"):
+    counts = new_counts(torch.device(device)) if counts is None else counts
+    bias = None if bias is None else bias.to(device)
+    return gate_softmax_topk(x.to(device), weight.to(device), k, renormalize, scale, counts, bias)
+
+
+def assert_routes_like_the_two_launches_and_torch(fused, x, weight, k, renormalize, scale, bias, device) -> None:
+    two_launches = fused_softmax_topk(
+        gate_gemv(x.to(device), weight.to(device)), k, renormalize, scale, None if bias is None else bias.to(device)
+    )
+    reference = softmax_topk(F.linear(x.float(), weight), k, renormalize, scale, bias)
+    assert torch.equal(fused.topk_ids.cpu(), two_launches.topk_ids.cpu())
+    assert torch.equal(fused.topk_ids.cpu(), reference.topk_ids)
+    torch.testing.assert_close(fused.topk_weights.cpu(), two_launches.topk_weights.cpu(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fused.topk_weights.cpu(), reference.topk_weights, rtol=1e-5, atol=1e-6)
+
+
+# (experts, k, tokens, renormalize, with_bias): E not a power of two, partial token blocks, the largest fused batch
+CASES = [
+    (60, 8, 1, True, False),
+    (60, 8, 1, False, True),
+    (64, 8, 1, True, True),
+    (64, 8, 1, False, False),
+    (7, 1, 2, False, True),
+    (7, 1, 2, True, False),
+    (100, 6, 3, True, True),
+    (100, 6, 3, False, False),
+    (24, 4, 5, False, True),
+    (24, 4, 5, True, False),
+    (33, 2, 37, True, True),
+    (9, 8, MAX_FUSED_TOKENS, False, True),
+]
+
+
+@pytest.mark.parametrize(("num_experts", "k", "num_tokens", "renormalize", "with_bias"), CASES)
+def test_fused_gate_topk_routes_like_gate_logits_then_softmax_topk(num_experts, k, num_tokens, renormalize, with_bias, device):
+    x, weight = gate_inputs(num_tokens, num_experts, HIDDEN, seed=num_experts * 100 + num_tokens)
+    bias = choice_bias(num_experts, seed=k) if with_bias else None
+    fused = fused_plan(x, weight, k, renormalize, 2.5, bias, device=device)
+    assert_routes_like_the_two_launches_and_torch(fused, x, weight, k, renormalize, 2.5, bias, device)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    num_experts=st.integers(2, 40),
+    k=st.integers(1, 8),
+    num_tokens=st.integers(1, 9),
+    hidden=st.integers(1, 300),
+    renormalize=st.booleans(),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_gate_topk_on_random_shapes(num_experts, k, num_tokens, hidden, renormalize, with_bias, seed):
+    k = min(k, num_experts)
+    x, weight = gate_inputs(num_tokens, num_experts, hidden, seed)
+    bias = choice_bias(num_experts, seed + 1) if with_bias else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fused = fused_plan(x, weight, k, renormalize, 1.0, bias, device=device)
+    assert_routes_like_the_two_launches_and_torch(fused, x, weight, k, renormalize, 1.0, bias, device)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize(("num_experts", "k", "num_tokens"), [(8, 6, 3), (60, 8, 5), (64, 2, 1)])
+def test_fused_gate_topk_breaks_exact_ties_toward_the_lower_expert_id(num_experts, k, num_tokens, with_bias, device):
+    # small integer activations and weights: every logit is an exact integer in 0..2, whatever the summation order
+    generator = torch.Generator().manual_seed(num_experts + k)
+    x = torch.zeros(num_tokens, HIDDEN)
+    x[:, :2] = 1.0
+    weight = torch.zeros(num_experts, HIDDEN)
+    weight[:, :2] = torch.randint(0, 2, (num_experts, 2), generator=generator).float()
+    bias = torch.randint(0, 2, (num_experts,), generator=generator).float() * 0.5 if with_bias else None
+    fused = fused_plan(x, weight, k, False, 1.0, bias, device=device)
+    probs = torch.softmax(F.linear(x, weight), dim=-1)
+    choice = probs if bias is None else probs + bias
+    ids = torch.sort(choice, dim=-1, descending=True, stable=True).indices[:, :k]
+    assert torch.equal(fused.topk_ids.cpu(), ids)
+    torch.testing.assert_close(fused.topk_weights.cpu(), probs.gather(1, ids), rtol=1e-6, atol=1e-7)
+
+
+def test_fused_gate_topk_casts_low_precision_activations_as_it_loads(device, low_precision):
+    x, weight = gate_inputs(3, 60, HIDDEN, seed=1)
+    x = x.to(low_precision)
+    fused = fused_plan(x, weight, 8, True, 1.0, device=device)
+    assert_routes_like_the_two_launches_and_torch(fused, x, weight, 8, True, 1.0, None, device)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 37])
+def test_fused_gate_topk_leaves_its_counters_at_zero(num_tokens, device):
+    counts = new_counts(torch.device(device))
+    x, weight = gate_inputs(num_tokens, 12, HIDDEN, seed=2)
+    fused_plan(x, weight, 4, True, 1.0, counts=counts, device=device)
+    assert not counts.any()
+
+
+def test_two_fused_launches_on_the_same_counters_both_route_correctly(device):
+    counts = new_counts(torch.device(device))
+    for seed, (num_tokens, num_experts) in enumerate([(5, 20), (2, 20), (5, 33)]):
+        x, weight = gate_inputs(num_tokens, num_experts, HIDDEN, seed=10 + seed)
+        fused = fused_plan(x, weight, 3, True, 1.0, counts=counts, device=device)
+        assert_routes_like_the_two_launches_and_torch(fused, x, weight, 3, True, 1.0, None, device)
+
+
+def test_fused_gate_topk_reads_strided_activations(device):
+    x, weight = gate_inputs(3, 16, 2 * HIDDEN, seed=3)
+    x, weight = x[:, :HIDDEN], weight[:, :HIDDEN].contiguous()
+    fused = fused_plan(x, weight, 4, False, 1.0, device=device)
+    assert_routes_like_the_two_launches_and_torch(fused, x, weight, 4, False, 1.0, None, device)
+
+
+def test_fused_gate_topk_rejects_batches_past_its_bound():
+    x, weight = gate_inputs(MAX_FUSED_TOKENS + 1, 8, HIDDEN, seed=4)
+    with pytest.raises(ValueError, match="tokens"):
+        fused_plan(x, weight, 2, False, 1.0)
+
+
+def test_fused_gate_topk_rejects_k_above_the_number_of_experts():
+    x, weight = gate_inputs(1, 8, HIDDEN, seed=5)
+    with pytest.raises(ValueError, match="k=9"):
+        fused_plan(x, weight, 9, False, 1.0)
+
+
+COMPILE_FUSED_KERNEL = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from moeframe.routers._gate_topk_kernel import gate_softmax_topk_kernel as kernel
+types = ["*bf16", "*fp32", "*fp32", "*fp32", "*i32", "*i64", "*fp32"] + ["i32"] * 6 + ["fp32"] + ["constexpr"] * 7
+constexprs = {"HAS_BIAS": False, "RENORMALIZE": True, "BLOCK_T": 1, "BLOCK_H": 4096, "BLOCK_E": 64, "BLOCK_K": 8, "USE_PDL": True}
+src = ASTSource(fn=kernel, signature=dict(zip(kernel.arg_names, types)), constexprs=constexprs)
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True}).asm["ptx"]
+print("griddepcontrol.wait" in ptx, "atom.global.gpu.acq_rel.add" in ptx)
+"""
+
+
+def test_the_fused_kernel_compiles_for_sm90_with_pdl_and_an_acq_rel_count():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FUSED_KERNEL], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[0] == "True True"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_gate_topk_replays_in_a_cuda_graph():
+    x, weight = gate_inputs(1, 64, 2048, seed=6)
+    static_x, weight, counts = x.to("cuda", torch.bfloat16), weight.cuda(), new_counts(torch.device("cuda"))
+    gate_softmax_topk(static_x, weight, 8, False, 1.0, counts)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_plan = gate_softmax_topk(static_x, weight, 8, False, 1.0, counts)
+    for seed in (7, 8, 9):
+        new_x, _ = gate_inputs(1, 64, 2048, seed=seed)
+        static_x.copy_(new_x)
+        graph.replay()
+        expected = fused_softmax_topk(gate_gemv(static_x, weight), 8, False, 1.0)
+        assert torch.equal(static_plan.topk_ids, expected.topk_ids)
+        torch.testing.assert_close(static_plan.topk_weights, expected.topk_weights, rtol=1e-6, atol=1e-7)
+    assert not counts.any()
