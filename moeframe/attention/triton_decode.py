@@ -29,6 +29,19 @@ LOG2_E = 1.4426950408889634
 
 
 @triton.jit
+def _attend_tile(q, k, v, n_ok, m_i, l_i, acc, scale_log2):
+    """One online-softmax step over a tile of keys k [DK, N] and values v [N, DV] (Milakov & Gimelshein, 2018)."""
+    scores = tl.dot(q, k) * scale_log2
+    scores = tl.where(n_ok[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    p = tl.exp2(scores - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_split_kernel(
     q_ptr,
     k_ptr,
@@ -55,10 +68,12 @@ def _decode_split_kernel(
     BLOCK_DV: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    pdl_wait(USE_PDL)
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    # The host wrote kv_indptr and kv_indices before the step, and earlier steps wrote every
+    # K/V row but this step's token (the last of the context, written by the qkv prologue):
+    # the first tile of those is loaded before pdl_wait, while the kernels before this one run.
     kv_start = tl.load(kv_indptr_ptr + req)
     kv_len = tl.load(kv_indptr_ptr + req + 1) - kv_start
     per_split = tl.cdiv(kv_len, num_splits)
@@ -72,26 +87,34 @@ def _decode_split_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     dk_ok = offs_dk < k_dim
     dv_ok = offs_dv < v_dim
+    newest = kv_len - 1
+    offs_n = lo + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < hi
+    old = n_ok & (offs_n != newest)
+    slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
+    k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & old[None, :], other=0.0)
+    v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=old[:, None] & dv_ok[None, :], other=0.0)
+    pdl_wait(USE_PDL)
+    is_new = n_ok & (offs_n == newest)
+    k_new = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & is_new[None, :], other=0.0)
+    v_new = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=is_new[:, None] & dv_ok[None, :], other=0.0)
+    k = tl.where(is_new[None, :], k_new, k)
+    v = tl.where(is_new[:, None], v_new, v)
     q = tl.load(q_ptr + req * stride_qn + head[:, None] * stride_qh + offs_dk[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
     q = q.to(k_ptr.dtype.element_ty)
 
     m_i = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_H,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_H, BLOCK_DV), dtype=tl.float32)
-    for start in range(lo, hi, BLOCK_N):
+    if lo < hi:
+        m_i, l_i, acc = _attend_tile(q, k, v, n_ok, m_i, l_i, acc, scale_log2)
+    for start in range(lo + BLOCK_N, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
         slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
         k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & n_ok[None, :], other=0.0)
-        scores = tl.dot(q, k) * scale_log2
-        scores = tl.where(n_ok[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        p = tl.exp2(scores - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, n_ok, m_i, l_i, acc, scale_log2)
 
     # An empty split (context shorter than the split count) leaves l_i = 0:
     # it writes zeros and a log-sum-exp of -inf, which the merge weighs 0.

@@ -10,9 +10,12 @@ kernels replayed from a CUDA graph took 1,077 us with PDL and 1,127 us without
 (benchmarks/kernels_h100/pdl_experiment).
 
 The contract a kernel signs to be launched this way: it takes a ``USE_PDL``
-constexpr and calls ``pdl_wait(USE_PDL)`` (_pdl_jit.py) before its first
-load of anything an earlier kernel writes and before its first store; the
-call also lets the next kernel launch. A kernel that never waits must not be
+constexpr and calls ``pdl_wait(USE_PDL)`` (_pdl_jit.py) once, at the top
+level, before its first store and before its first load of anything the
+kernel just before it may write; the call also lets the next kernel launch.
+Data the host uploaded before the step, weights, and what kernels two or more
+launches back wrote may be loaded before the wait (each of those kernels has
+finished once the previous kernel passed its own wait). A kernel that never waits must not be
 launched with PDL: it could read stale inputs, and the kernels after it could
 overtake the one before it. ``pdl_args`` gives both launch arguments, or
 ``USE_PDL=False`` alone where PDL is off (the CPU, the interpreter, GPUs older

@@ -1,9 +1,11 @@
 """PDL launch arguments, and the contract of every kernel launched with them (moeframe/gpu/pdl.py).
 
-A kernel launched with PDL that reads or writes before ``pdl_wait`` races the
-kernel before it; the contract is checked on the source of every kernel that
-takes ``USE_PDL``, and one kernel is compiled for sm_90 in a process without the
-interpreter to show the wait becomes griddepcontrol instructions.
+A kernel launched with PDL that writes, or reads what the kernel before it
+writes, before ``pdl_wait`` races that kernel. The part of the contract a
+source can show (one wait, at the top level, no store or atomic before it) is
+checked on every kernel that takes ``USE_PDL``; one kernel is compiled for
+sm_90 in a process without the interpreter to show the wait becomes
+griddepcontrol instructions.
 """
 
 from __future__ import annotations
@@ -40,12 +42,20 @@ def is_pdl_wait(stmt: ast.stmt) -> bool:
     )
 
 
-def test_every_pdl_kernel_waits_before_its_first_statement() -> None:
+def writes(stmt: ast.stmt) -> list[str]:
+    """Names of the store and atomic calls inside ``stmt``."""
+    calls = (n for n in ast.walk(stmt) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute))
+    return [c.func.attr for c in calls if c.func.attr == "store" or c.func.attr.startswith("atomic_")]
+
+
+def test_every_pdl_kernel_waits_once_before_any_store() -> None:
     kernels = [(name, fn) for name, fn in jit_functions_taking_use_pdl() if name != "gpu/_pdl_jit.py:pdl_wait"]
     assert len(kernels) >= 6
     for name, fn in kernels:
-        body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) else fn.body
-        assert is_pdl_wait(body[0]), f"{name} must call pdl_wait(USE_PDL) first"
+        waits = [i for i, stmt in enumerate(fn.body) if is_pdl_wait(stmt)]
+        assert len(waits) == 1, f"{name} must call pdl_wait(USE_PDL) once, at the top level of its body"
+        before = [w for stmt in fn.body[: waits[0]] for w in writes(stmt)]
+        assert not before, f"{name} writes ({before}) before pdl_wait"
 
 
 def test_pdl_is_off_on_the_cpu() -> None:
