@@ -42,11 +42,13 @@ class DecoderLayer(nn.Module):
         self, h: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor, ctx: ForwardContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it); the caller adds them."""
-        if residual is None:
-            x, residual = self.input_layernorm(h), h
+        if isinstance(self.self_attn, Attention):
+            # The input norm runs inside the qkv projection: one launch at decode sizes on CUDA.
+            qkv, residual = self.self_attn.project_qkv(h, residual, self.input_layernorm)
+            h = self.self_attn.attend_qkv(qkv, positions, ctx)
         else:
             x, residual = self.input_layernorm.add_forward(h, residual)
-        h = self.self_attn(x, positions, ctx)
+            h = self.self_attn(x, positions, ctx)
         x, residual = self.post_attention_layernorm.add_forward(h, residual)
         return (self.mlp(x, ctx.batch.input_ids) if self.is_sparse else self.mlp(x)), residual
 

@@ -8,6 +8,13 @@ q, k and v come from one fused projection (``qkv_proj``: q rows, then k,
 then v), as vLLM's QKVParallelLinear and SGLang do, so a decode step runs one
 GEMV per layer instead of three; its output is split into views, not copied.
 The loader concatenates a checkpoint's separate q/k/v tensors into it.
+
+At decode sizes on CUDA both projections are Triton GEMVs launched with PDL
+(small_gemv.py), and ``project_qkv`` folds the layer's input residual add
+and RMSNorm into the qkv GEMV: one launch where the reference runs
+add_rms_norm and then the projection. The decoder layer calls
+``project_qkv`` then ``attend_qkv``; ``forward`` takes an input already
+normed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from moeframe.attention.qkv_prologue import prepare_qkv
 from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
+from moeframe.model.layers.small_gemv import norm_project, project
 from moeframe.model.spec import AttentionSpec
 
 
@@ -41,14 +49,30 @@ class Attention(nn.Module):
         self.scale = spec.head_dim**-0.5
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        spec, n = self.spec, x.shape[0]
+        """Attention output [T, hidden] of normed hidden states x [T, hidden]."""
+        return self.attend_qkv(project(self.qkv_proj, x), positions, ctx)
+
+    def project_qkv(
+        self, h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(qkv_proj(norm(h + residual)), h + residual): the layer's input norm and the qkv projection.
+
+        ``residual`` is None in the first layer (no add). One launch at decode
+        sizes on CUDA (small_gemv.norm_project); norm.add_forward then the
+        projection elsewhere.
+        """
+        return norm_project(norm, self.qkv_proj, h, residual)
+
+    def attend_qkv(self, qkv: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Attention output [T, hidden] of the fused projection qkv [T, q + 2 kv]: prologue, attention, o_proj."""
+        spec, n = self.spec, qkv.shape[0]
         q_out, kv_out = qkv_widths(spec)
-        q, k, v = self.qkv_proj(x).split([q_out, kv_out, kv_out], dim=-1)
+        q, k, v = qkv.split([q_out, kv_out, kv_out], dim=-1)
         k_cache, v_cache = ctx.k_cache[self.layer_idx], ctx.v_cache[self.layer_idx]
         prologue = self._prologue_fused if q.is_cuda else self._prologue_torch
         q = prologue(q, k, v, positions, k_cache, v_cache, ctx.batch.out_slots)
         out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
-        return self.o_proj(out.reshape(n, -1))
+        return project(self.o_proj, out.reshape(n, -1))
 
     def _prologue_torch(self, q, k, v, positions, k_cache, v_cache, out_slots) -> torch.Tensor:
         """q/k norms, clip, rotary and the KV write as torch ops: the reference, and the CPU path."""

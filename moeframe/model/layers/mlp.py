@@ -1,10 +1,17 @@
-"""The SwiGLU feed-forward block (Shazeer, 2020) of every family's dense layers and shared experts."""
+"""The SwiGLU feed-forward block (Shazeer, 2020) of every family's dense layers and shared experts.
+
+Its projections run through small_gemv.project: the Triton GEMV at decode
+batch sizes on CUDA, F.linear otherwise, and a tensor-parallel module's own
+forward where tp_layers swapped one in.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from moeframe.model.layers.small_gemv import project
 
 
 class GatedMLP(nn.Module):
@@ -15,4 +22,4 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return project(self.down_proj, F.silu(project(self.gate_proj, x)) * project(self.up_proj, x))

@@ -18,8 +18,13 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
 
-    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(x + residual), x + residual): the residual add fused with the next norm (as vLLM's fused_add_rms_norm)."""
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual): the residual add fused with the next norm (as vLLM's fused_add_rms_norm).
+
+        The first layer has no residual stream yet: (norm(x), x).
+        """
+        if residual is None:
+            return self(x), x
         return add_rms_norm(x, residual, self.weight, self.eps)
 
 

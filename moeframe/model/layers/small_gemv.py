@@ -1,0 +1,242 @@
+"""Dense projections of decode-sized batches: a Triton GEMV on CUDA, launched with PDL, F.linear elsewhere.
+
+At batch 1 the attention's qkv/o projections and the dense MLP's GEMVs are
+weight streams. The kernel in _gemv_kernel.py gives each program 16-64 rows
+so the grid covers the GPU, and reads the weight once for all tokens of the
+batch. Alone it only ties cuBLAS on an H100 (6.7 vs 6.5 us at 2048 x 2048,
+12.5 vs 12.3 us at 6144 x 2048; benchmarks/kernels_h100/gemv_experiment);
+it pays inside a decode step, where the kernels around it are Triton kernels
+launched with programmatic dependent launch (moeframe/gpu/pdl.py): a cuBLAS
+kernel breaks that chain. In a 16-layer chain of layer-shaped GEMVs and
+one-program kernels replayed from a CUDA graph, Triton GEMVs with PDL took
+1,077 us against cuBLAS's 1,125 us (benchmarks/kernels_h100/pdl_experiment,
+best at 16-row blocks, 256-wide K chunks, 4 warps: the tiles chosen here for
+OLMoE's qkv and o projections). ``norm_gemv`` also folds the residual add
+and RMSNorm before the qkv projection into the same launch.
+
+The GEMV runs for CUDA tensors of at most ``MAX_GEMV_TOKENS`` rows in half,
+bfloat16 or float32 with a K-contiguous weight; everything else, the CPU
+always, runs ``F.linear`` (and norm.py's torch norm). Tile sizes follow fixed
+rules of N, K and the dtype, never a runtime autotune: a CUDA graph captures
+one launch, and a fixed tiling keeps every output's summation order, hence
+its bits, the same from run to run.
+
+Split-K (several programs per output row, summed by a second launch or by
+atomics) is left out: from N = 2048 (OLMoE's o_proj, a dense MLP's down
+projection) N / BLOCK_N gives >= 128 programs, each streaming 64 KB or more
+through a pipeline several 8 KB loads deep, enough to cover the memory
+latency of one SM; a second launch would cost about what the GEMV saves, and
+fp32 atomics would make the last bits depend on the order programs finish.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moeframe.gpu.pdl import pdl_args
+from moeframe.model.layers.norm import RMSNorm
+
+# Decode batch sizes: the range tools/bench_kernels.py's ``gemv`` table measured (T = 1, 4, 8).
+# The MMA tile holds 16 tokens, so up to 16 the weight would still be read once, but past 8
+# cuBLAS's own small-batch kernels are unmeasured against it; prefill sizes belong to cuBLAS.
+MAX_GEMV_TOKENS = 8
+BLOCK_T = 16
+# Enough programs to give every SM at least two.
+PROGRAMS_PER_SM = 2
+# Weight bytes one program loads per pipeline stage (the token block adds 16 rows beside it).
+STAGE_WEIGHT_BYTES = 8192
+# Shared memory the programs resident on one SM may fill with stages (an H100 SM has 228 KB),
+# and the deepest pipeline worth its prologue.
+SHARED_BYTES_PER_SM = 192 * 1024
+MAX_STAGES = 6
+GEMV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _kernels() -> ModuleType:
+    # Imported on first use, not with the package: Triton chooses between
+    # compiling and interpreting (TRITON_INTERPRET) when a kernel is defined.
+    from moeframe.model.layers import _gemv_kernel
+
+    return _gemv_kernel
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the interpreter (tests): one "SM", so small weights already take the wide row blocks
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+class GemvTiles(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+@functools.cache
+def gemv_tiles(n: int, k: int, dtype: torch.dtype, num_sms: int, fused_norm: bool = False) -> GemvTiles:
+    """The tiling of a [N, K] weight.
+
+    The widest row block that still gives every SM ``PROGRAMS_PER_SM``
+    programs (16 at the least: the MMA's smallest N). For half types a K
+    chunk of ``STAGE_WEIGHT_BYTES`` of weight, and as many stages as the
+    programs sharing an SM leave shared memory for (Triton buffers
+    ``num_stages - 1`` of them): a grid of one program per SM (N = 2048)
+    keeps five chunks, 40 KB, in flight, enough to cover HBM latency at an
+    SM's share of the bandwidth; a grid of three per SM keeps four each.
+    ``fused_norm`` (norm_gemv) counts the residual's token block and the norm
+    weight's chunk in each stage too. For float32 a small chunk, as its dot
+    runs on the FMA units with the operands in registers.
+    """
+    block_n = 16
+    for wide in (64, 32):
+        if _cdiv(n, wide) >= PROGRAMS_PER_SM * num_sms:
+            block_n = wide
+            break
+    if dtype == torch.float32:
+        return GemvTiles(block_n, min(64, max(16, _next_power_of_2(k))), 4, 2)
+    itemsize = torch.finfo(dtype).bits // 8
+    block_k = min(STAGE_WEIGHT_BYTES // (block_n * itemsize), max(16, _next_power_of_2(k)))
+    resident = _cdiv(_cdiv(n, block_n), num_sms)
+    stage_rows = block_n + (2 * BLOCK_T + 1 if fused_norm else BLOCK_T)
+    buffered = SHARED_BYTES_PER_SM // (resident * stage_rows * block_k * itemsize)
+    return GemvTiles(block_n, block_k, 4, max(2, min(MAX_STAGES, buffered + 1)))
+
+
+def _launch(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    tiles: GemvTiles | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    num_tokens, k = x.shape
+    n = weight.shape[0]
+    if num_tokens > BLOCK_T:
+        raise ValueError(f"gemv holds at most {BLOCK_T} tokens in one program, got {num_tokens}")
+    if weight.shape[1] != k:
+        raise ValueError(f"gemv of x [{num_tokens}, {k}] and weight {list(weight.shape)}: K differs")
+    out = torch.empty(num_tokens, n, dtype=x.dtype, device=x.device)
+    summed = None if residual is None else torch.empty(num_tokens, k, dtype=x.dtype, device=x.device)
+    if num_tokens == 0 or n == 0:
+        if summed is not None:
+            torch.add(x, residual, out=summed)
+        return out, summed
+    fused = norm_weight is not None
+    block_n, block_k, num_warps, num_stages = tiles or gemv_tiles(n, k, x.dtype, _num_sms(x.device), fused)
+    res = x if residual is None else residual
+    _kernels().gemv_kernel[(_cdiv(n, block_n),)](
+        x, res, weight if norm_weight is None else norm_weight, out if summed is None else summed,
+        weight, weight if bias is None else bias, out, num_tokens, n, k, eps,
+        x.stride(0), x.stride(1), res.stride(0), res.stride(1), weight.stride(0), out.stride(0),
+        NORM=fused, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        IEEE_FP32=x.dtype == torch.float32, BLOCK_T=BLOCK_T, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=num_warps, num_stages=num_stages, **pdl_args(x),
+    )  # fmt: skip
+    return out, summed
+
+
+def gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tiles: GemvTiles | None = None
+) -> torch.Tensor:
+    """x [T, K] @ weight [N, K]^T (+ bias [N]) in x's dtype, T <= 16, in one Triton launch.
+
+    ``tiles``: gemv_tiles' choice unless given (tools/bench_kernels.py compares others).
+    """
+    return _launch(x, None, None, 0.0, weight, bias, tiles)[0]
+
+
+def norm_gemv(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    tiles: GemvTiles | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F.linear(rms_norm(x + residual), weight, bias), x + residual) in one Triton launch, T <= 16.
+
+    norm.py's add_rms_norm (rms_norm alone, and ``x`` returned as the
+    residual, when ``residual`` is None) followed by ``gemv``, with its
+    rounding: the sum and the normed row are rounded to x's dtype as there.
+    """
+    out, summed = _launch(x, residual, norm_weight, eps, weight, bias, tiles)
+    return out, x if summed is None else summed
+
+
+def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``linear(x, weight, bias)`` runs the Triton GEMV: a decode-sized CUDA batch in a GEMV dtype."""
+    return (
+        x.is_cuda
+        and x.dim() == 2
+        and 0 < x.shape[0] <= MAX_GEMV_TOKENS
+        and x.dtype in GEMV_DTYPES
+        and weight.dtype == x.dtype
+        and weight.device == x.device
+        and weight.is_contiguous()
+        and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous()))
+    )
+
+
+def _fuses_norm(x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, layer: nn.Module) -> bool:
+    return (
+        type(norm) is RMSNorm
+        and type(layer) is nn.Linear
+        and uses_gemv(x, layer.weight, layer.bias)
+        and norm.weight.dtype == x.dtype
+        and norm.weight.is_contiguous()
+        and norm.weight.shape == (x.shape[1],)
+        and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype and residual.device == x.device))
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: the Triton GEMV for decode-sized CUDA batches, F.linear itself otherwise."""
+    if uses_gemv(x, weight, bias):
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, through ``linear`` when layer is a plain nn.Linear.
+
+    Tensor parallelism swaps projections for its own modules (a row-parallel
+    linear all-reduces its partial sums): those run their own forward. A
+    column-parallel shard is a plain nn.Linear over its rows and takes the GEMV.
+    """
+    if type(layer) is nn.Linear:
+        return linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
+def norm_project(
+    norm: nn.Module, layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``project(layer, norm(x + residual))``, x + residual); no add while ``residual`` is None (the first layer).
+
+    One ``norm_gemv`` launch where ``norm`` is a plain RMSNorm, ``layer`` a
+    plain nn.Linear and the batch takes the GEMV; otherwise ``norm.add_forward``
+    then ``project``, the path the CPU (the reference) always runs.
+    """
+    if _fuses_norm(x, residual, norm, layer):
+        return norm_gemv(x, residual, norm.weight, norm.eps, layer.weight, layer.bias)
+    normed, residual = norm.add_forward(x, residual)
+    return project(layer, normed), residual
