@@ -42,7 +42,7 @@ from torch import nn
 from moeframe.gpu.pdl import pdl_args
 from moeframe.model.layers.norm import RMSNorm
 
-# Decode batch sizes: the range tools/bench_kernels.py's ``gemv`` table measured (T = 1, 4, 8).
+# Decode batch sizes: the range the GEMV was measured at (T = 1, 4, 8; benchmarks/kernels_h100/gemv_experiment).
 # The MMA tile holds 16 tokens, so up to 16 the weight would still be read once, but past 8
 # cuBLAS's own small-batch kernels are unmeasured against it; prefill sizes belong to cuBLAS.
 MAX_GEMV_TOKENS = 8
@@ -158,7 +158,7 @@ def gemv(
 ) -> torch.Tensor:
     """x [T, K] @ weight [N, K]^T (+ bias [N]) in x's dtype, T <= 16, in one Triton launch.
 
-    ``tiles``: gemv_tiles' choice unless given (tools/bench_kernels.py compares others).
+    ``tiles``: gemv_tiles' choice unless given (benchmarks of other tilings).
     """
     return _launch(x, None, None, 0.0, weight, bias, tiles)[0]
 
