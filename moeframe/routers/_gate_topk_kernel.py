@@ -1,4 +1,4 @@
-"""The gate GEMV and softmax top-k of decode-sized batches in one Triton launch, joined by a last-program-finishes count.
+"""The gate GEMV and softmax top-k of decode batches in one Triton launch, joined by a last-program-finishes count.
 
 The GEMV wants many programs (one expert row and a block of tokens each, as in
 _gate_kernel.py) to stream the fp32 gate weight at bandwidth; top-k wants every

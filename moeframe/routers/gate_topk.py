@@ -93,7 +93,7 @@ class GateTopK:
 
     @staticmethod
     def applies(hidden_states: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Where gate_logits would run the GEMV and softmax_topk the fused top-k: CUDA, decode-sized, E <= MAX_EXPERTS."""
+        """Where gate_logits runs the GEMV and softmax_topk the fused top-k: CUDA, decode-sized, E <= MAX_EXPERTS."""
         return (
             hidden_states.is_cuda
             and hidden_states.dim() == 2
