@@ -44,7 +44,7 @@ def assert_routes_like_the_two_launches_and_torch(fused, x, weight, k, renormali
     reference = softmax_topk(F.linear(x.float(), weight), k, renormalize, scale, bias)
     assert torch.equal(fused.topk_ids.cpu(), two_launches.topk_ids.cpu())
     assert torch.equal(fused.topk_ids.cpu(), reference.topk_ids)
-    torch.testing.assert_close(fused.topk_weights.cpu(), two_launches.topk_weights.cpu(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fused.topk_weights.cpu(), two_launches.topk_weights.cpu(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused.topk_weights.cpu(), reference.topk_weights, rtol=1e-5, atol=1e-6)
 
 
@@ -107,7 +107,7 @@ def test_fused_gate_topk_breaks_exact_ties_toward_the_lower_expert_id(num_expert
     choice = probs if bias is None else probs + bias
     ids = torch.sort(choice, dim=-1, descending=True, stable=True).indices[:, :k]
     assert torch.equal(fused.topk_ids.cpu(), ids)
-    torch.testing.assert_close(fused.topk_weights.cpu(), probs.gather(1, ids), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(fused.topk_weights.cpu(), probs.gather(1, ids), rtol=1e-5, atol=1e-6)
 
 
 def test_fused_gate_topk_casts_low_precision_activations_as_it_loads(device, low_precision):
@@ -187,5 +187,5 @@ def test_fused_gate_topk_replays_in_a_cuda_graph():
         graph.replay()
         expected = fused_softmax_topk(gate_gemv(static_x, weight), 8, False, 1.0)
         assert torch.equal(static_plan.topk_ids, expected.topk_ids)
-        torch.testing.assert_close(static_plan.topk_weights, expected.topk_weights, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(static_plan.topk_weights, expected.topk_weights, rtol=1e-5, atol=1e-6)
     assert not counts.any()

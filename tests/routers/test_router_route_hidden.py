@@ -15,6 +15,7 @@ from moeframe.experts import EXPERTS
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.spec import MoESpec
 from moeframe.routers import ROUTERS, RouteContext, Router, RoutingPlan
+from moeframe.routers.gate import gate_logits
 from moeframe.routers.gate_topk import GateTopK
 
 SOFTMAX = MoESpec(num_experts=12, top_k=3, intermediate_size=8, norm_topk_prob=True, routed_scaling_factor=1.5)
@@ -125,3 +126,19 @@ def test_moe_block_hands_its_hidden_states_and_gate_weight_to_route_hidden():
     (seen_hidden, seen_weight, ctx), = router.calls
     assert seen_hidden is hidden and seen_weight is block.gate.weight
     assert ctx.token_ids is token_ids and ctx.correction_bias is block.e_score_correction_bias
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("num_tokens", [1, 3, 64])
+def test_native_route_hidden_on_cuda_equals_its_two_launches_at_the_olmoe_shape(num_tokens):
+    moe = MoESpec(num_experts=64, top_k=8, intermediate_size=1024)
+    generator = torch.Generator().manual_seed(num_tokens)
+    hidden = torch.randn(num_tokens, 2048, generator=generator).to("cuda", torch.bfloat16)
+    gate = (torch.randn(64, 2048, generator=generator) / 2048**0.5).cuda()
+    router = build({"name": "native"}, moe)
+    for _ in range(2):  # the second launch reuses the counters the first reset
+        plan = router.route_hidden(hidden, gate, RouteContext())
+        expected = router.route(gate_logits(hidden, gate), RouteContext())
+        assert torch.equal(plan.topk_ids, expected.topk_ids)
+        torch.testing.assert_close(plan.topk_weights, expected.topk_weights, rtol=1e-5, atol=1e-6)
