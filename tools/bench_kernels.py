@@ -31,11 +31,28 @@ from moeframe.attention.batch import ForwardBatch
 from moeframe.attention.triton_decode import decode_attention
 from moeframe.attention.triton_extend import ExtendTile, extend_attention
 from moeframe.experts import EXPERTS
-from moeframe.experts.moe_configs import pick_config
-from moeframe.experts.triton_moe import MAX_SINGLE_PASS_TOKENS, align, fused_moe, run_down, run_gate_up, run_single_pass
+from moeframe.experts.moe_configs import TileConfig, pick_config
+from moeframe.experts.triton_moe import (
+    DOWN_TOPK_SUM_TILE,
+    MAX_SINGLE_PASS_TOKENS,
+    align,
+    fused_moe,
+    run_down,
+    run_gate_up,
+    run_single_pass,
+)
 from moeframe.routers.plan import RoutingPlan
 
 E, K, H, I = 64, 8, 2048, 1024
+# Tiles of the down + top-k sum kernel timed in the layer stack (block_n, block_k, group_m, warps, stages).
+DOWN_TOPK_SUM_TILES = [
+    DOWN_TOPK_SUM_TILE,
+    TileConfig(16, 256, 1, 4, 4),
+    TileConfig(16, 256, 1, 4, 6),
+    TileConfig(16, 128, 1, 4, 8),
+    TileConfig(16, 512, 1, 8, 4),
+    TileConfig(32, 256, 1, 4, 4),
+]
 EXTEND_TILES = [ExtendTile(128, 64, 8, 3), ExtendTile(128, 128, 8, 2), ExtendTile(128, 128, 8, 3), ExtendTile(64, 64, 4, 3), ExtendTile(128, 32, 4, 3)]
 
 
@@ -140,24 +157,40 @@ def bench_moe(num_tokens: int, w13: torch.Tensor, w2: torch.Tensor, copy_gbs: fl
     return row
 
 
+def tile_name(tile: TileConfig) -> str:
+    return f"{tile.block_n}x{tile.block_k} w{tile.num_warps} s{tile.num_stages}"
+
+
 def bench_moe_stack(num_tokens: int, stack: list[tuple[torch.Tensor, torch.Tensor]], copy_gbs: float) -> dict:
     """The forward as a decode step meets it: one CUDA graph runs it over every layer of a stack of distinct
-    expert weights (several GB, so each layer reads its experts from HBM, as in the model), time / layers."""
+    expert weights (several GB, so each layer reads its experts from HBM, as in the model), time / layers.
+
+    Besides the default path, up to 8 tokens: the down projection and top-k sum as one kernel (each tile of
+    DOWN_TOPK_SUM_TILES) and as two, forced, to set MAX_DOWN_TOPK_SUM_TOKENS from."""
     gen = torch.Generator(device="cuda").manual_seed(1000 + num_tokens)
     hidden = torch.randn(num_tokens, H, device="cuda", generator=gen).bfloat16()
     plans = [torch.rand(num_tokens, E, device="cuda", generator=gen).topk(K, dim=-1).indices for _ in stack]
     weights = torch.softmax(torch.rand(num_tokens, K, device="cuda", generator=gen), -1)
 
-    def forward_all() -> None:
-        for (w13, w2), ids in zip(stack, plans):
-            fused_moe(hidden, w13, w2, ids, weights, single_pass_tokens=0)
+    def layer_ms(**options: object) -> float:
+        def forward_all() -> None:
+            for (w13, w2), ids in zip(stack, plans):
+                fused_moe(hidden, w13, w2, ids, weights, single_pass_tokens=0, **options)
 
-    graph = graph_of(forward_all)
-    ms = triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / len(stack)
+        graph = graph_of(forward_all)
+        return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / len(stack)
+
+    ms = layer_ms()
     read = sum(int(torch.unique(ids).numel()) for ids in plans) / len(stack)
     weight_bytes = read * (stack[0][0][0].numel() + stack[0][1][0].numel()) * stack[0][0].element_size()
-    return {"tokens": num_tokens, "layers": len(stack), "us": ms * 1e3, "weight_mb": weight_bytes / 1e6,
-            "frac_copy_bw": weight_bytes / ms / 1e6 / copy_gbs}  # fmt: skip
+    row = {"tokens": num_tokens, "layers": len(stack), "us": ms * 1e3, "weight_mb": weight_bytes / 1e6,
+           "frac_copy_bw": weight_bytes / ms / 1e6 / copy_gbs}  # fmt: skip
+    if num_tokens <= 8:
+        row["separate_down_us"] = layer_ms(down_topk_sum_tokens=0) * 1e3
+        row["down_topk_sum_us"] = {
+            tile_name(tile): layer_ms(down_topk_sum_tokens=num_tokens, down_topk_sum_tile=tile) * 1e3 for tile in DOWN_TOPK_SUM_TILES
+        }
+    return row
 
 
 def kv_batch(q_lens: list[int], kv_lens: list[int], num_slots: int) -> ForwardBatch:
@@ -254,9 +287,17 @@ def markdown(result: dict) -> str:
         )
     if result.get("moe_stack"):
         lines += ["", f"## Fused MoE in a layer stack: one CUDA graph over {result['moe_stack'][0]['layers']} layers of distinct "
-                  "expert weights, time per layer (the default deterministic two-kernel path, as the model runs it)", "",
+                  "expert weights, time per layer (the default deterministic path, as the model runs it)", "",
                   "| T | weights MB per layer | us per layer | of copy BW |", "|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['tokens']} | {r['weight_mb']:.1f} | {r['us']:.1f} | {r['frac_copy_bw']:.0%} |" for r in result["moe_stack"]]
+        forced = [r for r in result["moe_stack"] if "down_topk_sum_us" in r]
+        if forced:
+            tiles = list(forced[0]["down_topk_sum_us"])
+            lines += ["", "Down projection and top-k sum, forced (us per layer): two kernels (down_weighted + sum) vs one "
+                      "(down_topk_sum_kernel) by tile (block_n x block_k, warps, stages); the first tile is the default.", "",
+                      "| T | two kernels | " + " | ".join(tiles) + " |", "|---|---|" + "---|" * len(tiles)]  # fmt: skip
+            lines += [f"| {r['tokens']} | {r['separate_down_us']:.1f} | " + " | ".join(f"{r['down_topk_sum_us'][t]:.1f}" for t in tiles) + " |"
+                      for r in forced]  # fmt: skip
     for r in result["extend"]:
         lines.append(f"\nExtend tiles, {r['requests']} x {r['new']} on {r['prefix']} (TFLOP/s): "
                      + ", ".join(f"{name}: {v:.0f}" for name, v in r["tflops_by_tile"].items()))  # fmt: skip

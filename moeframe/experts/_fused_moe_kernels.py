@@ -247,22 +247,24 @@ def down_topk_sum_kernel(
 
     The tiling is for weight streaming: at batch 1 each w2 byte is read once,
     and ``BLOCK_N`` 16 gives H / 16 = 128 programs at H=2048, about one per SM
-    of an H100 (132), each streaming 16 contiguous rows of k experts' w2
-    (8 x 16 x 1024 x 2 B = 256 KB at OLMoE's shape); a wider block leaves SMs
-    idle, a narrower one gives each program too little to stream. The k
-    assignments and the K chunks are one flat loop so the software pipeline
-    (``num_stages`` - 1 tiles in flight) runs across expert boundaries instead
-    of draining at each one. Triton (3.6-3.9) pipelines only loads that feed
-    ``tl.dot``, and not behind a load of the address in the same loop, so the
-    act row is a 16-row dot operand whose other rows are masked (cp.async
-    fetches nothing for them) and the k expert ids and weights are loaded
-    once, before the loop. Each assignment's product is accumulated alone
-    in float32, then scaled by its weight into the token's sum.
+    of an H100 (132), each streaming 16 contiguous rows of its k experts' w2
+    (8 x 16 x 1024 x 2 B = 256 KB at OLMoE's shape) in ``BLOCK_K`` chunks; a
+    wider block leaves SMs idle, a narrower one is below tl.dot's minimum.
+    The k assignments and the K chunks are one flat loop so the software
+    pipeline (``num_stages`` - 1 chunks in flight) runs across expert
+    boundaries instead of draining at each one. Triton 3.9 pipelines only
+    loads that feed ``tl.dot`` (checked in the sm_90 PTX), and an address
+    loaded inside the loop costs a pipeline stage, so the act row is a 16-row
+    dot operand whose other rows are masked (cp.async fetches nothing for
+    them) and the k expert ids and weights are loaded once, before the loop.
+    Each assignment's product is accumulated alone in float32, then scaled by
+    its weight into the token's sum.
 
     The grid puts tokens first, so programs of one column block run side by
-    side and tokens sharing an expert find its rows in L2; past a few tokens
-    the aligned down kernel, which reads each expert once for all its rows,
-    wins (triton_moe.MAX_DOWN_TOPK_SUM_TOKENS).
+    side and tokens sharing an expert may find its rows in L2; still, each
+    token streams its own experts, so past a few tokens the aligned down
+    kernel, which reads each expert once for all its rows, should win
+    (triton_moe.MAX_DOWN_TOPK_SUM_TOKENS).
     """
     pdl_wait(USE_PDL)
     token = tl.program_id(0)

@@ -66,7 +66,9 @@ SINGLE_PASS_TILE = TileConfig(block_n=64, block_k=128, num_warps=4, num_stages=4
 # 2 to start with, where gate/up already runs one assignment per block; to be
 # set from H100 figures at T = 1, 2, 4, 8 (tools/bench_kernels.py --tables moe_stack).
 MAX_DOWN_TOPK_SUM_TOKENS = 2
-DOWN_TOPK_SUM_TILE = TileConfig(block_n=16, block_k=256, num_warps=4, num_stages=4)
+# 3 x 16 KB of w2 in flight per program (num_stages - 1 chunks of 16 x 512 bf16); not yet
+# measured: tools/bench_kernels.py (moe_stack) times the alternatives in DOWN_TOPK_SUM_TILES there.
+DOWN_TOPK_SUM_TILE = TileConfig(block_n=16, block_k=512, num_warps=4, num_stages=4)
 # Up to this many tokens the top-k sum is a generated kernel: on an H100 it took
 # 1.6 us at T=1 where aten's reduction over the middle dimension took 5 us, but
 # 360 us at T=8192 where aten's is about 3x faster.

@@ -122,8 +122,8 @@ def test_single_pass_path_matches_reference_with_dropped_assignments(device, num
 
 # (tokens, k, hidden, inter): T = 1, 2, the threshold, and 4 (act rows laid out by
 # the aligned gate/up path); hidden and inter not multiples of DOWN_TOPK_SUM_TILE
-# (16 x 256), inter past one K block.
-DOWN_TOPK_SUM_CASES = [(1, 1, 48, 40), (1, 8, 40, 300), (2, 2, 33, 257), (MAX_DOWN_TOPK_SUM_TOKENS, 8, 40, 300), (4, 2, 24, 520)]
+# (16 x 512), inter past one K block.
+DOWN_TOPK_SUM_CASES = [(1, 1, 48, 40), (1, 8, 40, 600), (2, 2, 33, 257), (MAX_DOWN_TOPK_SUM_TOKENS, 8, 40, 600), (4, 2, 24, 520)]
 
 
 def unnormalised_plan(num_tokens: int, num_experts: int, top_k: int, gen: torch.Generator) -> RoutingPlan:
@@ -207,7 +207,7 @@ def brute_force_down_sum(act, w2, topk_ids, topk_weights):
 
 def test_down_topk_sum_never_reads_the_act_rows_of_dropped_assignments(device):
     gen = torch.Generator().manual_seed(21)
-    num_tokens, top_k, hidden_size, inter = 3, 4, 40, 300
+    num_tokens, top_k, hidden_size, inter = 3, 4, 40, 600
     _, w2 = random_experts(5, hidden_size, inter, torch.float32, gen)
     topk_ids = torch.tensor([[2, -1, 0, 4], [-1, -1, -1, -1], [1, 3, -1, 2]])
     weights = torch.randn(num_tokens, top_k, generator=gen)
@@ -249,7 +249,7 @@ POINTERS = {"x_ptr": "*bf16", "w13_ptr": "*bf16", "w2_ptr": "*bf16", "act_ptr": 
 TILES = {
     "gate_up_silu_kernel": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "ONE_PER_BLOCK": False},
     "down_weighted_kernel": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "ONE_PER_BLOCK": True},
-    "down_topk_sum_kernel": {"BLOCK_N": 16, "BLOCK_K": 256, "BLOCK_TOPK": 8},
+    "down_topk_sum_kernel": {"BLOCK_N": DOWN_BLOCK_N, "BLOCK_K": DOWN_BLOCK_K, "BLOCK_TOPK": 8},
     "align_kernel": {"BLOCK_M": 16, "CHUNK": 128, "BLOCK_E": 128},
     "single_pass_moe_kernel": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128},
 }
@@ -276,7 +276,9 @@ for name, tile in TILES.items():
 
 def test_every_experts_kernel_compiles_for_sm90_with_pdl_and_the_down_sum_loop_is_pipelined() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_EXPERTS_KERNELS_FOR_SM90], env=env, capture_output=True, text=True, timeout=300)
+    script = COMPILE_EXPERTS_KERNELS_FOR_SM90.replace("DOWN_BLOCK_N", str(DOWN_TOPK_SUM_TILE.block_n))
+    script = script.replace("DOWN_BLOCK_K", str(DOWN_TOPK_SUM_TILE.block_k))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     flags = {line.split()[0]: line.split()[1:] for line in done.stdout.strip().split("\n")}
     assert len(flags) == 5 and all(wait == "True" for wait, _ in flags.values()), flags
