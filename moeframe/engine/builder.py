@@ -25,6 +25,7 @@ from moeframe.experts import EXPERTS
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.fusion import set_compile
+from moeframe.model.layers.small_gemv import set_decode_gemv
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
 from moeframe.model.spec import ModelSpec
@@ -93,6 +94,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     torch.manual_seed(cfg.seed)
     set_compile(cfg.runner.compile)
     set_pdl(cfg.runner.pdl)
+    set_decode_gemv(cfg.runner.decode_gemv)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)

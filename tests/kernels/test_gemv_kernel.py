@@ -26,6 +26,7 @@ from moeframe.model.layers.small_gemv import (
     norm_gemv,
     norm_project,
     project,
+    set_decode_gemv,
 )
 from moeframe.model.spec import AttentionSpec, RopeSpec
 from moeframe.parallel.comm import Comm
@@ -266,3 +267,8 @@ def test_norm_project_fuses_on_cuda_and_matches_the_unfused_path(num_tokens):
     normed, expected_sum = norm.add_forward(h, residual)
     assert torch.equal(summed, expected_sum)
     torch.testing.assert_close(out, F.linear(normed, layer.weight), rtol=2e-2, atol=2e-2)
+
+
+def test_an_unknown_decode_gemv_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="runner.decode_gemv='gemm'"):
+        set_decode_gemv("gemm")

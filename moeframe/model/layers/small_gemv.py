@@ -56,6 +56,18 @@ STAGE_WEIGHT_BYTES = 8192
 SHARED_BYTES_PER_SM = 192 * 1024
 MAX_STAGES = 6
 GEMV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# runner.decode_gemv: "fused" (the Triton GEMV, the qkv one with the norm inside),
+# "triton" (the GEMV, norms apart) or "cublas" (F.linear): an ablation switch.
+DECODE_GEMV_MODES = ("fused", "triton", "cublas")
+_mode = "fused"
+
+
+def set_decode_gemv(mode: str) -> None:
+    """Choose how decode-sized CUDA projections run (``runner.decode_gemv``)."""
+    global _mode
+    if mode not in DECODE_GEMV_MODES:
+        raise ValueError(f"runner.decode_gemv={mode!r}: choose one of {', '.join(DECODE_GEMV_MODES)}")
+    _mode = mode
 
 
 def _kernels() -> ModuleType:
@@ -185,7 +197,8 @@ def norm_gemv(
 def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``linear(x, weight, bias)`` runs the Triton GEMV: a decode-sized CUDA batch in a GEMV dtype."""
     return (
-        x.is_cuda
+        _mode != "cublas"
+        and x.is_cuda
         and x.dim() == 2
         and 0 < x.shape[0] <= MAX_GEMV_TOKENS
         and x.dtype in GEMV_DTYPES
@@ -198,7 +211,8 @@ def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
 
 def _fuses_norm(x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, layer: nn.Module) -> bool:
     return (
-        type(norm) is RMSNorm
+        _mode == "fused"
+        and type(norm) is RMSNorm
         and type(layer) is nn.Linear
         and uses_gemv(x, layer.weight, layer.bias)
         and norm.weight.dtype == x.dtype
