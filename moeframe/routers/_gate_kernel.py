@@ -9,6 +9,10 @@ as they are loaded, so no separate cast kernel runs. Products accumulate
 elementwise across the H loop and are reduced once at the end: plain float32
 arithmetic in another summation order than cuBLAS, never TF32.
 
+``norm_gate_logits_tile`` also runs the residual add and RMSNorm before the
+gate (gate_topk.py's fused-norm launch), as norm_gemv folds the input norm into
+the qkv projection (moeframe/model/layers/_gemv_kernel.py).
+
 This module is imported lazily (see gate.py): Triton decides at decoration
 time whether to compile or interpret a kernel.
 """
@@ -47,6 +51,78 @@ def gate_logits_tile(
         w = tl.load(w_ptr + expert * stride_w + cols, mask=col_ok, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         acc += x.to(tl.float32) * w[None, :]
+    tl.store(out_ptr + rows * stride_out + expert, tl.sum(acc, axis=1), mask=row_ok)
+
+
+@triton.jit
+def _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res):
+    """x[rows, cols] + residual[rows, cols], rounded to the activations' dtype as torch adds them."""
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    return x + tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def norm_gate_logits_tile(
+    x_ptr,
+    res_ptr,
+    norm_w_ptr,
+    sum_ptr,
+    normed_ptr,
+    w_ptr,
+    out_ptr,
+    expert,
+    num_experts,
+    token_block,
+    num_tokens,
+    hidden,
+    stride_x,
+    stride_res,
+    stride_w,
+    stride_out,
+    eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """``gate_logits_tile`` of rms_norm(x + residual), norm.py's add_rms_norm computed in the gate's own programs.
+
+    Every program walks the full summed rows of its token block for their
+    float32 sum of squares (the rms needs all of them; a few KB read from L2),
+    then normalises each chunk as it streams its gate row, rounding where
+    norm.py rounds: the sum to the dtype, the normed row to the dtype, its
+    product with the norm weight to the dtype. The summed rows (the residual
+    stream) and the normed rows (the experts' input) are written once between
+    all programs: the program of expert e writes columns
+    [e * ceil(H / E), (e + 1) * ceil(H / E)) of its token block.
+    """
+    rows = token_block * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok = rows < num_tokens
+    offs = tl.arange(0, BLOCK_H)
+    share = tl.cdiv(hidden, num_experts)
+    own_lo = expert * share
+    dtype = x_ptr.dtype.element_ty
+    sum_sq = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+    for start in range(0, hidden, BLOCK_H):
+        cols = start + offs
+        mask = row_ok[:, None] & (cols < hidden)[None, :]
+        total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
+        owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
+        tl.store(sum_ptr + rows[:, None] * hidden + cols[None, :], total, mask=owned)
+        total = total.to(tl.float32)
+        sum_sq += total * total
+    inv_rms = tl.math.rsqrt(tl.sum(sum_sq, axis=1) / hidden + eps)
+    acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+    for start in range(0, hidden, BLOCK_H):
+        cols = start + offs
+        col_ok = cols < hidden
+        mask = row_ok[:, None] & col_ok[None, :]
+        total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
+        norm_w = tl.load(norm_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        normed = (total.to(tl.float32) * inv_rms[:, None]).to(dtype).to(tl.float32)
+        normed = (norm_w[None, :] * normed).to(dtype)
+        owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
+        tl.store(normed_ptr + rows[:, None] * hidden + cols[None, :], normed, mask=owned)
+        w = tl.load(w_ptr + expert * stride_w + cols, mask=col_ok, other=0.0).to(tl.float32)
+        acc += normed.to(tl.float32) * w[None, :]
     tl.store(out_ptr + rows * stride_out + expert, tl.sum(acc, axis=1), mask=row_ok)
 
 

@@ -14,6 +14,13 @@ and no program ever waits on another, so it needs no co-resident grid. The last
 program sets the counter back to 0, so the next launch (or CUDA-graph replay)
 starts from zero with no host-side reset.
 
+With ``NORM`` the programs first run the residual add and RMSNorm that
+precede the gate (norm_gate_logits_tile in _gate_kernel.py): each computes the
+rms of its token block's rows itself and routes from the normed rows, and
+between them they write the summed and normed rows once. Those writes come
+after the PDL wait; the launches that read them (the experts kernel, the next
+layer's norm) come later in the stream.
+
 This module is imported lazily (see gate_topk.py): Triton decides at
 decoration time whether to compile or interpret a kernel.
 """
@@ -24,13 +31,17 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
-from moeframe.routers._gate_kernel import gate_logits_tile
+from moeframe.routers._gate_kernel import gate_logits_tile, norm_gate_logits_tile
 from moeframe.routers._topk_kernel import softmax_topk_rows
 
 
 @triton.jit
 def gate_softmax_topk_kernel(
     x_ptr,
+    res_ptr,
+    norm_w_ptr,
+    sum_ptr,
+    normed_ptr,
     w_ptr,
     logits_ptr,
     bias_ptr,
@@ -42,8 +53,11 @@ def gate_softmax_topk_kernel(
     num_experts,
     k,
     stride_x,
+    stride_res,
     stride_w,
+    eps,
     scale,
+    NORM: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     RENORMALIZE: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -53,11 +67,18 @@ def gate_softmax_topk_kernel(
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
+    expert = tl.program_id(0)
     token_block = tl.program_id(1)
-    gate_logits_tile(
-        x_ptr, w_ptr, logits_ptr, tl.program_id(0), token_block, num_tokens, hidden, stride_x, stride_w, num_experts,
-        BLOCK_T, BLOCK_H,
-    )  # fmt: skip
+    if NORM:
+        norm_gate_logits_tile(
+            x_ptr, res_ptr, norm_w_ptr, sum_ptr, normed_ptr, w_ptr, logits_ptr, expert, num_experts, token_block,
+            num_tokens, hidden, stride_x, stride_res, stride_w, num_experts, eps, BLOCK_T, BLOCK_H,
+        )  # fmt: skip
+    else:
+        gate_logits_tile(
+            x_ptr, w_ptr, logits_ptr, expert, token_block, num_tokens, hidden, stride_x, stride_w, num_experts,
+            BLOCK_T, BLOCK_H,
+        )  # fmt: skip
     # every thread's logit stores come before the release below
     tl.debug_barrier()
     finished_before = tl.atomic_add(counts_ptr + token_block, 1, sem="acq_rel", scope="gpu")

@@ -9,6 +9,14 @@ their code): float32 logits, softmax, the choice bias for selection only, the
 lower expert id first on exact ties, renormalised over the k when asked, times
 ``scale``. Each caller owns its counters (``GateTopK``, one per router and so
 per layer); the kernel leaves them at zero, so CUDA-graph replays need no reset.
+
+``norm_gate_softmax_topk`` also folds in the residual add and RMSNorm that
+precede the MoE block (norm.py's add_rms_norm, with its rounding), as
+small_gemv.norm_gemv does for the qkv projection and as TensorRT-LLM and
+SGLang fuse a decode layer's norms into the kernel after them: the launch
+returns the normed rows the experts read and the summed residual stream
+besides the plan, and the separate add + RMSNorm kernel between the o_proj
+GEMV and the gate goes away.
 """
 
 from __future__ import annotations
@@ -18,7 +26,11 @@ from types import ModuleType
 import torch
 import triton
 
+from torch import nn
+
 from moeframe.gpu.pdl import pdl_args
+from moeframe.model.layers.norm import RMSNorm
+from moeframe.routers.base import NormedRouting
 from moeframe.routers.fused_topk import MAX_EXPERTS
 from moeframe.routers.gate import MAX_BLOCK_T, MAX_GEMV_TOKENS, TILE_ELEMENTS
 from moeframe.routers.plan import RoutingPlan
@@ -27,6 +39,8 @@ from moeframe.routers.plan import RoutingPlan
 # MAX_BLOCK_T tokens after its own GEMV tile; past this bound the separate
 # top-k launch spreads the routing over more programs.
 MAX_FUSED_TOKENS = MAX_GEMV_TOKENS
+# Activation dtypes the fused norm rounds to (norm.py's add_rms_norm casts to the activations' dtype).
+NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _kernels() -> ModuleType:
@@ -40,6 +54,57 @@ def _kernels() -> ModuleType:
 def new_counts(device: torch.device) -> torch.Tensor:
     """Zeroed completion counters for ``gate_softmax_topk``: one int32 per token block."""
     return torch.zeros(-(-MAX_FUSED_TOKENS // MAX_BLOCK_T), dtype=torch.int32, device=device)
+
+
+def _check_routing(num_tokens: int, num_experts: int, k: int) -> None:
+    if not 1 <= k <= num_experts:
+        raise ValueError(f"k={k}: must lie in 1..{num_experts} (the number of experts)")
+    if num_experts > MAX_EXPERTS:
+        raise ValueError(f"{num_experts} experts: the fused top-k kernel takes at most {MAX_EXPERTS}")
+    if num_tokens > MAX_FUSED_TOKENS:
+        raise ValueError(f"{num_tokens} tokens: the fused gate top-k takes at most {MAX_FUSED_TOKENS}")
+
+
+def _row_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(1) == 1 else t.contiguous()
+
+
+def _launch(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    weight: torch.Tensor,
+    k: int,
+    renormalize: bool,
+    scale: float,
+    counts: torch.Tensor,
+    bias: torch.Tensor | None,
+    summed: torch.Tensor | None,
+    normed: torch.Tensor | None,
+) -> RoutingPlan:
+    num_tokens, hidden = x.shape
+    num_experts = weight.shape[0]
+    device = x.device
+    topk_ids = torch.empty(num_tokens, k, dtype=torch.int64, device=device)
+    topk_weights = torch.empty(num_tokens, k, dtype=torch.float32, device=device)
+    if num_tokens == 0:
+        return RoutingPlan(topk_ids, topk_weights)
+    w = _row_contiguous(weight)
+    res = x if residual is None else residual
+    logits = torch.empty(num_tokens, num_experts, dtype=torch.float32, device=device)
+    block_t = min(triton.next_power_of_2(num_tokens), MAX_BLOCK_T)
+    block_h = min(triton.next_power_of_2(hidden), TILE_ELEMENTS // block_t)
+    _kernels().gate_softmax_topk_kernel[(num_experts, -(-num_tokens // block_t))](
+        x, res, w if norm_weight is None else norm_weight, logits if summed is None else summed,
+        logits if normed is None else normed, w, logits, logits if bias is None else bias.contiguous(), counts,
+        topk_ids, topk_weights, num_tokens, hidden, num_experts, k, x.stride(0), res.stride(0), w.stride(0),
+        float(eps), float(scale),
+        NORM=norm_weight is not None, HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
+        BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=triton.next_power_of_2(num_experts),
+        BLOCK_K=triton.next_power_of_2(k), num_warps=4, **pdl_args(x),
+    )  # fmt: skip
+    return RoutingPlan(topk_ids, topk_weights)
 
 
 def gate_softmax_topk(
@@ -57,32 +122,45 @@ def gate_softmax_topk(
     bias [E] or None; ``counts`` from ``new_counts``, zero between launches and
     used by one stream at a time.
     """
+    _check_routing(hidden_states.shape[0], weight.shape[0], k)
+    x = _row_contiguous(hidden_states)
+    return _launch(x, None, None, 0.0, weight, k, renormalize, scale, counts, bias, None, None)
+
+
+def norm_gate_softmax_topk(
+    hidden_states: torch.Tensor,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    k: int,
+    renormalize: bool,
+    scale: float,
+    counts: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[RoutingPlan, torch.Tensor, torch.Tensor]:
+    """(plan, normed, summed) of norm.py's add_rms_norm then ``gate_softmax_topk``, in one launch.
+
+    ``normed, summed = add_rms_norm(hidden_states, residual, norm_weight, eps)``
+    with its rounding (the sum and the normed row in hidden_states' dtype, which
+    ``residual`` and ``norm_weight`` [H] share; a half type or float32), and the
+    plan routes ``normed`` as ``gate_softmax_topk`` would.
+    """
     num_tokens, hidden = hidden_states.shape
-    num_experts = weight.shape[0]
-    if not 1 <= k <= num_experts:
-        raise ValueError(f"k={k}: must lie in 1..{num_experts} (the number of experts)")
-    if num_experts > MAX_EXPERTS:
-        raise ValueError(f"{num_experts} experts: the fused top-k kernel takes at most {MAX_EXPERTS}")
-    if num_tokens > MAX_FUSED_TOKENS:
-        raise ValueError(f"{num_tokens} tokens: the fused gate top-k takes at most {MAX_FUSED_TOKENS}")
-    x = hidden_states if hidden_states.stride(1) == 1 else hidden_states.contiguous()
-    w = weight if weight.stride(1) == 1 else weight.contiguous()
-    device = x.device
-    topk_ids = torch.empty(num_tokens, k, dtype=torch.int64, device=device)
-    topk_weights = torch.empty(num_tokens, k, dtype=torch.float32, device=device)
-    if num_tokens == 0:
-        return RoutingPlan(topk_ids, topk_weights)
-    logits = torch.empty(num_tokens, num_experts, dtype=torch.float32, device=device)
-    block_t = min(triton.next_power_of_2(num_tokens), MAX_BLOCK_T)
-    block_h = min(triton.next_power_of_2(hidden), TILE_ELEMENTS // block_t)
-    _kernels().gate_softmax_topk_kernel[(num_experts, -(-num_tokens // block_t))](
-        x, w, logits, logits if bias is None else bias.contiguous(), counts, topk_ids, topk_weights,
-        num_tokens, hidden, num_experts, k, x.stride(0), w.stride(0), float(scale),
-        HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
-        BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=triton.next_power_of_2(num_experts),
-        BLOCK_K=triton.next_power_of_2(k), num_warps=4, **pdl_args(x),
-    )  # fmt: skip
-    return RoutingPlan(topk_ids, topk_weights)
+    _check_routing(num_tokens, weight.shape[0], k)
+    if residual.shape != hidden_states.shape or norm_weight.shape != (hidden,):
+        raise ValueError(
+            f"hidden states {list(hidden_states.shape)}, residual {list(residual.shape)} and norm weight "
+            f"{list(norm_weight.shape)}: the residual must match the hidden states and the norm weight be [{hidden}]"
+        )
+    dtype, device = hidden_states.dtype, hidden_states.device
+    if residual.dtype != dtype or norm_weight.dtype != dtype:
+        raise ValueError(f"the residual ({residual.dtype}) and norm weight ({norm_weight.dtype}) must be {dtype}")
+    summed = torch.empty(num_tokens, hidden, dtype=dtype, device=device)
+    normed = torch.empty(num_tokens, hidden, dtype=dtype, device=device)
+    x, res = _row_contiguous(hidden_states), _row_contiguous(residual)
+    plan = _launch(x, res, norm_weight.contiguous(), eps, weight, k, renormalize, scale, counts, bias, summed, normed)
+    return plan, normed, summed
 
 
 class GateTopK:
@@ -101,6 +179,33 @@ class GateTopK:
             and weight.shape[0] <= MAX_EXPERTS
         )
 
+    @classmethod
+    def fuses_norm(
+        cls, hidden_states: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, weight: torch.Tensor
+    ) -> bool:
+        """Where the residual add and ``norm`` join the launch too: a plain RMSNorm, one activation dtype throughout.
+
+        Any other norm module (a subclass, tensor parallelism's) and the first
+        layer's missing residual keep ``norm.add_forward``.
+        """
+        if not cls.applies(hidden_states, weight) or residual is None or type(norm) is not RMSNorm:
+            return False
+        dtype, device = hidden_states.dtype, hidden_states.device
+        return (
+            dtype in NORM_DTYPES
+            and residual.shape == hidden_states.shape
+            and residual.dtype == dtype
+            and residual.device == device
+            and norm.weight.shape == (hidden_states.shape[1],)
+            and norm.weight.dtype == dtype
+            and norm.weight.device == device
+        )
+
+    def _counts_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._counts:
+            self._counts[device] = new_counts(device)
+        return self._counts[device]
+
     def __call__(
         self,
         hidden_states: torch.Tensor,
@@ -110,7 +215,23 @@ class GateTopK:
         scale: float,
         bias: torch.Tensor | None = None,
     ) -> RoutingPlan:
-        device = hidden_states.device
-        if device not in self._counts:
-            self._counts[device] = new_counts(device)
-        return gate_softmax_topk(hidden_states, weight, k, renormalize, scale, self._counts[device], bias)
+        counts = self._counts_on(hidden_states.device)
+        return gate_softmax_topk(hidden_states, weight, k, renormalize, scale, counts, bias)
+
+    def norm_and_route(
+        self,
+        hidden_states: torch.Tensor,
+        residual: torch.Tensor,
+        norm: RMSNorm,
+        weight: torch.Tensor,
+        k: int,
+        renormalize: bool,
+        scale: float,
+        bias: torch.Tensor | None = None,
+    ) -> NormedRouting:
+        """``norm.add_forward(hidden_states, residual)`` and the routing of its normed rows, in the one launch."""
+        counts = self._counts_on(hidden_states.device)
+        plan, normed, summed = norm_gate_softmax_topk(
+            hidden_states, residual, norm.weight, norm.eps, weight, k, renormalize, scale, counts, bias
+        )
+        return NormedRouting(plan, normed, summed)

@@ -1,4 +1,8 @@
-"""The fused gate GEMV + softmax top-k launch against the two launches it replaces and the torch reference."""
+"""The fused gate GEMV + softmax top-k launch against the two launches it replaces and the torch reference.
+
+Its fused-norm form (norm_gate_softmax_topk) is checked against norm.py's
+add_rms_norm followed by the same routing.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from hypothesis import strategies as st
 
 from moeframe.routers.fused_topk import fused_softmax_topk
 from moeframe.routers.gate import gate_gemv
-from moeframe.routers.gate_topk import MAX_FUSED_TOKENS, gate_softmax_topk, new_counts
+from moeframe.model.layers.norm import add_rms_norm
+from moeframe.routers.gate_topk import MAX_FUSED_TOKENS, gate_softmax_topk, new_counts, norm_gate_softmax_topk
 from moeframe.routers.native import softmax_topk
 
 HIDDEN = 96
@@ -152,16 +157,130 @@ def test_fused_gate_topk_rejects_k_above_the_number_of_experts():
         fused_plan(x, weight, 9, False, 1.0)
 
 
+EPS = 1e-6
+
+
+def norm_inputs(num_tokens: int, hidden: int, seed: int, dtype: torch.dtype):
+    """An attention output, the residual stream it adds to, and a norm weight around 1."""
+    generator = torch.Generator().manual_seed(seed)
+    h = torch.randn(num_tokens, hidden, generator=generator)
+    residual = 2 * torch.randn(num_tokens, hidden, generator=generator)
+    norm_weight = 1 + 0.2 * torch.randn(hidden, generator=generator)
+    return h.to(dtype), residual.to(dtype), norm_weight.to(dtype)
+
+
+def fused_norm(h, residual, norm_weight, weight, k, renormalize, scale, bias=None, counts=None, device="cpu", eps=EPS):
+    counts = new_counts(torch.device(device)) if counts is None else counts
+    bias = None if bias is None else bias.to(device)
+    plan, normed, summed = norm_gate_softmax_topk(
+        h.to(device), residual.to(device), norm_weight.to(device), eps, weight.to(device), k, renormalize, scale, counts, bias
+    )
+    return plan, normed.cpu(), summed.cpu()
+
+
+def assert_close_to_the_last_bits(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """got equals expected to four units in the last place of its dtype.
+
+    The interpreter sums the squares and takes the reciprocal square root with
+    numpy, torch's CPU rms_norm with its own vectorised reduction, so their
+    rms can differ in its last bits; the normed row is rounded twice after it
+    (to the dtype, then its product with a norm weight that may exceed 1).
+    Where the rms is exact the two agree bit for bit (the test below).
+    """
+    magnitude = expected.abs()
+    ulp = torch.nextafter(magnitude, torch.full_like(magnitude, float("inf"))) - magnitude
+    assert bool(((got - expected).abs() <= 4 * ulp).all()), ((got - expected).abs() / ulp).max()
+
+
+def assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, norm_weight, weight, k, renormalize, scale, bias, device):
+    plan, normed, summed = fused_norm(h, residual, norm_weight, weight, k, renormalize, scale, bias, device=device)
+    expected_normed, expected_sum = add_rms_norm(h, residual, norm_weight, EPS)
+    assert torch.equal(summed, expected_sum)
+    assert_close_to_the_last_bits(normed, expected_normed)
+    # the routing of the rows the launch normed: the gate reads exactly what the experts will
+    reference = softmax_topk(F.linear(normed.float(), weight), k, renormalize, scale, bias)
+    assert torch.equal(plan.topk_ids.cpu(), reference.topk_ids)
+    torch.testing.assert_close(plan.topk_weights.cpu(), reference.topk_weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("num_experts", "k", "num_tokens", "renormalize", "with_bias"), CASES)
+def test_fused_norm_gate_topk_equals_add_rms_norm_then_softmax_topk(num_experts, k, num_tokens, renormalize, with_bias, dtype, device):
+    h, residual, norm_weight = norm_inputs(num_tokens, HIDDEN + 4, seed=num_experts + num_tokens, dtype=dtype)
+    _, weight = gate_inputs(1, num_experts, HIDDEN + 4, seed=num_experts)
+    bias = choice_bias(num_experts, seed=k) if with_bias else None
+    assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, norm_weight, weight, k, renormalize, 2.5, bias, device)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    num_experts=st.integers(2, 40).filter(lambda e: e & (e - 1)),
+    k=st.integers(1, 8),
+    num_tokens=st.integers(1, MAX_FUSED_TOKENS),
+    hidden=st.integers(1, 300).filter(lambda h: h & (h - 1)),
+    renormalize=st.booleans(),
+    with_bias=st.booleans(),
+    half=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_norm_gate_topk_on_random_shapes(num_experts, k, num_tokens, hidden, renormalize, with_bias, half, seed):
+    k = min(k, num_experts)
+    h, residual, norm_weight = norm_inputs(num_tokens, hidden, seed, torch.float16 if half else torch.float32)
+    _, weight = gate_inputs(1, num_experts, hidden, seed + 1)
+    bias = choice_bias(num_experts, seed + 2) if with_bias else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, norm_weight, weight, k, renormalize, 1.0, bias, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_norm_equals_add_rms_norm_bit_for_bit_where_the_rms_is_exact(dtype, device):
+    # 36 of every 96 summed entries are +-1.5 and 60 are +-0.5: the mean square is exactly 1 in any
+    # summation order, so the rms is too (eps 0; four tokens, so no padding row takes rsqrt(0));
+    # the norm weight's products with 0.5 and 1.5 round in fp16
+    hidden, generator = 96, torch.Generator().manual_seed(7)
+    magnitudes = torch.where(torch.randperm(hidden, generator=generator) < 36, 1.5, 0.5)
+    total = magnitudes * torch.where(torch.rand(4, hidden, generator=generator) < 0.5, -1.0, 1.0)
+    residual = torch.randint(-4, 5, (4, hidden), generator=generator).float()
+    h, residual = (total - residual).to(dtype), residual.to(dtype)
+    norm_weight = (1 + 0.2 * torch.randn(hidden, generator=generator)).to(dtype)
+    _, weight = gate_inputs(1, 20, hidden, seed=8)
+    _, normed, summed = fused_norm(h, residual, norm_weight, weight, 4, True, 1.0, device=device, eps=0.0)
+    expected_normed, expected_sum = add_rms_norm(h, residual, norm_weight, 0.0)
+    assert torch.equal(summed, expected_sum) and torch.equal(normed, expected_normed)
+
+
+def test_fused_norm_gate_topk_reads_strided_rows_and_leaves_its_counters_at_zero(device):
+    h, residual, norm_weight = norm_inputs(5, 2 * HIDDEN, seed=9, dtype=torch.float32)
+    h, residual = h[:, :HIDDEN], residual[:, HIDDEN:]
+    _, weight = gate_inputs(1, 24, HIDDEN, seed=10)
+    counts = new_counts(torch.device(device))
+    plan, normed, summed = fused_norm(h, residual, norm_weight[:HIDDEN], weight, 4, False, 1.0, counts=counts, device=device)
+    expected_normed, expected_sum = add_rms_norm(h, residual, norm_weight[:HIDDEN], EPS)
+    assert torch.equal(summed, expected_sum)
+    assert_close_to_the_last_bits(normed, expected_normed)
+    assert not counts.any()
+
+
+def test_fused_norm_gate_topk_rejects_a_residual_of_another_dtype():
+    h, residual, norm_weight = norm_inputs(2, HIDDEN, seed=11, dtype=torch.float32)
+    _, weight = gate_inputs(1, 8, HIDDEN, seed=12)
+    with pytest.raises(ValueError, match="residual"):
+        fused_norm(h, residual.half(), norm_weight, weight, 2, False, 1.0)
+
+
 COMPILE_FUSED_KERNEL = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from moeframe.routers._gate_topk_kernel import gate_softmax_topk_kernel as kernel
-types = ["*bf16", "*fp32", "*fp32", "*fp32", "*i32", "*i64", "*fp32"] + ["i32"] * 6 + ["fp32"] + ["constexpr"] * 7
-constexprs = {"HAS_BIAS": False, "RENORMALIZE": True, "BLOCK_T": 1, "BLOCK_H": 4096, "BLOCK_E": 64, "BLOCK_K": 8, "USE_PDL": True}
-src = ASTSource(fn=kernel, signature=dict(zip(kernel.arg_names, types)), constexprs=constexprs)
-ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True}).asm["ptx"]
-print("griddepcontrol.wait" in ptx, "atom.global.gpu.acq_rel.add" in ptx)
+pointers = ["*bf16"] * 5 + ["*fp32", "*fp32", "*fp32", "*i32", "*i64", "*fp32"]
+types = pointers + ["i32"] * 7 + ["fp32"] * 2 + ["constexpr"] * 8
+for norm in (False, True):
+    constexprs = {"NORM": norm, "HAS_BIAS": False, "RENORMALIZE": True, "BLOCK_T": 1, "BLOCK_H": 2048, "BLOCK_E": 64,
+                  "BLOCK_K": 8, "USE_PDL": True}
+    src = ASTSource(fn=kernel, signature=dict(zip(kernel.arg_names, types)), constexprs=constexprs)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True}).asm["ptx"]
+    print(norm, "griddepcontrol.wait" in ptx, "atom.global.gpu.acq_rel.add" in ptx)
 """
 
 
@@ -169,7 +288,7 @@ def test_the_fused_kernel_compiles_for_sm90_with_pdl_and_an_acq_rel_count():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", COMPILE_FUSED_KERNEL], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[0] == "True True"
+    assert done.stdout.split("\n")[:2] == ["False True True", "True True True"]
 
 
 @pytest.mark.gpu
