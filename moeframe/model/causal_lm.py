@@ -49,8 +49,11 @@ class DecoderLayer(nn.Module):
         else:
             x, residual = self.input_layernorm.add_forward(h, residual)
             h = self.self_attn(x, positions, ctx)
+        if self.is_sparse:
+            # The post-attention norm runs inside the router's gate launch where it has one (CUDA decode).
+            return self.mlp.forward_residual(h, residual, self.post_attention_layernorm, ctx.batch.input_ids)
         x, residual = self.post_attention_layernorm.add_forward(h, residual)
-        return (self.mlp(x, ctx.batch.input_ids) if self.is_sparse else self.mlp(x)), residual
+        return self.mlp(x), residual
 
 
 class CausalLM(nn.Module):

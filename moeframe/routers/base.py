@@ -5,6 +5,9 @@ The MoE layer hands a router its hidden states and gate weight
 routes them (``route``). A router whose routing has a fused kernel that also
 computes the logits (native and top_k's softmax top-k on CUDA decode,
 gate_topk.py) overrides ``route_hidden`` to save the launch between them.
+Likewise the MoE layer hands over the residual add and RMSNorm before it
+(``route_residual``): by default the router runs the norm and then
+``route_hidden``; one with a kernel that folds the norm in as well overrides it.
 
 A router instance is built once per MoE layer, so a stateful router (such as
 DeepSeek-V3's auxiliary-loss-free bias) keeps its own per-layer state. The MoE
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from moeframe.routers.gate import gate_logits
 from moeframe.routers.plan import RoutingPlan
@@ -28,6 +33,14 @@ class RouteContext:
 
     token_ids: torch.Tensor | None = None
     correction_bias: torch.Tensor | None = None
+
+
+class NormedRouting(NamedTuple):
+    """What ``Router.route_residual`` returns: the plan and the norm's two results."""
+
+    plan: RoutingPlan
+    hidden_states: torch.Tensor  # norm(h + residual): the experts' input
+    residual: torch.Tensor  # h + residual: the residual stream after the block
 
 
 class Router(ABC):
@@ -43,3 +56,20 @@ class Router(ABC):
     def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         """hidden_states: [T, H] in the model's dtype; gate_weight: [E, H]. Routes ``gate_logits`` unless overridden."""
         return self.route(gate_logits(hidden_states, gate_weight), ctx)
+
+    def route_residual(
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm: nn.Module,
+        gate_weight: torch.Tensor,
+        ctx: RouteContext,
+    ) -> NormedRouting:
+        """The residual add and norm before the block, then ``route_hidden`` of the normed rows.
+
+        h: the attention output [T, H]; residual: the stream it adds to (None:
+        no add, as norm.add_forward). Runs ``norm.add_forward`` unless
+        overridden by a router whose fused kernel also runs the norm.
+        """
+        hidden_states, residual = norm.add_forward(h, residual)
+        return NormedRouting(self.route_hidden(hidden_states, gate_weight, ctx), hidden_states, residual)

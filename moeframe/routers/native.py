@@ -13,18 +13,20 @@ The selection functions take the choice bias as an argument so the
 auxiliary-loss-free router can reuse them with its own online bias. On CUDA
 softmax_topk is one Triton launch (fused_topk.py), and at decode sizes the
 softmax families route from the hidden states in the gate GEMV's own launch
-(gate_topk.py); the torch code here is the CPU path and the reference their
+(gate_topk.py), which also runs the residual add and RMSNorm before the block
+(``route_residual``); the torch code here is the CPU path and the reference their
 tests compare against.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from moeframe.model.spec import MoESpec
 from moeframe.registry import NoParams
 from moeframe.routers import ROUTERS
-from moeframe.routers.base import RouteContext, Router
+from moeframe.routers.base import NormedRouting, RouteContext, Router
 from moeframe.routers.fused_topk import fused_softmax_topk
 from moeframe.routers.gate_topk import GateTopK
 from moeframe.routers.plan import RoutingPlan
@@ -91,6 +93,21 @@ class NativeRouter(Router):
         if moe.scoring == "softmax" and self.gate_topk.applies(hidden_states, gate_weight):
             return self.gate_topk(hidden_states, gate_weight, moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor)
         return super().route_hidden(hidden_states, gate_weight, ctx)
+
+    def route_residual(
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm: nn.Module,
+        gate_weight: torch.Tensor,
+        ctx: RouteContext,
+    ) -> NormedRouting:
+        moe = self.moe
+        if moe.scoring == "softmax" and self.gate_topk.fuses_norm(h, residual, norm, gate_weight):
+            return self.gate_topk.norm_and_route(
+                h, residual, norm, gate_weight, moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor
+            )
+        return super().route_residual(h, residual, norm, gate_weight, ctx)
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         moe = self.moe

@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from moeframe.model.spec import MoESpec
 from moeframe.routers import ROUTERS
-from moeframe.routers.base import RouteContext, Router
+from moeframe.routers.base import NormedRouting, RouteContext, Router
 from moeframe.routers.capacity import drop_assignments, expert_capacity, gshard_priority, keep_within_capacity
 from moeframe.routers.gate_topk import GateTopK
 from moeframe.routers.native import softmax_topk
@@ -66,6 +67,18 @@ class TopKRouter(Router):
         if self.plain_softmax and self.gate_topk.applies(hidden_states, gate_weight):
             return self.gate_topk(hidden_states, gate_weight, self.k, self.renormalize, self.scale)
         return super().route_hidden(hidden_states, gate_weight, ctx)
+
+    def route_residual(
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm: nn.Module,
+        gate_weight: torch.Tensor,
+        ctx: RouteContext,
+    ) -> NormedRouting:
+        if self.plain_softmax and self.gate_topk.fuses_norm(h, residual, norm, gate_weight):
+            return self.gate_topk.norm_and_route(h, residual, norm, gate_weight, self.k, self.renormalize, self.scale)
+        return super().route_residual(h, residual, norm, gate_weight, ctx)
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         if self.plain_softmax:

@@ -2,6 +2,9 @@
 
     h -> router (gate logits -> routing) -> RoutingPlan -> parallel.dispatch -> experts -> parallel.combine
 
+``forward_residual`` also takes the residual add and RMSNorm before the block,
+so a router with a fused kernel can run them in its gate launch.
+
 The router, the expert kernel and the parallel strategy are components built
 from the config and handed in; this block never knows which ones it holds.
 """
@@ -67,8 +70,27 @@ class MoEBlock(nn.Module):
         self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False) if spec.shared_expert_gate else None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's output for normed hidden states x [T, H]."""
+        plan = self.router.route_hidden(x, self.gate.weight, self._route_context(token_ids))
+        return self._run(x, plan)
+
+    def forward_residual(
+        self, h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, token_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(norm(h + residual)), h + residual): the block with the residual add and norm before it.
+
+        The router runs the norm (``Router.route_residual``): native and top_k
+        softmax routing fold it into their gate launch on CUDA decode batches;
+        elsewhere it is ``norm.add_forward`` then ``forward``, number for number.
+        """
+        routed = self.router.route_residual(h, residual, norm, self.gate.weight, self._route_context(token_ids))
+        return self._run(routed.hidden_states, routed.plan), routed.residual
+
+    def _route_context(self, token_ids: torch.Tensor | None) -> RouteContext:
         bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
-        plan = self.router.route_hidden(x, self.gate.weight, RouteContext(token_ids=token_ids, correction_bias=bias))
+        return RouteContext(token_ids=token_ids, correction_bias=bias)
+
+    def _run(self, x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         if self.observer is not None:
             self.observer.record(self.layer_idx, plan)
         out = self.runner.run_experts(x, self.w13, self.w2, plan, self.kernel)
