@@ -87,6 +87,14 @@ class KVCache(ABC):
     def num_evictable_slots(self) -> int:
         return 0
 
+    def can_allocate_free(self, owned: list[list[int]], n: int) -> bool:
+        """Whether ``allocate(o, n)`` for every ``o`` in ``owned`` would be served by free slots, evicting nothing.
+
+        The engine's overlapped decode schedules a step ahead only then. The
+        default fits caches that hand out single slots from the pool.
+        """
+        return self.pool.num_free_slots >= n * len(owned)
+
     def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
         """Share a running request's computed KV now, not only when it ends (SGLang caches after prefill).
 

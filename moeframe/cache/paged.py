@@ -161,6 +161,15 @@ class PagedCache(KVCache):
     def num_evictable_slots(self) -> int:
         return self.block_size * self.blocks.num_evictable_blocks
 
+    def can_allocate_free(self, owned: list[list[int]], n: int) -> bool:
+        """Whether the requests' own tail blocks and the free blocks hold n slots each, evicting nothing."""
+        need = 0
+        for slots in owned:
+            tail = self._tail_block(slots)
+            rest = n - (min(n, tail.size - tail.num_used) if tail else 0)
+            need += -(-rest // self.block_size)
+        return need <= self.blocks.num_free_blocks
+
     def cached_prefix_len(self, token_ids: list[int]) -> int:
         if not self.prefix_reuse:
             return 0

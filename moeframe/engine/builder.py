@@ -125,7 +125,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device)
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)
-    runner = ModelRunner(model, pool, device, cfg.runner.attention)
+    runner = ModelRunner(model, pool, device, cfg.runner.attention, cfg.runner.overlap)
     batch_dependent = any(r.batch_dependent for r in routers.values())
     # Padding rows would join a batch-dependent router's choice, so those run eagerly.
     capturable = not batch_dependent and parallel.cuda_graph_safe and cfg.runner.attention != "torch"

@@ -2,6 +2,19 @@
 
 ``step`` is the unit both the blocking ``Engine.generate`` and the server's
 asynchronous loop drive. Finished requests hand their KV to the cache.
+
+Overlapped decode (SGLang's overlap scheduler, vLLM v1's async scheduling):
+when the step just launched is a plain greedy decode of every running
+request and nothing waits, ``step`` schedules and launches the next step
+before it reads this one's tokens. Each request gets a placeholder for the
+token in flight, so the scheduler allocates its slot as usual, and the next
+step takes this step's argmax on the device as its input. Reading the tokens
+back then waits for this step only, and the host work of appending,
+detokenizing and stop checks runs while the GPU computes the next step. The
+placeholders are filled before ``step`` returns, so between steps every
+request holds real tokens only; a request that stops at a token the next step
+already feeds has its row of that step dropped. One call still processes
+exactly one step, so outputs are those of the plain loop.
 """
 
 from __future__ import annotations
@@ -14,10 +27,10 @@ import torch
 
 from moeframe.engine.constrained import forced_run, mask_constrained
 from moeframe.engine.detokenizer import Detokenize, IncrementalDetokenizer
-from moeframe.engine.model_runner import ModelRunner
+from moeframe.engine.model_runner import ModelRunner, StepLogits
 from moeframe.engine.request import Request, Status
 from moeframe.engine.sampler import sample, token_logprobs
-from moeframe.engine.scheduler import Scheduler
+from moeframe.engine.scheduler import ScheduledBatch, Scheduler
 
 
 @dataclass
@@ -29,6 +42,15 @@ class StepStats:
     jump_forward_tokens: int = 0
     mask_time_s: float = 0.0  # host time spent building and applying constraint masks
     masked_rows: int = 0  # constrained next-token choices made
+    ahead_steps: int = 0  # forward steps launched before the previous step's tokens were read
+
+
+@dataclass
+class LaunchedStep:
+    """A forward step handed to the runner, whose outputs may still be computing."""
+
+    scheduled: ScheduledBatch
+    out: StepLogits
 
 
 class EngineCore:
@@ -51,6 +73,7 @@ class EngineCore:
         self.apply_bitmask = apply_bitmask
         self.stats = StepStats()
         self.requests: dict[int, Request] = {}
+        self.in_flight: LaunchedStep | None = None  # launched ahead by the last step, processed by the next
 
     def add(self, req: Request) -> None:
         self.requests[req.rid] = req
@@ -66,16 +89,42 @@ class EngineCore:
 
     @torch.inference_mode()
     def step(self) -> list[Request]:
-        """Run one forward step; returns the requests that got new tokens or finished."""
-        scheduled = self.scheduler.schedule()
-        if scheduled is None:
-            return self.unblock()
-        step = self.runner.run(scheduled)
-        logits, argmax = step.logits, step.argmax
+        """Process one forward step; returns the requests that got new tokens or finished.
+
+        The step is the one launched ahead by the last call, else a freshly
+        scheduled one; when it allows, the next step is launched before this
+        one's tokens are read.
+        """
+        launched, self.in_flight = self.in_flight, None
+        if launched is None or all(r.is_finished for r in launched.scheduled.requests):
+            scheduled = self.scheduler.schedule()
+            if scheduled is None:
+                return self.unblock()
+            launched = self.launch(scheduled)
+        ready = self.count_tokens(launched.scheduled)
+        if not ready:
+            return []
+        rows = self.ahead_rows(launched.scheduled, ready)
+        if rows is None:
+            return self.sample_and_update(launched, ready)
+        greedy = launched.out.greedy_ids()
+        token_ids = self.runner.read_back(greedy)
+        self.launch_ahead(launched.scheduled, rows, greedy)
+        reqs = launched.scheduled.requests
+        self.update(reqs, token_ids.tolist())
+        return reqs
+
+    def launch(self, scheduled: ScheduledBatch, input_ids: torch.Tensor | None = None) -> LaunchedStep:
+        self.stats.forward_steps += 1
+        return LaunchedStep(scheduled, self.runner.run(scheduled, input_ids))
+
+    def count_tokens(self, scheduled: ScheduledBatch) -> list[int]:
+        """Count the step's tokens; the rows whose request samples its next token now."""
         stats = self.stats
-        stats.forward_steps += 1
         ready: list[int] = []
         for i, (req, n) in enumerate(zip(scheduled.requests, scheduled.num_new_tokens)):
+            if req.is_finished:  # a row of a step launched ahead, whose request ended before it ran
+                continue
             done = req.num_pending == 0
             if done and n == 1 and req.output_ids:
                 stats.decode_tokens += 1
@@ -85,8 +134,55 @@ class EngineCore:
                     self.scheduler.cache_prefix(req)
             if done:
                 ready.append(i)
-        if not ready:
-            return []
+        return ready
+
+    def ahead_rows(self, scheduled: ScheduledBatch, ready: list[int]) -> list[int] | None:
+        """Rows of the requests the next step may decode before this step's tokens are read; None if it may not.
+
+        Only a plain greedy decode of every running request, with nothing
+        waiting, goes ahead: its tokens are the argmax already on the device,
+        and the next schedule is known without them. A request this step
+        ends by length stays out.
+        """
+        reqs = scheduled.requests
+        if not self.runner.overlap or len(ready) < len(reqs) or self.scheduler.waiting:
+            return None
+        if len(self.scheduler.running) != len(reqs) or any(n != 1 for n in scheduled.num_new_tokens):
+            return None
+        if not all(self.plain_greedy(req) for req in reqs):
+            return None
+        rows = [i for i, req in enumerate(reqs) if not self.ends_by_length(req)]
+        return rows or None
+
+    @staticmethod
+    def plain_greedy(req: Request) -> bool:
+        p = req.params
+        return p.temperature == 0 and req.constraint is None and p.logprobs is None
+
+    def ends_by_length(self, req: Request) -> bool:
+        """Whether the token this step samples is certain to end the request."""
+        return len(req.output_ids) + 1 >= req.params.max_new_tokens or req.num_tokens + 1 >= self.max_context
+
+    def launch_ahead(self, scheduled: ScheduledBatch, rows: list[int], greedy: torch.Tensor) -> None:
+        """Schedule and launch the next decode step over ``rows``, fed ``greedy`` [B] on the device."""
+        reqs = [scheduled.requests[i] for i in rows]
+        for req in reqs:
+            req.add_placeholder()
+        ahead = self.scheduler.schedule_ahead(reqs)
+        if ahead is None:
+            return
+        if len(ahead.requests) < len(scheduled.requests):
+            row_of = {req: i for i, req in enumerate(scheduled.requests)}
+            index = torch.tensor([row_of[req] for req in ahead.requests])
+            if greedy.is_cuda:
+                index = index.pin_memory().to(greedy.device, non_blocking=True)
+            greedy = greedy.index_select(0, index)
+        self.stats.ahead_steps += 1
+        self.in_flight = self.launch(ahead, greedy)
+
+    def sample_and_update(self, launched: LaunchedStep, ready: list[int]) -> list[Request]:
+        """Mask, sample and append the ready rows' tokens (the step's outputs are final)."""
+        scheduled, logits, argmax = launched.scheduled, launched.out.logits, launched.out.argmax
         if len(ready) < logits.shape[0]:
             reqs = [scheduled.requests[i] for i in ready]
             logits, argmax = logits[ready], None
@@ -97,14 +193,22 @@ class EngineCore:
         next_ids = sample(logits, reqs, argmax)
         want_logprobs = [r.params.logprobs for r in reqs if r.params.logprobs is not None]
         logprobs = token_logprobs(logits, next_ids, max(want_logprobs)) if want_logprobs else None
-        now = time.perf_counter()
-        for j, (req, token) in enumerate(zip(reqs, next_ids.tolist())):
-            if logprobs is not None and req.params.logprobs is not None:
-                entry = dict(logprobs[j])
-                entry["top"] = entry["top"][: req.params.logprobs]
-                req.logprobs.append(entry)
-            self.append(req, token, now)
+        if logprobs is not None:
+            for j, req in enumerate(reqs):
+                if req.params.logprobs is not None:
+                    entry = dict(logprobs[j])
+                    entry["top"] = entry["top"][: req.params.logprobs]
+                    req.logprobs.append(entry)
+        self.update(reqs, next_ids.tolist())
         return reqs
+
+    def update(self, reqs: list[Request], token_ids: list[int]) -> None:
+        """Give each request its token (placeholders first, so none outlives an error), then check stops."""
+        for req, token in zip(reqs, token_ids):
+            req.put_token(token)
+        now = time.perf_counter()
+        for req, token in zip(reqs, token_ids):
+            self.accept(req, token, now)
 
     def mask(self, logits: torch.Tensor, reqs: list[Request]) -> bool:
         """Apply constraint masks to the logits in place; whether any row was masked."""
@@ -116,11 +220,11 @@ class EngineCore:
             return True
         return False
 
-    def append(self, req: Request, token: int, now: float) -> None:
+    def accept(self, req: Request, token: int, now: float) -> None:
+        """The request's new last token is ``token``: time it, detokenize, and finish the request on a stop."""
         if req.first_token_s is None:
             req.first_token_s = now
         req.token_times_s.append(now)
-        req.output_ids.append(token)
         self.stats.generated_tokens += 1
         reason = self.stop_reason(req, token)
         if reason is None and req.constraint is not None:

@@ -13,6 +13,12 @@ step is packed on the host, padding included, into a pinned buffer of the
 same layout and uploaded with one copy, instead of building a device batch
 and then copying or filling each input (SGLang and vLLM likewise stage decode
 inputs in pinned memory).
+
+The upload does not block: with overlapped decode the next step is packed
+and launched while the stream still runs the last one. Two pinned buffers
+take turns, and a buffer is rewritten only once the event recorded after
+its last copy has passed (vLLM's and SGLang's overlap schedulers likewise
+keep their staged inputs alive until the copy is done).
 """
 
 from __future__ import annotations
@@ -111,8 +117,10 @@ class CudaGraphRunner:
         self.static.out_slots.fill_(self.scratch_slot)
         self.static.kv_indptr.copy_(torch.arange(max_bs + 1, dtype=torch.int32, device=device))
         self.static.kv_indices.fill_(self.scratch_slot)
-        self.staging = torch.empty(self.layout.size, dtype=torch.int64, pin_memory=True)
-        self.staged = self.layout.views(self.staging.numpy(), np.int32)
+        self.staging = [torch.empty(self.layout.size, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self.staged = [self.layout.views(buf.numpy(), np.int32) for buf in self.staging]
+        self.uploaded = [torch.cuda.Event() for _ in self.staging]  # each recorded after its buffer's last copy
+        self.turn = 0  # the staging buffer the next step packs into
         self.q_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(max_bs, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -171,20 +179,28 @@ class CudaGraphRunner:
         self.graphs[bs].replay()
         return self.outputs[bs][: batch.batch_size]
 
-    def replay_decode(self, token_ids: list[int], contexts: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def replay_decode(
+        self, token_ids: list[int], contexts: Sequence[np.ndarray], input_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [b, V] and their argmax [b] of a decode step given on the host (see ``DecodeInputLayout.pack``).
 
         One upload, one replay, and the greedy choice without a launch of its
         own (gpt-fast compiles sampling into the step the same way). The
-        upload is blocking: when it returns the pinned buffer may be rewritten,
-        and in an engine step the stream is idle by then (the last step's
-        tokens were read back), so it waits for the copy alone. No autograd op
-        runs here, so it skips entering inference mode.
+        returned tensors are the graph's own outputs: the next replay of the
+        same size rewrites them. ``input_ids`` (a device tensor [b]) replaces
+        the host's token ids after the upload, so a step can take the last
+        step's argmax without reading it back. No autograd op runs here, so
+        it skips entering inference mode.
         """
         b = len(token_ids)
         bs = self.padded_size(b)
-        used = self.layout.pack(self.staged, token_ids, contexts, bs, self.scratch_slot)
-        self.packed[:used].copy_(self.staging[:used])
+        turn, self.turn = self.turn, 1 - self.turn
+        self.uploaded[turn].synchronize()
+        used = self.layout.pack(self.staged[turn], token_ids, contexts, bs, self.scratch_slot)
+        self.packed[:used].copy_(self.staging[turn][:used], non_blocking=True)
+        self.uploaded[turn].record()
+        if input_ids is not None:
+            self.static.input_ids[:b].copy_(input_ids)
         self.graphs[bs].replay()
         return self.outputs[bs][:b], self.argmax[bs][:b]
 

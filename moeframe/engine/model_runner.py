@@ -4,6 +4,13 @@ A decode batch (one new token per request) takes ``ForwardBatch.build_decode``
 over each request's incrementally mirrored slot array; when a captured graph
 will replay it, ``run`` hands the same host inputs to the graph runner, which
 uploads them in one copy.
+
+For overlapped decode (``EngineCore.step``) ``run`` also takes the new
+tokens as a device tensor, the previous step's greedy ids, so step n+1 is
+launched before step n's tokens reach the host, and ``read_back`` starts
+copying step n's ids into pinned memory before that launch, so reading them
+waits for step n alone (vLLM v1's async output copy, SGLang's overlap
+scheduler).
 """
 
 from __future__ import annotations
@@ -29,12 +36,33 @@ class StepLogits:
     logits: torch.Tensor  # [B, V] float32, one row per scheduled request
     argmax: torch.Tensor | None = None  # [B] logits.argmax(-1), when the CUDA graph computed it already
 
+    def greedy_ids(self) -> torch.Tensor:
+        """[B] int64 argmax of the logits, on the logits' device (the graph's own when it has one)."""
+        return self.argmax if self.argmax is not None else self.logits.argmax(dim=-1)
+
+
+class HostIds:
+    """Token ids on their way to the host; ``tolist`` waits for their copy only."""
+
+    def __init__(self, ids: torch.Tensor, copied: torch.cuda.Event | None = None) -> None:
+        self.ids, self.copied = ids, copied
+
+    def tolist(self) -> list[int]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.ids.tolist()
+
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, pool: KVPool, device: torch.device, attention: str = "auto") -> None:
+    def __init__(
+        self, model: CausalLM, pool: KVPool, device: torch.device, attention: str = "auto", overlap: bool = True
+    ) -> None:
         self.model, self.pool, self.device = model, pool, device
         self.attend = get_attention_backend(attention, device)
         self.graphs: CudaGraphRunner | None = None
+        self.overlap = overlap  # whether the engine may launch a decode step before reading the last one's tokens
+        self.pinned_ids: torch.Tensor | None = None
+        self.ids_copied: torch.cuda.Event | None = None
 
     def capture_cuda_graphs(self, batch_sizes: list[int], max_context: int) -> None:
         """Capture decode for these batch sizes (CUDA only); later decode steps replay them.
@@ -65,12 +93,36 @@ class ModelRunner:
         tokens = [req.token_at(len(req.slots) - 1) for req in requests]
         return tokens, [req.slot_array.sync(req.slots) for req in requests]
 
-    def run(self, scheduled: ScheduledBatch) -> StepLogits:
-        """Logits of the scheduled step's last token per request: a captured graph when one fits, else eager."""
+    def run(self, scheduled: ScheduledBatch, input_ids: torch.Tensor | None = None) -> StepLogits:
+        """Logits of the scheduled step's last token per request: a captured graph when one fits, else eager.
+
+        ``input_ids``: a decode step's new tokens as a device tensor [B], in
+        place of the host's (placeholders while the tokens are computed).
+        """
         graphs = self.graphs
         if graphs is not None and len(scheduled.requests) <= graphs.max_batch_size and all(n == 1 for n in scheduled.num_new_tokens):
-            return StepLogits(*graphs.replay_decode(*self.decode_inputs(scheduled.requests)))
-        return StepLogits(self.forward(self.make_batch(scheduled)))
+            return StepLogits(*graphs.replay_decode(*self.decode_inputs(scheduled.requests), input_ids))
+        batch = self.make_batch(scheduled)
+        if input_ids is not None:
+            batch.input_ids = input_ids
+        return StepLogits(self.forward(batch))
+
+    def read_back(self, ids: torch.Tensor) -> HostIds:
+        """Start copying ``ids`` [B] to the host, ahead of later launches on the stream.
+
+        One pinned buffer serves every copy: the engine reads each copy
+        before it starts the next.
+        """
+        if ids.device.type != "cuda":
+            return HostIds(ids)
+        n = ids.shape[0]
+        if self.pinned_ids is None or self.pinned_ids.shape[0] < n:
+            self.pinned_ids = torch.empty(max(n, 256), dtype=torch.int64, pin_memory=True)
+            self.ids_copied = torch.cuda.Event()
+        host = self.pinned_ids[:n]
+        host.copy_(ids, non_blocking=True)
+        self.ids_copied.record()
+        return HostIds(host, self.ids_copied)
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:

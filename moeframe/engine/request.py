@@ -15,6 +15,10 @@ from moeframe.engine.sampling_params import SamplingParams
 from moeframe.engine.slot_array import SlotArray
 
 
+# Stands in output_ids for a token still on the device while the next step is scheduled (overlapped decode).
+PLACEHOLDER_ID = -1
+
+
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -58,6 +62,9 @@ class Request:
     token_times_s: list[float] = field(default_factory=list)
     finished_s: float | None = None
     num_preemptions: int = 0
+    # Trailing output_ids that are PLACEHOLDER_ID: tokens being computed when the next step was
+    # scheduled (vLLM v1's num_output_placeholders). Only within one engine step, 0 between steps.
+    num_placeholders: int = 0
     # Host-side caches of the hot path: how far ``text`` is final, and ``slots`` as an int64 array.
     detokenized: DetokenizeState = field(default_factory=DetokenizeState)
     slot_array: SlotArray = field(default_factory=SlotArray)
@@ -90,6 +97,19 @@ class Request:
     def num_pending(self) -> int:
         """Tokens whose KV is not yet computed (the rest of the prompt, or the last sampled token)."""
         return len(self.prompt_ids) + len(self.output_ids) - len(self.slots)
+
+    def add_placeholder(self) -> None:
+        """Stand in for the token the step in flight computes, so the next step can be scheduled now."""
+        self.output_ids.append(PLACEHOLDER_ID)
+        self.num_placeholders += 1
+
+    def put_token(self, token: int) -> None:
+        """Append a sampled token, or write it over the oldest placeholder, which stood for it."""
+        if self.num_placeholders:
+            self.output_ids[len(self.output_ids) - self.num_placeholders] = token
+            self.num_placeholders -= 1
+        else:
+            self.output_ids.append(token)
 
     @property
     def is_finished(self) -> bool:

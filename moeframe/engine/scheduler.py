@@ -65,6 +65,28 @@ class Scheduler:
             budget -= n
         return batch if batch.requests else None
 
+    def schedule_ahead(self, requests: list[Request]) -> ScheduledBatch | None:
+        """A decode step for running requests whose next token is a placeholder, from free slots only.
+
+        Overlapped decode (``EngineCore.step``) schedules step n+1 before step
+        n's tokens reach the host. It must not evict or preempt on a guess, so
+        it takes the step only when the cache can serve every request from free
+        slots (None otherwise: the normal schedule runs once the tokens are
+        known). A block cache whose free slots turn out fragmented may leave a
+        request out; it keeps its placeholder's token pending for a later step.
+        """
+        if not self.cache.can_allocate_free([req.slots for req in requests], 1):
+            return None
+        batch = ScheduledBatch([], [])
+        for req in requests:
+            fresh = self.cache.allocate(req.slots, 1)
+            if fresh is None:
+                continue
+            req.slots.extend(fresh)
+            batch.requests.append(req)
+            batch.num_new_tokens.append(1)
+        return batch if batch.requests else None
+
     def admit(self, req: Request, budget: int) -> int:
         """Pin the request's cached prefix and allocate its first chunk; 0 if the pool cannot."""
         match = self.cache.match_prefix(req.all_ids)

@@ -1,0 +1,187 @@
+"""Overlapped decode (runner.overlap) changes when steps launch, never what the engine outputs.
+
+Random workloads (shared prefixes, stop tokens and stop strings that the
+greedy continuation really contains, sampled requests mixed with greedy
+ones, arrivals and aborts while requests run, a pool small enough to
+preempt) run once with overlap on and once off, on every cache; every
+request's tokens, text and finish reason must match, and the overlapped run
+must really have launched steps ahead.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from moeframe import Engine, SamplingParams
+from moeframe.engine.request import PLACEHOLDER_ID, Request
+
+CONFIGS = {
+    "none-roomy": ["cache=none", "cache.max_tokens=2048"],
+    "radix-roomy": ["cache=radix", "cache.max_tokens=2048"],
+    "paged16-roomy": ["cache=paged", "cache.block_size=16", "cache.max_tokens=2048"],
+    "none-tight": ["cache=none", "cache.max_tokens=48", "scheduler.chunk_size=16", "scheduler.max_batch_tokens=32"],
+    "radix-tight": ["cache=radix", "cache.max_tokens=48", "scheduler.chunk_size=16", "scheduler.max_batch_tokens=32"],
+    "paged4-tight": ["cache=paged", "cache.block_size=4", "cache.max_tokens=48", "scheduler.chunk_size=16", "scheduler.max_batch_tokens=32"],
+}
+SEEDS = range(4)
+PROBE_TOKENS = 20
+
+
+@dataclass
+class Planned:
+    prompt: list[int]
+    params: SamplingParams
+    arrival_step: int  # added before the engine's step of this index
+    abort_after: int | None = None  # aborted once it holds this many output tokens
+
+
+@dataclass
+class Run:
+    engine: Engine
+    requests: list[Request] = field(default_factory=list)
+
+    def results(self) -> list[tuple[list[int], str, str | None]]:
+        return [(r.output_ids, r.text, r.finish_reason) for r in self.requests]
+
+
+def plan_workload(seed: int, probe: Engine) -> list[Planned]:
+    """Prompts (some sharing a prefix) and settings, with stops taken from each prompt's greedy continuation."""
+    rng = random.Random(seed)
+    vocab = probe.spec.vocab_size
+    prompts: list[list[int]] = []
+    for _ in range(rng.randint(4, 8)):
+        head = list(rng.choice(prompts)[: rng.randint(1, 8)]) if prompts and rng.random() < 0.4 else []
+        prompts.append(head + [rng.randrange(1, vocab) for _ in range(rng.randint(2, 14))])
+    free = probe.generate(prompts, SamplingParams(max_new_tokens=PROBE_TOKENS, ignore_eos=True))
+    plan = []
+    for i, (prompt, out) in enumerate(zip(prompts, free)):
+        params = SamplingParams(max_new_tokens=rng.randint(1, 24), ignore_eos=rng.random() < 0.5)
+        if rng.random() < 0.5:
+            params.stop_token_ids = [rng.choice(out.token_ids[1:])]
+        if rng.random() < 0.3 and len(out.text) > 4:
+            at = rng.randrange(len(out.text) - 2)
+            params.stop = [out.text[at : at + 2]]
+        if rng.random() < 0.25:
+            params.temperature, params.seed = 0.8, rng.randrange(1000)
+        arrival = 0 if i < 2 else rng.randint(0, 8)
+        abort_after = rng.randint(1, params.max_new_tokens) if rng.random() < 0.2 else None
+        plan.append(Planned(prompt, params, arrival, abort_after))
+    return plan
+
+
+def assert_no_placeholders(requests: list[Request]) -> None:
+    for req in requests:
+        assert req.num_placeholders == 0 and PLACEHOLDER_ID not in req.output_ids
+
+
+def drive(engine: Engine, plan: list[Planned]) -> Run:
+    """Step the engine through the plan; between steps, no request may hold a placeholder."""
+    run = Run(engine)
+    waiting = sorted(plan, key=lambda p: p.arrival_step)
+    aborts: dict[int, int] = {}
+    step = 0
+    while waiting or engine.core.has_work():
+        while waiting and waiting[0].arrival_step <= step:
+            planned = waiting.pop(0)
+            req = engine.add_request(planned.prompt, SamplingParams(**vars(planned.params)))
+            run.requests.append(req)
+            if planned.abort_after is not None:
+                aborts[req.rid] = planned.abort_after
+        engine.step()
+        step += 1
+        for req in run.requests:
+            if not req.is_finished and len(req.output_ids) >= aborts.get(req.rid, 1 << 30):
+                engine.core.abort(req.rid)
+        assert_no_placeholders(run.requests)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(make_engine: Callable[..., Engine]) -> Callable[[str, int], tuple[Run, Run]]:
+    """(config, seed) -> its workload's runs with overlap on and off, made once per module."""
+    probe = make_engine("cache=none", "cache.max_tokens=2048", "runner.overlap=false")
+    made: dict[tuple[str, int], tuple[Run, Run]] = {}
+
+    def get(config: str, seed: int) -> tuple[Run, Run]:
+        if (config, seed) not in made:
+            plan = plan_workload(seed, probe)
+            on, off = (drive(make_engine(*CONFIGS[config], f"runner.overlap={o}"), plan) for o in ("true", "false"))
+            made[config, seed] = on, off
+        return made[config, seed]
+
+    return get
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_random_workloads_give_the_same_outputs_with_overlap_on_and_off(runs, config, seed):
+    on, off = runs(config, seed)
+    assert on.results() == off.results()
+    assert on.engine.core.stats.generated_tokens == off.engine.core.stats.generated_tokens
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_random_workloads_launch_steps_ahead_only_with_overlap_on(runs, config):
+    pairs = [runs(config, seed) for seed in SEEDS]
+    assert sum(on.engine.core.stats.ahead_steps for on, _ in pairs) > 0
+    assert all(off.engine.core.stats.ahead_steps == 0 for _, off in pairs)
+
+
+@pytest.mark.parametrize("config", ["radix-tight", "paged4-tight", "none-tight"])
+def test_tight_pool_preempts_with_overlap_on(runs, config):
+    assert sum(runs(config, seed)[0].engine.built.scheduler.num_preemptions for seed in SEEDS) > 0
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_no_slot_leak_with_overlap_on(runs, config):
+    for seed in SEEDS:
+        engine = runs(config, seed)[0].engine
+        pool, cache = engine.built.pool, engine.built.cache
+        assert pool.num_free_slots == pool.num_slots - cache.num_cached_tokens()
+
+
+def test_greedy_batch_of_one_launches_every_decode_step_after_the_first_ahead(make_engine):
+    params = SamplingParams(max_new_tokens=64, ignore_eos=True)
+    on, off = (make_engine("cache=radix", f"runner.overlap={o}") for o in ("true", "false"))
+    assert on.generate([[5, 9, 14, 3]], params)[0].token_ids == off.generate([[5, 9, 14, 3]], params)[0].token_ids
+    # Step 1 prefills and step 2 decodes the first token from the host; steps 3..64 each go ahead.
+    assert on.core.stats.ahead_steps == 64 - 2
+    assert on.core.stats.forward_steps == off.core.stats.forward_steps == 64
+
+
+def test_a_request_that_stops_before_an_ahead_launch_gets_no_extra_token(make_engine):
+    prompts = [[5, 9, 14, 3], [7, 7, 2, 40, 41]]
+    free = make_engine("cache=none", "runner.overlap=false").generate(prompts, SamplingParams(max_new_tokens=24, ignore_eos=True))
+    first = free[0].token_ids
+    stop_at = next(k for k in range(4, 24) if first[k] not in first[:k])
+    engine = make_engine("cache=radix", "runner.overlap=true")
+    params = [SamplingParams(max_new_tokens=24, ignore_eos=True, stop_token_ids=[first[stop_at]]), SamplingParams(max_new_tokens=24, ignore_eos=True)]
+    reqs = [engine.add_request(p, q) for p, q in zip(prompts, params)]
+    while not reqs[0].is_finished:
+        assert engine.step()
+    # The step that sampled the stop token had already launched the next one with it.
+    assert engine.core.in_flight is not None and reqs[0] in engine.core.in_flight.scheduled.requests
+    while engine.core.has_work():
+        assert reqs[0] not in engine.step()
+    assert reqs[0].output_ids == first[: stop_at + 1] and reqs[0].finish_reason == "stop"
+    assert reqs[1].output_ids == free[1].token_ids
+    pool, cache = engine.built.pool, engine.built.cache
+    assert pool.num_free_slots == pool.num_slots - cache.num_cached_tokens()
+
+
+def test_abort_while_a_step_is_in_flight_keeps_only_the_tokens_already_read(make_engine):
+    engine = make_engine("cache=radix", "runner.overlap=true")
+    reqs = [engine.add_request([5, 9, 14, 3], SamplingParams(max_new_tokens=30, ignore_eos=True))]
+    while len(reqs[0].output_ids) < 5:
+        engine.step()
+    assert engine.core.in_flight is not None
+    read = list(reqs[0].output_ids)
+    engine.core.abort(reqs[0].rid)
+    assert engine.step() == [] and not engine.core.has_work()
+    assert reqs[0].output_ids == read and reqs[0].finish_reason == "abort"
+    pool, cache = engine.built.pool, engine.built.cache
+    assert pool.num_free_slots == pool.num_slots - cache.num_cached_tokens()
