@@ -62,6 +62,15 @@ def _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res):
 
 
 @triton.jit
+def _rms_normed(total, inv_rms, norm_w_ptr, cols, col_ok):
+    """norm.py's rounding: the normed row to the dtype, then its product with the norm weight to the dtype."""
+    dtype = total.dtype
+    norm_w = tl.load(norm_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    normed = (total.to(tl.float32) * inv_rms[:, None]).to(dtype).to(tl.float32)
+    return (norm_w[None, :] * normed).to(dtype)
+
+
+@triton.jit
 def norm_gate_logits_tile(
     x_ptr,
     res_ptr,
@@ -82,16 +91,20 @@ def norm_gate_logits_tile(
     eps,
     BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    ROW_IN_TILE: tl.constexpr,
 ):
     """``gate_logits_tile`` of rms_norm(x + residual), norm.py's add_rms_norm computed in the gate's own programs.
 
-    Every program walks the full summed rows of its token block for their
-    float32 sum of squares (the rms needs all of them; a few KB read from L2),
-    then normalises each chunk as it streams its gate row, rounding where
-    norm.py rounds: the sum to the dtype, the normed row to the dtype, its
-    product with the norm weight to the dtype. The summed rows (the residual
-    stream) and the normed rows (the experts' input) are written once between
-    all programs: the program of expert e writes columns
+    Every program needs the rms of its token block's full summed rows, so
+    each takes it itself (a few KB read from L2) and then normalises the row
+    as it streams its gate row, rounding where norm.py rounds: the sum to the
+    dtype, the normed row to the dtype, its product with the norm weight to
+    the dtype. With ``ROW_IN_TILE`` (hidden <= BLOCK_H: batch 1 up to
+    H = 4096) every operand is loaded once, up front, and the gate row's load
+    from memory overlaps the rms; otherwise two passes over H chunks, the
+    first for the sum of squares. The summed rows (the residual stream) and
+    the normed rows (the experts' input) are written once between all
+    programs: the program of expert e writes columns
     [e * ceil(H / E), (e + 1) * ceil(H / E)) of its token block.
     """
     rows = token_block * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -99,31 +112,43 @@ def norm_gate_logits_tile(
     offs = tl.arange(0, BLOCK_H)
     share = tl.cdiv(hidden, num_experts)
     own_lo = expert * share
-    dtype = x_ptr.dtype.element_ty
-    sum_sq = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
-    for start in range(0, hidden, BLOCK_H):
-        cols = start + offs
-        mask = row_ok[:, None] & (cols < hidden)[None, :]
-        total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
-        owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
-        tl.store(sum_ptr + rows[:, None] * hidden + cols[None, :], total, mask=owned)
-        total = total.to(tl.float32)
-        sum_sq += total * total
-    inv_rms = tl.math.rsqrt(tl.sum(sum_sq, axis=1) / hidden + eps)
-    acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
-    for start in range(0, hidden, BLOCK_H):
-        cols = start + offs
-        col_ok = cols < hidden
+    row_offs = rows[:, None] * hidden
+    if ROW_IN_TILE:
+        col_ok = offs < hidden
         mask = row_ok[:, None] & col_ok[None, :]
-        total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
-        norm_w = tl.load(norm_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        normed = (total.to(tl.float32) * inv_rms[:, None]).to(dtype).to(tl.float32)
-        normed = (norm_w[None, :] * normed).to(dtype)
-        owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
-        tl.store(normed_ptr + rows[:, None] * hidden + cols[None, :], normed, mask=owned)
-        w = tl.load(w_ptr + expert * stride_w + cols, mask=col_ok, other=0.0).to(tl.float32)
-        acc += normed.to(tl.float32) * w[None, :]
-    tl.store(out_ptr + rows * stride_out + expert, tl.sum(acc, axis=1), mask=row_ok)
+        w = tl.load(w_ptr + expert * stride_w + offs, mask=col_ok, other=0.0).to(tl.float32)
+        owned = mask & ((offs >= own_lo) & (offs < own_lo + share))[None, :]
+        total = _residual_sum(x_ptr, res_ptr, rows, offs, mask, stride_x, stride_res)
+        tl.store(sum_ptr + row_offs + offs[None, :], total, mask=owned)
+        total_f32 = total.to(tl.float32)
+        inv_rms = tl.math.rsqrt(tl.sum(total_f32 * total_f32, axis=1) / hidden + eps)
+        normed = _rms_normed(total, inv_rms, norm_w_ptr, offs, col_ok)
+        tl.store(normed_ptr + row_offs + offs[None, :], normed, mask=owned)
+        logits = tl.sum(normed.to(tl.float32) * w[None, :], axis=1)
+    else:
+        sum_sq = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+        for start in range(0, hidden, BLOCK_H):
+            cols = start + offs
+            mask = row_ok[:, None] & (cols < hidden)[None, :]
+            total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
+            owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
+            tl.store(sum_ptr + row_offs + cols[None, :], total, mask=owned)
+            total = total.to(tl.float32)
+            sum_sq += total * total
+        inv_rms = tl.math.rsqrt(tl.sum(sum_sq, axis=1) / hidden + eps)
+        acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+        for start in range(0, hidden, BLOCK_H):
+            cols = start + offs
+            col_ok = cols < hidden
+            mask = row_ok[:, None] & col_ok[None, :]
+            total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
+            normed = _rms_normed(total, inv_rms, norm_w_ptr, cols, col_ok)
+            owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
+            tl.store(normed_ptr + row_offs + cols[None, :], normed, mask=owned)
+            w = tl.load(w_ptr + expert * stride_w + cols, mask=col_ok, other=0.0).to(tl.float32)
+            acc += normed.to(tl.float32) * w[None, :]
+        logits = tl.sum(acc, axis=1)
+    tl.store(out_ptr + rows * stride_out + expert, logits, mask=row_ok)
 
 
 @triton.jit

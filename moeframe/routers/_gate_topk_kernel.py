@@ -58,6 +58,7 @@ def gate_softmax_topk_kernel(
     eps,
     scale,
     NORM: tl.constexpr,
+    ROW_IN_TILE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     RENORMALIZE: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -72,7 +73,7 @@ def gate_softmax_topk_kernel(
     if NORM:
         norm_gate_logits_tile(
             x_ptr, res_ptr, norm_w_ptr, sum_ptr, normed_ptr, w_ptr, logits_ptr, expert, num_experts, token_block,
-            num_tokens, hidden, stride_x, stride_res, stride_w, num_experts, eps, BLOCK_T, BLOCK_H,
+            num_tokens, hidden, stride_x, stride_res, stride_w, num_experts, eps, BLOCK_T, BLOCK_H, ROW_IN_TILE,
         )  # fmt: skip
     else:
         gate_logits_tile(

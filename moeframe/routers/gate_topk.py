@@ -100,7 +100,7 @@ def _launch(
         logits if normed is None else normed, w, logits, logits if bias is None else bias.contiguous(), counts,
         topk_ids, topk_weights, num_tokens, hidden, num_experts, k, x.stride(0), res.stride(0), w.stride(0),
         float(eps), float(scale),
-        NORM=norm_weight is not None, HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
+        NORM=norm_weight is not None, ROW_IN_TILE=hidden <= block_h, HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
         BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=triton.next_power_of_2(num_experts),
         BLOCK_K=triton.next_power_of_2(k), num_warps=4, **pdl_args(x),
     )  # fmt: skip

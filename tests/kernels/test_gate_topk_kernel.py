@@ -173,7 +173,8 @@ def fused_norm(h, residual, norm_weight, weight, k, renormalize, scale, bias=Non
     counts = new_counts(torch.device(device)) if counts is None else counts
     bias = None if bias is None else bias.to(device)
     plan, normed, summed = norm_gate_softmax_topk(
-        h.to(device), residual.to(device), norm_weight.to(device), eps, weight.to(device), k, renormalize, scale, counts, bias
+        h.to(device), residual.to(device), norm_weight.to(device), eps, weight.to(device), k, renormalize, scale, counts,
+        bias,
     )
     return plan, normed.cpu(), summed.cpu()
 
@@ -192,7 +193,9 @@ def assert_close_to_the_last_bits(got: torch.Tensor, expected: torch.Tensor) -> 
     assert bool(((got - expected).abs() <= 4 * ulp).all()), ((got - expected).abs() / ulp).max()
 
 
-def assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, norm_weight, weight, k, renormalize, scale, bias, device):
+def assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(
+    h, residual, norm_weight, weight, k, renormalize, scale, bias, device
+):
     plan, normed, summed = fused_norm(h, residual, norm_weight, weight, k, renormalize, scale, bias, device=device)
     expected_normed, expected_sum = add_rms_norm(h, residual, norm_weight, EPS)
     assert torch.equal(summed, expected_sum)
@@ -205,11 +208,15 @@ def assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, nor
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(("num_experts", "k", "num_tokens", "renormalize", "with_bias"), CASES)
-def test_fused_norm_gate_topk_equals_add_rms_norm_then_softmax_topk(num_experts, k, num_tokens, renormalize, with_bias, dtype, device):
+def test_fused_norm_gate_topk_equals_add_rms_norm_then_softmax_topk(
+    num_experts, k, num_tokens, renormalize, with_bias, dtype, device
+):
     h, residual, norm_weight = norm_inputs(num_tokens, HIDDEN + 4, seed=num_experts + num_tokens, dtype=dtype)
     _, weight = gate_inputs(1, num_experts, HIDDEN + 4, seed=num_experts)
     bias = choice_bias(num_experts, seed=k) if with_bias else None
-    assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, norm_weight, weight, k, renormalize, 2.5, bias, device)
+    assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(
+        h, residual, norm_weight, weight, k, renormalize, 2.5, bias, device
+    )
 
 
 @settings(max_examples=10, deadline=None)
@@ -229,7 +236,9 @@ def test_fused_norm_gate_topk_on_random_shapes(num_experts, k, num_tokens, hidde
     _, weight = gate_inputs(1, num_experts, hidden, seed + 1)
     bias = choice_bias(num_experts, seed + 2) if with_bias else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, norm_weight, weight, k, renormalize, 1.0, bias, device)
+    assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(
+        h, residual, norm_weight, weight, k, renormalize, 1.0, bias, device
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -249,12 +258,21 @@ def test_fused_norm_equals_add_rms_norm_bit_for_bit_where_the_rms_is_exact(dtype
     assert torch.equal(summed, expected_sum) and torch.equal(normed, expected_normed)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_norm_gate_topk_over_several_hidden_chunks(dtype, device):
+    # five tokens take 4-token blocks, whose programs walk H in 1024-wide chunks: two passes over two chunks
+    h, residual, norm_weight = norm_inputs(5, 1100, seed=17, dtype=dtype)
+    _, weight = gate_inputs(1, 12, 1100, seed=18)
+    bias = choice_bias(12, seed=19)
+    assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(h, residual, norm_weight, weight, 3, True, 1.0, bias, device)
+
+
 def test_fused_norm_gate_topk_reads_strided_rows_and_leaves_its_counters_at_zero(device):
     h, residual, norm_weight = norm_inputs(5, 2 * HIDDEN, seed=9, dtype=torch.float32)
     h, residual = h[:, :HIDDEN], residual[:, HIDDEN:]
     _, weight = gate_inputs(1, 24, HIDDEN, seed=10)
     counts = new_counts(torch.device(device))
-    plan, normed, summed = fused_norm(h, residual, norm_weight[:HIDDEN], weight, 4, False, 1.0, counts=counts, device=device)
+    _, normed, summed = fused_norm(h, residual, norm_weight[:HIDDEN], weight, 4, False, 1.0, counts=counts, device=device)
     expected_normed, expected_sum = add_rms_norm(h, residual, norm_weight[:HIDDEN], EPS)
     assert torch.equal(summed, expected_sum)
     assert_close_to_the_last_bits(normed, expected_normed)
@@ -274,13 +292,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from moeframe.routers._gate_topk_kernel import gate_softmax_topk_kernel as kernel
 pointers = ["*bf16"] * 5 + ["*fp32", "*fp32", "*fp32", "*i32", "*i64", "*fp32"]
-types = pointers + ["i32"] * 7 + ["fp32"] * 2 + ["constexpr"] * 8
-for norm in (False, True):
-    constexprs = {"NORM": norm, "HAS_BIAS": False, "RENORMALIZE": True, "BLOCK_T": 1, "BLOCK_H": 2048, "BLOCK_E": 64,
-                  "BLOCK_K": 8, "USE_PDL": True}
+types = pointers + ["i32"] * 7 + ["fp32"] * 2 + ["constexpr"] * 9
+for norm, row_in_tile in ((False, True), (True, True), (True, False)):
+    constexprs = {"NORM": norm, "ROW_IN_TILE": row_in_tile, "HAS_BIAS": False, "RENORMALIZE": True, "BLOCK_T": 1,
+                  "BLOCK_H": 2048 if row_in_tile else 1024, "BLOCK_E": 64, "BLOCK_K": 8, "USE_PDL": True}
     src = ASTSource(fn=kernel, signature=dict(zip(kernel.arg_names, types)), constexprs=constexprs)
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True}).asm["ptx"]
-    print(norm, "griddepcontrol.wait" in ptx, "atom.global.gpu.acq_rel.add" in ptx)
+    print(norm, row_in_tile, "griddepcontrol.wait" in ptx, "atom.global.gpu.acq_rel.add" in ptx)
 """
 
 
@@ -288,7 +306,7 @@ def test_the_fused_kernel_compiles_for_sm90_with_pdl_and_an_acq_rel_count():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", COMPILE_FUSED_KERNEL], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[:2] == ["False True True", "True True True"]
+    assert done.stdout.split("\n")[:3] == ["False True True True", "True True True True", "True False True True"]
 
 
 @pytest.mark.gpu
@@ -305,6 +323,30 @@ def test_fused_gate_topk_replays_in_a_cuda_graph():
         static_x.copy_(new_x)
         graph.replay()
         expected = fused_softmax_topk(gate_gemv(static_x, weight), 8, False, 1.0)
+        assert torch.equal(static_plan.topk_ids, expected.topk_ids)
+        torch.testing.assert_close(static_plan.topk_weights, expected.topk_weights, rtol=1e-5, atol=1e-6)
+    assert not counts.any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_norm_gate_topk_replays_in_a_cuda_graph():
+    h, residual, norm_weight = (t.cuda() for t in norm_inputs(1, 2048, seed=13, dtype=torch.bfloat16))
+    _, weight = gate_inputs(1, 64, 2048, seed=14)
+    weight, counts = weight.cuda(), new_counts(torch.device("cuda"))
+    norm_gate_softmax_topk(h, residual, norm_weight, EPS, weight, 8, True, 1.0, counts)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_plan, static_normed, static_sum = norm_gate_softmax_topk(
+            h, residual, norm_weight, EPS, weight, 8, True, 1.0, counts
+        )
+    for seed in (15, 16):
+        new_h, new_residual, _ = norm_inputs(1, 2048, seed=seed, dtype=torch.bfloat16)
+        h.copy_(new_h)
+        residual.copy_(new_residual)
+        graph.replay()
+        expected = gate_softmax_topk(static_normed, weight, 8, True, 1.0, counts)
+        assert torch.equal(static_sum, h + residual)
         assert torch.equal(static_plan.topk_ids, expected.topk_ids)
         torch.testing.assert_close(static_plan.topk_weights, expected.topk_weights, rtol=1e-5, atol=1e-6)
     assert not counts.any()

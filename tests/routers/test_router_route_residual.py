@@ -61,7 +61,8 @@ def norm_inputs(num_tokens: int, seed: int, dtype: torch.dtype = torch.float32):
     generator = torch.Generator().manual_seed(seed)
     norm = RMSNorm(HIDDEN, EPS)
     norm.weight.data = 1 + 0.2 * torch.randn(HIDDEN, generator=generator)
-    h, residual = torch.randn(num_tokens, HIDDEN, generator=generator), torch.randn(num_tokens, HIDDEN, generator=generator)
+    h = torch.randn(num_tokens, HIDDEN, generator=generator)
+    residual = torch.randn(num_tokens, HIDDEN, generator=generator)
     return h.to(dtype), residual.to(dtype), norm.to(dtype)
 
 
@@ -90,7 +91,9 @@ def test_softmax_top_k_routers_norm_and_route_in_the_fused_launch(config, moe, m
     launches = []
     fused_call = GateTopK.norm_and_route
     monkeypatch.setattr(GateTopK, "applies", staticmethod(lambda hidden_states, weight: True))
-    monkeypatch.setattr(GateTopK, "norm_and_route", lambda self, *args: launches.append(args) or fused_call(self, *args))
+    monkeypatch.setattr(
+        GateTopK, "norm_and_route", lambda self, *args: launches.append(args) or fused_call(self, *args)
+    )
     routed = build(config, moe).route_residual(h, residual, norm, gate, RouteContext())
     assert len(launches) == 1
     assert torch.equal(routed.residual, expected.residual)
@@ -131,3 +134,25 @@ def test_the_fused_norm_applies_only_to_a_plain_rms_norm_over_one_dtype_with_a_r
     assert not GateTopK.fuses_norm(h, residual, norm.half(), gate)
     scaled = ScaledNorm(HIDDEN, EPS)
     assert not GateTopK.fuses_norm(h, residual, scaled, gate)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("num_tokens", [1, 3, 64])
+def test_native_route_residual_on_cuda_equals_add_rms_norm_then_route_hidden_at_the_olmoe_shape(num_tokens):
+    moe = MoESpec(num_experts=64, top_k=8, intermediate_size=1024)
+    generator = torch.Generator().manual_seed(num_tokens)
+    h = torch.randn(num_tokens, 2048, generator=generator).to("cuda", torch.bfloat16)
+    residual = (4 * torch.randn(num_tokens, 2048, generator=generator)).to("cuda", torch.bfloat16)
+    norm = RMSNorm(2048, EPS).to("cuda", torch.bfloat16)
+    norm.weight.data.uniform_(0.5, 1.5)
+    gate = (torch.randn(64, 2048, generator=generator) / 2048**0.5).cuda()
+    router = build({"name": "native"}, moe)
+    for _ in range(2):  # the second launch reuses the counters the first reset
+        routed = router.route_residual(h, residual, norm, gate, RouteContext())
+        normed, summed = norm.add_forward(h, residual)
+        expected = router.route_hidden(routed.hidden_states, gate, RouteContext())
+        assert torch.equal(routed.residual, summed)
+        torch.testing.assert_close(routed.hidden_states, normed, rtol=1.6e-2, atol=1e-5)  # two bf16 ulp
+        assert torch.equal(routed.plan.topk_ids, expected.topk_ids)
+        torch.testing.assert_close(routed.plan.topk_weights, expected.topk_weights, rtol=1e-5, atol=1e-6)
