@@ -42,6 +42,14 @@ MAX_FUSED_TOKENS = MAX_GEMV_TOKENS
 # Activation dtypes the fused norm rounds to (norm.py's add_rms_norm casts to the activations' dtype).
 NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+_fuse_norm = True
+
+
+def set_fused_norm(enabled: bool) -> None:
+    """Whether the fused launch may take in the norm before the MoE block (an ablation switch)."""
+    global _fuse_norm
+    _fuse_norm = enabled
+
 
 def _kernels() -> ModuleType:
     # Imported on first use, not with the package: Triton chooses between
@@ -185,10 +193,10 @@ class GateTopK:
     ) -> bool:
         """Where the residual add and ``norm`` join the launch too: a plain RMSNorm, one activation dtype throughout.
 
-        Any other norm module (a subclass, tensor parallelism's) and the first
-        layer's missing residual keep ``norm.add_forward``.
+        Any other norm module (a subclass, tensor parallelism's), the first
+        layer's missing residual and ``set_fused_norm(False)`` keep ``norm.add_forward``.
         """
-        if not cls.applies(hidden_states, weight) or residual is None or type(norm) is not RMSNorm:
+        if not _fuse_norm or not cls.applies(hidden_states, weight) or residual is None or type(norm) is not RMSNorm:
             return False
         dtype, device = hidden_states.dtype, hidden_states.device
         return (

@@ -17,6 +17,7 @@ from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.spec import MoESpec
 from moeframe.routers import ROUTERS, RouteContext, Router
+from moeframe.routers import gate_topk
 from moeframe.routers.gate_topk import GateTopK
 
 SOFTMAX = MoESpec(num_experts=12, top_k=3, intermediate_size=8, norm_topk_prob=True, routed_scaling_factor=1.5,
@@ -134,6 +135,18 @@ def test_the_fused_norm_applies_only_to_a_plain_rms_norm_over_one_dtype_with_a_r
     assert not GateTopK.fuses_norm(h, residual, norm.half(), gate)
     scaled = ScaledNorm(HIDDEN, EPS)
     assert not GateTopK.fuses_norm(h, residual, scaled, gate)
+
+
+def test_set_fused_norm_false_keeps_the_norm_apart(monkeypatch):
+    monkeypatch.setattr(GateTopK, "applies", staticmethod(lambda hidden_states, weight: True))
+    h, residual, norm = norm_inputs(2, seed=10)
+    gate = torch.randn(SOFTMAX.num_experts, HIDDEN)
+    gate_topk.set_fused_norm(False)
+    try:
+        assert not GateTopK.fuses_norm(h, residual, norm, gate)
+    finally:
+        gate_topk.set_fused_norm(True)
+    assert GateTopK.fuses_norm(h, residual, norm, gate)
 
 
 @pytest.mark.gpu
