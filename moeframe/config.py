@@ -38,7 +38,7 @@ class RunnerConfig:
     cuda_graph: bool = True  # capture decode steps on CUDA
     compile: bool = True  # fuse elementwise regions (norms, rotary) with torch.compile on CUDA
     pdl: bool = True  # programmatic dependent launch of the Triton kernels on sm_90+ (moeframe/gpu/pdl.py)
-    decode_gemv: str = "fused"  # fused | triton | cublas: decode-sized projections on CUDA (model/layers/small_gemv.py)
+    decode_gemv: str = "cublas"  # cublas | triton | fused: decode-sized projections on CUDA (model/layers/small_gemv.py)
     overlap: bool = True  # launch a greedy decode step before reading the last one's tokens (engine/core.py)
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
 

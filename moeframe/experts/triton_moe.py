@@ -63,11 +63,14 @@ SINGLE_PASS_TILE = TileConfig(block_n=64, block_k=128, num_warps=4, num_stages=4
 # grid is tokens x H / block_n, one program per SM at T=1 and H=2048 (the
 # kernel's docstring says why). Past it each token re-reads the experts it
 # shares with others, and the aligned down kernel reads each expert once.
-# 2 to start with, where gate/up already runs one assignment per block; to be
-# set from H100 figures at T = 1, 2, 4, 8 (tools/bench_kernels.py --tables moe_stack).
-MAX_DOWN_TOPK_SUM_TOKENS = 2
-# 3 x 16 KB of w2 in flight per program (num_stages - 1 chunks of 16 x 512 bf16); not yet
-# measured: tools/bench_kernels.py (moe_stack) times the alternatives in DOWN_TOPK_SUM_TILES there.
+# Off by default (0): on an H100 it lost at every T in the 8-layer stack (T=1:
+# 44.7 us a layer against 41.7 for down + sum; best tile at T=2 69.8 vs 71.3,
+# a tie) and lost 8 us a layer inside the batch-1 step (22.9 vs ~15 us after
+# gate/up; whole step span 1,572 vs 1,458 us). Kept as an ablation
+# (experts.down_topk_sum_tokens).
+MAX_DOWN_TOPK_SUM_TOKENS = 0
+# 3 x 16 KB of w2 in flight per program (num_stages - 1 chunks of 16 x 512 bf16): the best of
+# six tiles at T=1 in tools/bench_kernels.py's moe_stack table (DOWN_TOPK_SUM_TILES there).
 DOWN_TOPK_SUM_TILE = TileConfig(block_n=16, block_k=512, num_warps=4, num_stages=4)
 # Up to this many tokens the top-k sum is a generated kernel: on an H100 it took
 # 1.6 us at T=1 where aten's reduction over the middle dimension took 5 us, but

@@ -120,10 +120,10 @@ def test_single_pass_path_matches_reference_with_dropped_assignments(device, num
     torch.testing.assert_close(out, reference(*args[:3], plan), **tolerance(torch.float32, device))
 
 
-# (tokens, k, hidden, inter): T = 1, 2, the threshold, and 4 (act rows laid out by
+# (tokens, k, hidden, inter): T = 1, 2, and 4 (act rows laid out by
 # the aligned gate/up path); hidden and inter not multiples of DOWN_TOPK_SUM_TILE
 # (16 x 512), inter past one K block.
-DOWN_TOPK_SUM_CASES = [(1, 1, 48, 40), (1, 8, 40, 600), (2, 2, 33, 257), (MAX_DOWN_TOPK_SUM_TOKENS, 8, 40, 600), (4, 2, 24, 520)]
+DOWN_TOPK_SUM_CASES = [(1, 1, 48, 40), (1, 8, 40, 600), (2, 2, 33, 257), (2, 8, 40, 600), (4, 2, 24, 520)]
 
 
 def unnormalised_plan(num_tokens: int, num_experts: int, top_k: int, gen: torch.Generator) -> RoutingPlan:
@@ -163,7 +163,7 @@ def test_down_topk_sum_path_equals_the_two_kernel_path(device, dtype, num_tokens
     torch.testing.assert_close(fused, separate, **tolerance(dtype, device))
 
 
-def test_down_topk_sum_path_is_the_default_up_to_its_threshold(device, monkeypatch):
+def test_down_topk_sum_path_runs_up_to_its_threshold_only(device, monkeypatch):
     import moeframe.experts.triton_moe as triton_moe
 
     launched = []
@@ -179,10 +179,11 @@ def test_down_topk_sum_path_is_the_default_up_to_its_threshold(device, monkeypat
     monkeypatch.setattr(triton_moe, "run_down", spy("separate", run_down))
     gen = torch.Generator().manual_seed(5)
     w13, w2 = on(device, *random_experts(4, 32, 16, torch.float32, gen))
-    for num_tokens in (MAX_DOWN_TOPK_SUM_TOKENS, MAX_DOWN_TOPK_SUM_TOKENS + 1):
+    for threshold, num_tokens in ((2, 2), (2, 3), (MAX_DOWN_TOPK_SUM_TOKENS, 1)):
         plan = random_plan(num_tokens, 4, 2, drop_fraction=0.0, gen=gen)
-        fused_moe(*on(device, torch.randn(num_tokens, 32), w13, w2, plan.topk_ids, plan.topk_weights), single_pass_tokens=0)
-    assert launched == ["fused", "separate"]
+        args = on(device, torch.randn(num_tokens, 32), w13, w2, plan.topk_ids, plan.topk_weights)
+        fused_moe(*args, single_pass_tokens=0, down_topk_sum_tokens=threshold)
+    assert launched == ["fused", "separate", "separate"]  # off by default (MAX_DOWN_TOPK_SUM_TOKENS = 0)
 
 
 def test_down_topk_sum_path_matches_reference_when_tokens_share_experts(device):
