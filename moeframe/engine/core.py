@@ -108,10 +108,11 @@ class EngineCore:
         if rows is None:
             return self.sample_and_update(launched, ready)
         greedy = launched.out.greedy_ids()
-        token_ids = self.runner.read_back(greedy)
+        host_ids = self.runner.read_back(greedy)
         self.launch_ahead(launched.scheduled, rows, greedy)
-        reqs = launched.scheduled.requests
-        self.update(reqs, token_ids.tolist())
+        token_ids = host_ids.tolist()
+        reqs = [launched.scheduled.requests[i] for i in ready]
+        self.update(reqs, [token_ids[i] for i in ready])
         return reqs
 
     def launch(self, scheduled: ScheduledBatch, input_ids: torch.Tensor | None = None) -> LaunchedStep:
@@ -142,16 +143,15 @@ class EngineCore:
         Only a plain greedy decode of every running request, with nothing
         waiting, goes ahead: its tokens are the argmax already on the device,
         and the next schedule is known without them. A request this step
-        ends by length stays out.
+        ends by length stays out, as do the dropped rows of requests that
+        ended before the step ran.
         """
-        reqs = scheduled.requests
-        if not self.runner.overlap or len(ready) < len(reqs) or self.scheduler.waiting:
+        if not self.runner.overlap or self.scheduler.waiting or len(self.scheduler.running) != len(ready):
             return None
-        if len(self.scheduler.running) != len(reqs) or any(n != 1 for n in scheduled.num_new_tokens):
+        reqs = [scheduled.requests[i] for i in ready]
+        if any(scheduled.num_new_tokens[i] != 1 for i in ready) or not all(self.plain_greedy(r) for r in reqs):
             return None
-        if not all(self.plain_greedy(req) for req in reqs):
-            return None
-        rows = [i for i, req in enumerate(reqs) if not self.ends_by_length(req)]
+        rows = [i for i, req in zip(ready, reqs) if not self.ends_by_length(req)]
         return rows or None
 
     @staticmethod

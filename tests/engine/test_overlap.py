@@ -165,6 +165,10 @@ def test_a_request_that_stops_before_an_ahead_launch_gets_no_extra_token(make_en
         assert engine.step()
     # The step that sampled the stop token had already launched the next one with it.
     assert engine.core.in_flight is not None and reqs[0] in engine.core.in_flight.scheduled.requests
+    ahead = engine.core.stats.ahead_steps
+    assert engine.step() == [reqs[1]]
+    # Its row of that step was dropped, and the other request went on ahead without it.
+    assert engine.core.stats.ahead_steps == ahead + 1 and engine.core.in_flight.scheduled.requests == [reqs[1]]
     while engine.core.has_work():
         assert reqs[0] not in engine.step()
     assert reqs[0].output_ids == first[: stop_at + 1] and reqs[0].finish_reason == "stop"
