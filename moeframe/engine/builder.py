@@ -25,12 +25,13 @@ from moeframe.experts import EXPERTS
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.fusion import set_compile
-from moeframe.model.layers.small_gemv import set_decode_gemv
 from moeframe.model.layers.moe import MoEBlock
+from moeframe.model.layers.small_gemv import set_decode_gemv
 from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
 from moeframe.model.spec import ModelSpec
 from moeframe.parallel import PARALLEL, ParallelStrategy
 from moeframe.routers import ROUTERS
+from moeframe.routers.gate_topk import set_fused_norm
 from moeframe.telemetry.expert_load import ExpertLoadRecorder
 
 CPU_DEFAULT_SLOTS = 16384
@@ -95,6 +96,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_compile(cfg.runner.compile)
     set_pdl(cfg.runner.pdl)
     set_decode_gemv(cfg.runner.decode_gemv)
+    set_fused_norm(cfg.runner.moe_norm_in_router)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)

@@ -32,6 +32,7 @@ import torch
 
 from moeframe.attention.batch import ForwardBatch, cumsum
 from moeframe.cache.pool import KVPool
+from moeframe.engine.greedy import argmax_rows
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.context import AttendFn, ForwardContext
 
@@ -162,7 +163,7 @@ class CudaGraphRunner:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
                     self.outputs[bs] = self.forward_static(bs)
-                    self.argmax[bs] = self.outputs[bs].argmax(dim=-1)
+                    self.argmax[bs] = argmax_rows(self.outputs[bs])
                 pool = graph.pool()
                 self.graphs[bs] = graph
         torch.cuda.current_stream().wait_stream(stream)

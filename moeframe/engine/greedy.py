@@ -6,8 +6,9 @@ OLMoE's vocabulary (benchmarks/profile_olmoe-1b-7b_b1.txt), more than a
 whole decoder layer's attention. Split into 4096-wide chunks, one program
 each, and a merge over the chunks (the split-then-merge shape of
 flash-decoding), the same answer takes two launches of about a microsecond,
-both PDL-aware so they chain onto the lm_head. The answer is
-``torch.argmax``'s, ties and NaN included; other devices call it.
+both PDL-aware so they chain onto the lm_head; the CUDA graphs capture it
+after each decode step's logits. The answer is ``torch.argmax``'s, ties and
+NaN included; other devices call it.
 """
 
 from __future__ import annotations
