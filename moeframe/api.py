@@ -219,6 +219,8 @@ class Engine:
         for req in list(self.core.requests.values()):
             self.core.abort(req.rid)
         self.built.cache.clear()
+        if self.built.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.built.runner.device)  # an ahead step dropped by the overlap may still run
         self.built.runner.graphs = None
 
 
