@@ -18,6 +18,16 @@ AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardBatch, flo
 
 BACKENDS = ("auto", "torch", "triton")
 
+_decode_kv_splits = 0  # runner.decode_kv_splits: 0 lets triton_decode.default_num_kv_splits choose
+
+
+def set_decode_kv_splits(splits: int) -> None:
+    """How many chunks the Triton decode attention cuts each context into (0: its default); a tuning switch."""
+    global _decode_kv_splits
+    if splits < 0:
+        raise ConfigError(f"runner.decode_kv_splits={splits}: must be >= 0 (0 picks the default)")
+    _decode_kv_splits = splits
+
 
 def _triton_backend() -> AttendFn:
     # Imported on first use: Triton decides between compiling and interpreting
@@ -27,7 +37,7 @@ def _triton_backend() -> AttendFn:
 
     def attend_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
         if batch.is_decode:
-            return decode_attention(q, k_cache, v_cache, batch, scale)
+            return decode_attention(q, k_cache, v_cache, batch, scale, _decode_kv_splits or None)
         return extend_attention(q, k_cache, v_cache, batch, scale)
 
     return attend_triton
@@ -42,4 +52,4 @@ def get_attention_backend(name: str, device: torch.device | str) -> AttendFn:
     return _triton_backend() if name == "triton" else attend_reference
 
 
-__all__ = ["AttendFn", "ForwardBatch", "attend_reference", "get_attention_backend"]
+__all__ = ["AttendFn", "ForwardBatch", "attend_reference", "get_attention_backend", "set_decode_kv_splits"]

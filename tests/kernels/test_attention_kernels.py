@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_inputs import random_kv_batch, tolerance
 
-from moeframe.attention import attend_reference, get_attention_backend
+from moeframe.attention import attend_reference, get_attention_backend, set_decode_kv_splits
 from moeframe.errors import ConfigError
 
 NUM_SLOTS = 300
@@ -71,3 +71,8 @@ def test_auto_backend_is_the_torch_reference_on_cpu():
 def test_unknown_backend_lists_the_valid_choices():
     with pytest.raises(ConfigError, match="auto, torch, triton"):
         get_attention_backend("flash", "cpu")
+
+
+def test_a_negative_decode_split_count_is_refused() -> None:
+    with pytest.raises(ConfigError, match="decode_kv_splits=-1"):
+        set_decode_kv_splits(-1)
