@@ -76,3 +76,17 @@ def test_unknown_backend_lists_the_valid_choices():
 def test_a_negative_decode_split_count_is_refused() -> None:
     with pytest.raises(ConfigError, match="decode_kv_splits=-1"):
         set_decode_kv_splits(-1)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 8, 32])
+def test_decode_matches_reference_when_short_contexts_leave_splits_idle(device, splits):
+    """Each split takes at least one 64-key block: 1, 37, 130 and 300 keys keep 1, 1, <=3 and <=5 splits busy."""
+    from moeframe.attention.triton_decode import decode_attention
+
+    gen = torch.Generator().manual_seed(splits)
+    k_cache, v_cache = kv_pool(2, 32, 32, torch.float32, device, gen)
+    batch = random_kv_batch([1, 1, 1, 1], [1, 37, 130, 300], NUM_SLOTS, device, gen)
+    q = torch.randn(4, 4, 32, generator=gen).to(device)
+    out = decode_attention(q, k_cache, v_cache, batch, 32**-0.5, num_kv_splits=splits)
+    expected = attend_reference(q, k_cache, v_cache, batch, 32**-0.5)
+    torch.testing.assert_close(out, expected, **tolerance(torch.float32, device))
