@@ -21,13 +21,15 @@ else
 fi
 export PYTHONUNBUFFERED=1
 
-timeout 180 python3 -m pytest -q -p no:cacheprovider -p no:logging tests/gpu tests/kernels tests/routers/test_router_cuda.py \
-    > "$out/gpu_tests.log" 2>&1
-echo "gpu tests: $(tail -n 1 "$out/gpu_tests.log")"
-timeout 300 python3 tools/bench_decode.py --preset "$preset" --batches 1,8,32,128 --profile 1 --out "$out" \
+# -o addopts= drops the project's -q so that pytest prints its summary line
+timeout 150 python3 -m pytest -o addopts= -q -p no:cacheprovider -p no:logging tests/gpu tests/kernels \
+    tests/routers/test_router_cuda.py tests/routers/test_router_route_hidden.py tests/routers/test_router_route_residual.py \
+    tests/engine/test_overlap_cuda.py > "$out/gpu_tests.log" 2>&1
+echo "gpu tests: exit $?, $(tail -n 1 "$out/gpu_tests.log")"
+timeout 330 python3 tools/bench_decode.py --preset "$preset" --batches 1,8,32,128 --profile 1 --out "$out" \
     > "$out/bench_decode.log" 2>&1
 echo "bench_decode: exit $?"
-timeout 100 python3 tools/bench_kernels.py --tables moe_stack --tokens 1 2 4 8 32 --out "$out/kernels" \
+timeout 80 python3 tools/bench_kernels.py --tables moe_stack --tokens 1 8 32 --out "$out/kernels" \
     > "$out/bench_kernels.log" 2>&1
 echo "bench_kernels: exit $?"
 cat "$out/decode_$preset.md" 2> /dev/null
