@@ -179,18 +179,21 @@ def fused_norm(h, residual, norm_weight, weight, k, renormalize, scale, bias=Non
     return plan, normed.cpu(), summed.cpu()
 
 
-def assert_close_to_the_last_bits(got: torch.Tensor, expected: torch.Tensor) -> None:
-    """got equals expected to four units in the last place of its dtype.
+def assert_close_to_the_last_bits(got: torch.Tensor, expected: torch.Tensor, device) -> None:
+    """got equals expected to four units in the last place of its dtype (and 1e-5 relative on CUDA).
 
     The interpreter sums the squares and takes the reciprocal square root with
     numpy, torch's CPU rms_norm with its own vectorised reduction, so their
     rms can differ in its last bits; the normed row is rounded twice after it
     (to the dtype, then its product with a norm weight that may exceed 1).
-    Where the rms is exact the two agree bit for bit (the test below).
+    Where the rms is exact the two agree bit for bit (the test below). On CUDA
+    the compiled kernel's reciprocal square root is the hardware's approximate
+    one, which a float32 row felt beyond 4 ulp on an H100.
     """
     magnitude = expected.abs()
     ulp = torch.nextafter(magnitude, torch.full_like(magnitude, float("inf"))) - magnitude
-    assert bool(((got - expected).abs() <= 4 * ulp).all()), ((got - expected).abs() / ulp).max()
+    bound = 4 * ulp if torch.device(device).type == "cpu" else torch.maximum(4 * ulp, 1e-5 * magnitude)
+    assert bool(((got - expected).abs() <= bound).all()), ((got - expected).abs() / ulp).max()
 
 
 def assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(
@@ -199,7 +202,7 @@ def assert_norms_and_routes_like_add_rms_norm_then_softmax_topk(
     plan, normed, summed = fused_norm(h, residual, norm_weight, weight, k, renormalize, scale, bias, device=device)
     expected_normed, expected_sum = add_rms_norm(h, residual, norm_weight, EPS)
     assert torch.equal(summed, expected_sum)
-    assert_close_to_the_last_bits(normed, expected_normed)
+    assert_close_to_the_last_bits(normed, expected_normed, device)
     # the routing of the rows the launch normed: the gate reads exactly what the experts will
     reference = softmax_topk(F.linear(normed.float(), weight), k, renormalize, scale, bias)
     assert torch.equal(plan.topk_ids.cpu(), reference.topk_ids)
@@ -275,7 +278,7 @@ def test_fused_norm_gate_topk_reads_strided_rows_and_leaves_its_counters_at_zero
     _, normed, summed = fused_norm(h, residual, norm_weight[:HIDDEN], weight, 4, False, 1.0, counts=counts, device=device)
     expected_normed, expected_sum = add_rms_norm(h, residual, norm_weight[:HIDDEN], EPS)
     assert torch.equal(summed, expected_sum)
-    assert_close_to_the_last_bits(normed, expected_normed)
+    assert_close_to_the_last_bits(normed, expected_normed, device)
     assert not counts.any()
 
 
