@@ -25,12 +25,11 @@ from types import ModuleType
 
 import torch
 import triton
-
 from torch import nn
 
 from moeframe.gpu.pdl import pdl_args
 from moeframe.model.layers.norm import RMSNorm
-from moeframe.routers.base import NormedRouting
+from moeframe.routers.base import NormedRouting, RouteContext, Router
 from moeframe.routers.fused_topk import MAX_EXPERTS
 from moeframe.routers.gate import MAX_BLOCK_T, MAX_GEMV_TOKENS, TILE_ELEMENTS
 from moeframe.routers.plan import RoutingPlan
@@ -243,3 +242,32 @@ class GateTopK:
             hidden_states, residual, norm.weight, norm.eps, weight, k, renormalize, scale, counts, bias
         )
         return NormedRouting(plan, normed, summed)
+
+
+class FusedSoftmaxTopKRouter(Router):
+    """A router that routes by softmax top-k where ``softmax_topk_args`` says so, in the fused launch on CUDA decode.
+
+    native (softmax families) and top_k (softmax, no capacity) share these two
+    hooks; everywhere else, and where the launch does not apply, the base
+    Router's torch path runs.
+    """
+
+    gate_topk: GateTopK
+
+    def softmax_topk_args(self) -> tuple[int, bool, float] | None:
+        """(k, renormalize, scale) when this router's choice is plain softmax top-k, else None."""
+        return None
+
+    def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
+        args = self.softmax_topk_args()
+        if args is not None and self.gate_topk.applies(hidden_states, gate_weight):
+            return self.gate_topk(hidden_states, gate_weight, *args)
+        return super().route_hidden(hidden_states, gate_weight, ctx)
+
+    def route_residual(
+        self, h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, gate_weight: torch.Tensor, ctx: RouteContext
+    ) -> NormedRouting:
+        args = self.softmax_topk_args()
+        if args is not None and self.gate_topk.fuses_norm(h, residual, norm, gate_weight):
+            return self.gate_topk.norm_and_route(h, residual, norm, gate_weight, *args)
+        return super().route_residual(h, residual, norm, gate_weight, ctx)

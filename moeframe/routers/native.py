@@ -21,14 +21,13 @@ tests compare against.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from moeframe.model.spec import MoESpec
 from moeframe.registry import NoParams
 from moeframe.routers import ROUTERS
-from moeframe.routers.base import NormedRouting, RouteContext, Router
+from moeframe.routers.base import RouteContext
 from moeframe.routers.fused_topk import fused_softmax_topk
-from moeframe.routers.gate_topk import GateTopK
+from moeframe.routers.gate_topk import FusedSoftmaxTopKRouter, GateTopK
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -81,33 +80,16 @@ def group_limited_topk(gate_logits: torch.Tensor, moe: MoESpec, k: int, bias: to
 
 
 @ROUTERS.register("native")
-class NativeRouter(Router):
+class NativeRouter(FusedSoftmaxTopKRouter):
     def __init__(self, params: NoParams, *, moe: MoESpec, layer_idx: int, **_: object) -> None:
         if moe.scoring == "sigmoid":
             check_group_limits(moe, moe.top_k)
         self.moe = moe
         self.gate_topk = GateTopK()
 
-    def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
+    def softmax_topk_args(self) -> tuple[int, bool, float] | None:
         moe = self.moe
-        if moe.scoring == "softmax" and self.gate_topk.applies(hidden_states, gate_weight):
-            return self.gate_topk(hidden_states, gate_weight, moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor)
-        return super().route_hidden(hidden_states, gate_weight, ctx)
-
-    def route_residual(
-        self,
-        h: torch.Tensor,
-        residual: torch.Tensor | None,
-        norm: nn.Module,
-        gate_weight: torch.Tensor,
-        ctx: RouteContext,
-    ) -> NormedRouting:
-        moe = self.moe
-        if moe.scoring == "softmax" and self.gate_topk.fuses_norm(h, residual, norm, gate_weight):
-            return self.gate_topk.norm_and_route(
-                h, residual, norm, gate_weight, moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor
-            )
-        return super().route_residual(h, residual, norm, gate_weight, ctx)
+        return (moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor) if moe.scoring == "softmax" else None
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         moe = self.moe

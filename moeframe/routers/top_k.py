@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from moeframe.model.spec import MoESpec
 from moeframe.routers import ROUTERS
-from moeframe.routers.base import NormedRouting, RouteContext, Router
+from moeframe.routers.base import RouteContext
 from moeframe.routers.capacity import drop_assignments, expert_capacity, gshard_priority, keep_within_capacity
-from moeframe.routers.gate_topk import GateTopK
+from moeframe.routers.gate_topk import FusedSoftmaxTopKRouter, GateTopK
 from moeframe.routers.native import softmax_topk
 from moeframe.routers.options import (
     check_k,
@@ -48,7 +47,7 @@ class TopKParams:
 
 
 @ROUTERS.register("top_k", params=TopKParams)
-class TopKRouter(Router):
+class TopKRouter(FusedSoftmaxTopKRouter):
     def __init__(self, params: TopKParams, *, moe: MoESpec, layer_idx: int, **_: object) -> None:
         self.k = resolve_k(params.k, moe)
         self.scoring = resolve_scoring(params.score, moe)
@@ -63,22 +62,8 @@ class TopKRouter(Router):
         """Softmax top-k without capacity: the path native routing takes, with its fused kernels on CUDA."""
         return self.capacity_factor is None and self.scoring == "softmax"
 
-    def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
-        if self.plain_softmax and self.gate_topk.applies(hidden_states, gate_weight):
-            return self.gate_topk(hidden_states, gate_weight, self.k, self.renormalize, self.scale)
-        return super().route_hidden(hidden_states, gate_weight, ctx)
-
-    def route_residual(
-        self,
-        h: torch.Tensor,
-        residual: torch.Tensor | None,
-        norm: nn.Module,
-        gate_weight: torch.Tensor,
-        ctx: RouteContext,
-    ) -> NormedRouting:
-        if self.plain_softmax and self.gate_topk.fuses_norm(h, residual, norm, gate_weight):
-            return self.gate_topk.norm_and_route(h, residual, norm, gate_weight, self.k, self.renormalize, self.scale)
-        return super().route_residual(h, residual, norm, gate_weight, ctx)
+    def softmax_topk_args(self) -> tuple[int, bool, float] | None:
+        return (self.k, self.renormalize, self.scale) if self.plain_softmax else None
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         if self.plain_softmax:
