@@ -202,6 +202,7 @@ class Engine:
             "num_preemptions": built.scheduler.num_preemptions,
             "cache": dict(vars(cache_stats)),
             "forward_steps": core.stats.forward_steps,
+            "ahead_steps": core.stats.ahead_steps,
             "prefill_tokens": core.stats.prefill_tokens,
             "generated_tokens": core.stats.generated_tokens,
             "jump_forward_tokens": core.stats.jump_forward_tokens,
