@@ -4,17 +4,24 @@
 asynchronous loop drive. Finished requests hand their KV to the cache.
 
 Overlapped decode (SGLang's overlap scheduler, vLLM v1's async scheduling):
-when the step just launched is a plain greedy decode of every running
-request and nothing waits, ``step`` schedules and launches the next step
-before it reads this one's tokens. Each request gets a placeholder for the
-token in flight, so the scheduler allocates its slot as usual, and the next
-step takes this step's argmax on the device as its input. Reading the tokens
-back then waits for this step only, and the host work of appending,
-detokenizing and stop checks runs while the GPU computes the next step. The
-placeholders are filled before ``step`` returns, so between steps every
-request holds real tokens only; a request that stops at a token the next step
-already feeds has its row of that step dropped. One call still processes
-exactly one step, so outputs are those of the plain loop.
+when the step just launched is a decode of every running request whose next
+tokens the device can choose alone (greedy or sampled, no constraint mask,
+no logprobs) and nothing waits, ``step`` samples this step on the device and
+schedules and launches the next step before it reads this one's tokens. Each
+request gets a placeholder for the token in flight, so the scheduler
+allocates its slot as usual, and the next step takes this step's sampled ids
+on the device as its input. Reading the tokens back then waits for this step
+only, and the host work of appending, detokenizing and stop checks runs while
+the GPU computes the next step. The placeholders are filled before ``step``
+returns, so between steps every request holds real tokens only; a request
+that stops at a token the next step already feeds has its row of that step
+dropped. One call still processes exactly one step and samples it before the
+next step is even scheduled, over the same rows, so random numbers are drawn
+in the order of the plain loop. Outputs are those of the plain loop whenever
+its batches are the same: a request that arrives while a step is in flight
+joins one step later, which changes nothing for greedy and seeded rows but
+hands unseeded rows, which share the global generator in batch order,
+different draws.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from moeframe.engine.constrained import forced_run, mask_constrained
 from moeframe.engine.detokenizer import Detokenize, IncrementalDetokenizer
 from moeframe.engine.model_runner import ModelRunner, StepLogits
 from moeframe.engine.request import Request, Status
-from moeframe.engine.sampler import sample, token_logprobs
+from moeframe.engine.sampler import sample, to_device, token_logprobs
 from moeframe.engine.scheduler import ScheduledBatch, Scheduler
 
 
@@ -107,12 +114,11 @@ class EngineCore:
         rows = self.ahead_rows(launched.scheduled, ready)
         if rows is None:
             return self.sample_and_update(launched, ready)
-        greedy = launched.out.greedy_ids()
-        host_ids = self.runner.read_back(greedy)
-        self.launch_ahead(launched.scheduled, rows, greedy)
-        token_ids = host_ids.tolist()
         reqs = [launched.scheduled.requests[i] for i in ready]
-        self.update(reqs, [token_ids[i] for i in ready])
+        next_ids = self.sample_on_device(launched, ready)
+        host_ids = self.runner.read_back(next_ids)
+        self.launch_ahead(reqs, [launched.scheduled.requests[i] for i in rows], next_ids)
+        self.update(reqs, host_ids.tolist())
         return reqs
 
     def launch(self, scheduled: ScheduledBatch, input_ids: torch.Tensor | None = None) -> LaunchedStep:
@@ -140,45 +146,51 @@ class EngineCore:
     def ahead_rows(self, scheduled: ScheduledBatch, ready: list[int]) -> list[int] | None:
         """Rows of the requests the next step may decode before this step's tokens are read; None if it may not.
 
-        Only a plain greedy decode of every running request, with nothing
-        waiting, goes ahead: its tokens are the argmax already on the device,
-        and the next schedule is known without them. A request this step
-        ends by length stays out, as do the dropped rows of requests that
-        ended before the step ran.
+        Only a decode of every running request, with nothing waiting, whose
+        tokens the device chooses alone (``device_only``) goes ahead: the next
+        schedule is known without them. A request this step ends by length
+        stays out, as do the dropped rows of requests that ended before the
+        step ran.
         """
         if not self.runner.overlap or self.scheduler.waiting or len(self.scheduler.running) != len(ready):
             return None
         reqs = [scheduled.requests[i] for i in ready]
-        if any(scheduled.num_new_tokens[i] != 1 for i in ready) or not all(self.plain_greedy(r) for r in reqs):
+        if any(scheduled.num_new_tokens[i] != 1 for i in ready) or not all(self.device_only(r) for r in reqs):
             return None
         rows = [i for i, req in zip(ready, reqs) if not self.ends_by_length(req)]
         return rows or None
 
     @staticmethod
-    def plain_greedy(req: Request) -> bool:
-        p = req.params
-        return p.temperature == 0 and req.constraint is None and p.logprobs is None
+    def device_only(req: Request) -> bool:
+        """Whether the device chooses the request's next token alone: greedy or sampled, no mask, no logprobs."""
+        return req.constraint is None and req.params.logprobs is None
 
     def ends_by_length(self, req: Request) -> bool:
         """Whether the token this step samples is certain to end the request."""
         return len(req.output_ids) + 1 >= req.params.max_new_tokens or req.num_tokens + 1 >= self.max_context
 
-    def launch_ahead(self, scheduled: ScheduledBatch, rows: list[int], greedy: torch.Tensor) -> None:
-        """Schedule and launch the next decode step over ``rows``, fed ``greedy`` [B] on the device."""
-        reqs = [scheduled.requests[i] for i in rows]
+    def sample_on_device(self, launched: LaunchedStep, ready: list[int]) -> torch.Tensor:
+        """The ready rows' next tokens [len(ready)], left on the device (no mask or logprobs: ``device_only``)."""
+        logits, argmax = launched.out.logits, launched.out.argmax
+        reqs = [launched.scheduled.requests[i] for i in ready]
+        if len(ready) < logits.shape[0]:
+            index = to_device(ready, logits.device)
+            logits = logits.index_select(0, index)
+            argmax = None if argmax is None else argmax.index_select(0, index)
+        return sample(logits, reqs, argmax)
+
+    def launch_ahead(self, ready: list[Request], reqs: list[Request], next_ids: torch.Tensor) -> None:
+        """Schedule and launch the next decode step over ``reqs``, fed ``next_ids`` [len(ready)] on the device."""
         for req in reqs:
             req.add_placeholder()
         ahead = self.scheduler.schedule_ahead(reqs)
         if ahead is None:
             return
-        if len(ahead.requests) < len(scheduled.requests):
-            row_of = {req: i for i, req in enumerate(scheduled.requests)}
-            index = torch.tensor([row_of[req] for req in ahead.requests])
-            if greedy.is_cuda:
-                index = index.pin_memory().to(greedy.device, non_blocking=True)
-            greedy = greedy.index_select(0, index)
+        if len(ahead.requests) < len(ready):
+            row_of = {req: i for i, req in enumerate(ready)}
+            next_ids = next_ids.index_select(0, to_device([row_of[req] for req in ahead.requests], next_ids.device))
         self.stats.ahead_steps += 1
-        self.in_flight = self.launch(ahead, greedy)
+        self.in_flight = self.launch(ahead, next_ids)
 
     def sample_and_update(self, launched: LaunchedStep, ready: list[int]) -> list[Request]:
         """Mask, sample and append the ready rows' tokens (the step's outputs are final)."""

@@ -190,7 +190,7 @@ class CudaGraphRunner:
         returned tensors are the graph's own outputs: the next replay of the
         same size rewrites them. ``input_ids`` (a device tensor [b]) replaces
         the host's token ids after the upload, so a step can take the last
-        step's argmax without reading it back. No autograd op runs here, so
+        step's sampled ids without reading them back. No autograd op runs here, so
         it skips entering inference mode.
         """
         b = len(token_ids)

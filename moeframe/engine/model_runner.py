@@ -6,7 +6,7 @@ will replay it, ``run`` hands the same host inputs to the graph runner, which
 uploads them in one copy.
 
 For overlapped decode (``EngineCore.step``) ``run`` also takes the new
-tokens as a device tensor, the previous step's greedy ids, so step n+1 is
+tokens as a device tensor, the previous step's sampled ids, so step n+1 is
 launched before step n's tokens reach the host, and ``read_back`` starts
 copying step n's ids into pinned memory before that launch, so reading them
 waits for step n alone (vLLM v1's async output copy, SGLang's overlap
@@ -35,10 +35,6 @@ from moeframe.model.layers.context import ForwardContext
 class StepLogits:
     logits: torch.Tensor  # [B, V] float32, one row per scheduled request
     argmax: torch.Tensor | None = None  # [B] logits.argmax(-1), when the CUDA graph computed it already
-
-    def greedy_ids(self) -> torch.Tensor:
-        """[B] int64 argmax of the logits, on the logits' device (the graph's own when it has one)."""
-        return self.argmax if self.argmax is not None else self.logits.argmax(dim=-1)
 
 
 class HostIds:

@@ -7,6 +7,14 @@ the sort the same way), and drawn in one batched multinomial; a request with
 a seed draws from its own generator instead, so it gives the same tokens
 whatever its batch-mates (vLLM's per-request generators do the same). The
 rows' settings go to the device in one copy.
+
+Nothing here waits for the device, so overlapped decode (``EngineCore.step``)
+can sample step n on the device and launch step n+1 on its ids before any of
+them reach the host (SGLang's overlap scheduler, vLLM v1's async scheduling):
+host lists reach a CUDA device through pinned, non-blocking copies (a copy
+from pageable memory synchronizes the stream), and a seeded row's generator,
+which lives on the host, only draws noise there: the choice is made on the
+device, the same choice ``torch.multinomial`` makes from that noise.
 """
 
 from __future__ import annotations
@@ -32,46 +40,70 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def to_device(values: list, device: torch.device) -> torch.Tensor:
+    """A host list as a tensor on ``device``, without making the host wait for the work queued there."""
+    host = torch.tensor(values)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def exponential_race(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """probs [V] -> one id drawn from them, the noise from ``generator`` on its own device.
+
+    argmax(p / q) with q ~ Exp(1) picks id i with probability p_i; it is how
+    ``torch.multinomial`` draws one sample, so for the same generator state
+    it returns what ``torch.multinomial(probs, 1, generator=generator)`` would.
+    """
+    noise = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=probs.is_cuda)
+    noise.exponential_(generator=generator)
+    return (probs / noise.to(probs.device, non_blocking=True)).argmax()
+
+
 def sample(logits: torch.Tensor, requests: list[Request], argmax: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [B, V] float32 (masked already) -> token ids [B] int64.
+    """logits [B, V] float32 (masked already) -> token ids [B] int64, on the logits' device.
 
     ``argmax``: ``logits.argmax(-1)`` when the caller has it already (a CUDA
     graph computes it), so greedy rows launch nothing; its rows may be overwritten.
+    Random numbers are drawn in row order: one batched draw from the global
+    generator for the unseeded rows, then each seeded row from its own.
     """
     sampled = [i for i, r in enumerate(requests) if r.params.temperature > 0]
     every_row = len(sampled) == len(requests)
+    device = logits.device
     if every_row:
-        next_ids = torch.empty(len(requests), dtype=torch.int64, device=logits.device)
+        next_ids = torch.empty(len(requests), dtype=torch.int64, device=device)
     else:
         next_ids = logits.argmax(dim=-1) if argmax is None else argmax
     if not sampled:
         return next_ids
     params = [requests[i].params for i in sampled]
     vocab = logits.shape[-1]
-    settings = torch.tensor(
-        [[p.temperature for p in params], [p.top_k if p.top_k > 0 else vocab for p in params], [p.top_p for p in params]]
-    ).to(logits.device)
+    settings = to_device(
+        [[p.temperature for p in params], [p.top_k if p.top_k > 0 else vocab for p in params], [p.top_p for p in params]],
+        device,
+    )
     temps, top_k, top_p = settings.unbind(0)
-    scaled = (logits if every_row else logits[sampled]) / temps[:, None]
+    scaled = (logits if every_row else logits.index_select(0, to_device(sampled, device))) / temps[:, None]
     if any(p.top_k > 0 or p.top_p < 1 for p in params):
         scaled = filter_top_k_top_p(scaled, top_k, top_p)
     probs = torch.softmax(scaled, dim=-1)
     unseeded = [j for j, i in enumerate(sampled) if requests[i].generator is None]
     if unseeded:
-        draws = torch.multinomial(probs if len(unseeded) == len(sampled) else probs[unseeded], 1)[:, 0]
-        if every_row and len(unseeded) == len(sampled):
+        all_unseeded = len(unseeded) == len(sampled)
+        draws = torch.multinomial(probs if all_unseeded else probs.index_select(0, to_device(unseeded, device)), 1)[:, 0]
+        if every_row and all_unseeded:
             next_ids = draws
         else:
-            next_ids[[sampled[j] for j in unseeded]] = draws
+            next_ids.index_copy_(0, to_device([sampled[j] for j in unseeded], device), draws)
     for j, i in enumerate(sampled):
         gen = requests[i].generator
         if gen is None:
             continue
-        if gen.device != probs.device:
-            draw = torch.multinomial(probs[j].cpu(), 1, generator=gen).to(probs.device)
+        if gen.device == probs.device:
+            next_ids[i] = torch.multinomial(probs[j], 1, generator=gen)[0]
         else:
-            draw = torch.multinomial(probs[j], 1, generator=gen)
-        next_ids[i] = draw[0]
+            next_ids[i] = exponential_race(probs[j], gen)
     return next_ids
 
 

@@ -4,6 +4,8 @@ The same requests decode as batches of the same sizes with overlap on and
 off, so the same kernels run and the tokens must match exactly; requests of
 different lengths leave the ahead step one by one (the argmax rows are
 gathered on the device), and the eager path (no graphs) overlaps too.
+Sampled requests go ahead as well: the sampler makes no host sync, and each
+engine is built just before it runs, so both draw from the same generator.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import pytest
 import torch
 
 from moeframe import Engine, SamplingParams
+from moeframe.engine.request import Request
+from moeframe.engine.sampler import sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -50,3 +54,37 @@ def test_a_stop_token_ends_an_overlapped_cuda_request_at_the_same_token(checkpoi
     pool, cache = on.built.pool, on.built.cache
     scratch = 1 if on.built.runner.graphs is not None else 0  # the graphs' padding slot
     assert pool.num_free_slots == pool.num_slots - cache.num_cached_tokens() - scratch
+
+
+def sampled_params(count: int) -> list[SamplingParams]:
+    """Greedy, unseeded and seeded rows with top-k and top-p, of different lengths."""
+    kinds = [{}, {"temperature": 1.0, "top_k": 40}, {"temperature": 0.7, "top_p": 0.9, "seed": 3}, {"temperature": 1.2}]
+    return [SamplingParams(max_new_tokens=24 + 5 * i, ignore_eos=True, **kinds[i % len(kinds)]) for i in range(count)]
+
+
+@pytest.mark.parametrize("cuda_graph", ["true", "false"])
+@pytest.mark.parametrize("count", [1, 3, 8])
+def test_sampled_overlap_gives_the_tokens_of_the_plain_loop_on_cuda(checkpoint_factory, cuda_graph: str, count: int) -> None:
+    path = checkpoint_factory("tiny-olmoe")
+    params = sampled_params(count)
+    outputs, ahead = [], []
+    for overlap in ("true", "false"):
+        made = engine(path, "experts=triton", f"runner.cuda_graph={cuda_graph}", f"runner.overlap={overlap}")
+        outputs.append([o.token_ids for o in made.generate(prompts(made.spec.vocab_size, count), params)])
+        ahead.append(made.core.stats.ahead_steps)
+    assert outputs[0] == outputs[1]
+    assert ahead[0] > 0 and ahead[1] == 0
+
+
+def test_sampling_a_mixed_batch_makes_no_host_sync() -> None:
+    kinds = [{}, {"temperature": 1.0}, {"temperature": 0.8, "top_k": 5, "top_p": 0.9}, {"temperature": 0.9, "seed": 4}]
+    reqs = [Request(rid=i, prompt_ids=[1], params=SamplingParams(**kind)) for i, kind in enumerate(kinds)]
+    reqs[3].generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(len(reqs), 1000, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ids = sample(logits, reqs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ids.shape == (len(reqs),) and ids.device.type == "cuda"

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from moeframe import SamplingParams
 from moeframe.engine.request import Request
-from moeframe.engine.sampler import filter_top_k_top_p, sample
+from moeframe.engine.sampler import exponential_race, filter_top_k_top_p, sample
 
 
 class RecordOps(TorchDispatchMode):
@@ -106,3 +106,12 @@ def test_a_mixed_batch_draws_the_same_with_or_without_a_precomputed_argmax():
     without = sample(logits.clone(), batch).tolist()
     batch[1].generator.manual_seed(3)
     assert sample(logits.clone(), batch, logits.argmax(dim=-1)).tolist() == without
+
+
+def test_the_exponential_race_draws_what_multinomial_draws_from_the_same_generator():
+    g = torch.Generator().manual_seed(6)
+    for seed in range(20):
+        probs = torch.softmax(torch.randn(500, generator=g) * 2, dim=0)
+        race, multinomial = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        raced = [exponential_race(probs, race).item() for _ in range(4)]
+        assert raced == [torch.multinomial(probs, 1, generator=multinomial).item() for _ in range(4)]
