@@ -243,6 +243,10 @@ class EngineCore:
             if not req.constraint.advance(token):
                 req.error = f"token {token} was sampled outside the constraint"
                 reason = "error"
+            elif token in req.constraint.eos_token_ids:
+                # the constraint allowed EOS because its output is complete: nothing may follow,
+                # ignore_eos or not (SGLang ends a request whose grammar terminated the same way)
+                reason = "stop"
             elif self.jump_forward:
                 forced = forced_run(req, req.params.max_new_tokens - len(req.output_ids))
                 req.output_ids.extend(forced)
