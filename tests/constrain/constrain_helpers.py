@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Callable
 
 import torch
+from hypothesis import strategies as st
 
 from moeframe.constrain import ConstraintBackend
+
+
+def python_matches(compiled: re.Pattern) -> st.SearchStrategy[str]:
+    """Strings ``compiled`` (an re.ASCII pattern) fully matches, without U+00A0.
+
+    The constraint engines read ``\\s`` as xgrammar does, ASCII white space and
+    U+00A0 (regex_syntax.py); Python's re.ASCII leaves U+00A0 out, so a
+    negated class such as ``[^\\s]`` differs between the two on that one
+    character, and hypothesis draws it now and then.
+    """
+    return st.from_regex(compiled, fullmatch=True).filter(lambda text: "\u00a0" not in text)
 
 
 def encode_compact(value: object) -> str:

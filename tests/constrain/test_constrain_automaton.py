@@ -7,9 +7,9 @@ import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from constrain_cases import REGEXES
+from constrain_helpers import python_matches
 from moeframe.constrain.dfa import compile_dfa
 from moeframe.constrain.json_regex import DATE, FORMATS, json_string_pattern, schema_to_regex
 from moeframe.constrain.number_regex import integer_range, natural_range, number_range
@@ -37,7 +37,7 @@ def test_dfa_agrees_with_python_re(pattern):
     compiled = re.compile(pattern, re.ASCII)
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.from_regex(compiled, fullmatch=True))
+    @given(python_matches(compiled))
     def matching(text: str) -> None:
         assert dfa.matches(text.encode("utf-8"))
         for cut in range(len(text)):  # prefixes agree too: a DFA state is exactly a prefix class

@@ -8,10 +8,9 @@ import re
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from constrain_cases import REGEXES, SCHEMAS
-from constrain_helpers import encode_compact
+from constrain_helpers import encode_compact, python_matches
 from moeframe.constrain import ConstraintBackend, ConstraintSpec
 
 EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -30,7 +29,7 @@ def test_strings_matching_regex_are_accepted(backend, eos_id, pattern):
     spec = ConstraintSpec(regex=pattern)
 
     @EXAMPLES
-    @given(st.from_regex(re.compile(pattern, re.ASCII), fullmatch=True))
+    @given(python_matches(re.compile(pattern, re.ASCII)))
     def check(text: str) -> None:
         assert accepts(backend, spec, text, eos_id), text
 
