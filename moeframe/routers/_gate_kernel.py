@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
+from moeframe.model.layers._rms_norm_jit import rms_normed, summed_rows
 
 
 @triton.jit
@@ -52,22 +53,6 @@ def gate_logits_tile(
         x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         acc += x.to(tl.float32) * w[None, :]
     tl.store(out_ptr + rows * stride_out + expert, tl.sum(acc, axis=1), mask=row_ok)
-
-
-@triton.jit
-def _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res):
-    """x[rows, cols] + residual[rows, cols], rounded to the activations' dtype as torch adds them."""
-    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    return x + tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
-def _rms_normed(total, inv_rms, norm_w_ptr, cols, col_ok):
-    """norm.py's rounding: the normed row to the dtype, then its product with the norm weight to the dtype."""
-    dtype = total.dtype
-    norm_w = tl.load(norm_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    normed = (total.to(tl.float32) * inv_rms[:, None]).to(dtype).to(tl.float32)
-    return (norm_w[None, :] * normed).to(dtype)
 
 
 @triton.jit
@@ -118,11 +103,11 @@ def norm_gate_logits_tile(
         mask = row_ok[:, None] & col_ok[None, :]
         w = tl.load(w_ptr + expert * stride_w + offs, mask=col_ok, other=0.0).to(tl.float32)
         owned = mask & ((offs >= own_lo) & (offs < own_lo + share))[None, :]
-        total = _residual_sum(x_ptr, res_ptr, rows, offs, mask, stride_x, stride_res)
+        total = summed_rows(x_ptr, res_ptr, rows, offs, mask, stride_x, 1, stride_res, 1, True)
         tl.store(sum_ptr + row_offs + offs[None, :], total, mask=owned)
         total_f32 = total.to(tl.float32)
         inv_rms = tl.math.rsqrt(tl.sum(total_f32 * total_f32, axis=1) / hidden + eps)
-        normed = _rms_normed(total, inv_rms, norm_w_ptr, offs, col_ok)
+        normed = rms_normed(total, inv_rms, norm_w_ptr, offs, col_ok)
         tl.store(normed_ptr + row_offs + offs[None, :], normed, mask=owned)
         logits = tl.sum(normed.to(tl.float32) * w[None, :], axis=1)
     else:
@@ -130,7 +115,7 @@ def norm_gate_logits_tile(
         for start in range(0, hidden, BLOCK_H):
             cols = start + offs
             mask = row_ok[:, None] & (cols < hidden)[None, :]
-            total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
+            total = summed_rows(x_ptr, res_ptr, rows, cols, mask, stride_x, 1, stride_res, 1, True)
             owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
             tl.store(sum_ptr + row_offs + cols[None, :], total, mask=owned)
             total = total.to(tl.float32)
@@ -141,8 +126,8 @@ def norm_gate_logits_tile(
             cols = start + offs
             col_ok = cols < hidden
             mask = row_ok[:, None] & col_ok[None, :]
-            total = _residual_sum(x_ptr, res_ptr, rows, cols, mask, stride_x, stride_res)
-            normed = _rms_normed(total, inv_rms, norm_w_ptr, cols, col_ok)
+            total = summed_rows(x_ptr, res_ptr, rows, cols, mask, stride_x, 1, stride_res, 1, True)
+            normed = rms_normed(total, inv_rms, norm_w_ptr, cols, col_ok)
             owned = mask & ((cols >= own_lo) & (cols < own_lo + share))[None, :]
             tl.store(normed_ptr + row_offs + cols[None, :], normed, mask=owned)
             w = tl.load(w_ptr + expert * stride_w + cols, mask=col_ok, other=0.0).to(tl.float32)

@@ -35,15 +35,7 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
-
-
-@triton.jit
-def _input_chunk(x_ptr, res_ptr, tokens, cols, mask, stride_xt, stride_xk, stride_rt, stride_rk, HAS_RESIDUAL: tl.constexpr):
-    """x[tokens, cols] (+ residual[tokens, cols], summed in the activations' dtype)."""
-    x = tl.load(x_ptr + tokens[:, None] * stride_xt + cols[None, :] * stride_xk, mask=mask, other=0.0)
-    if HAS_RESIDUAL:
-        x += tl.load(res_ptr + tokens[:, None] * stride_rt + cols[None, :] * stride_rk, mask=mask, other=0.0)
-    return x
+from moeframe.model.layers._rms_norm_jit import rms_normed, summed_rows
 
 
 @triton.jit
@@ -81,13 +73,12 @@ def gemv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     row_ok = rows < N
     token_ok = tokens < num_tokens
-    dtype = x_ptr.dtype.element_ty
     if NORM:
         sum_sq = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
         for start in range(0, K, BLOCK_K):
             cols = start + offs_k
             mask = token_ok[:, None] & (cols < K)[None, :]
-            x = _input_chunk(x_ptr, res_ptr, tokens, cols, mask, stride_xt, stride_xk, stride_rt, stride_rk, HAS_RESIDUAL)
+            x = summed_rows(x_ptr, res_ptr, tokens, cols, mask, stride_xt, stride_xk, stride_rt, stride_rk, HAS_RESIDUAL)
             if HAS_RESIDUAL:
                 if pid == 0:
                     tl.store(sum_ptr + tokens[:, None] * K + cols[None, :], x, mask=mask)
@@ -101,14 +92,12 @@ def gemv_kernel(
     for start in range(0, K, BLOCK_K):
         cols = start + offs_k
         k_ok = cols < K
-        x = _input_chunk(
+        x = summed_rows(
             x_ptr, res_ptr, tokens, cols, token_ok[:, None] & k_ok[None, :], stride_xt, stride_xk, stride_rt, stride_rk,
             HAS_RESIDUAL,
         )  # fmt: skip
         if NORM:
-            norm_w = tl.load(norm_w_ptr + cols, mask=k_ok, other=0.0).to(tl.float32)
-            normed = (x.to(tl.float32) * inv_rms[:, None]).to(dtype).to(tl.float32)
-            x = (norm_w[None, :] * normed).to(dtype)
+            x = rms_normed(x, inv_rms, norm_w_ptr, cols, k_ok)
         w = tl.load(w_ptrs + start, mask=k_ok[:, None] & row_ok[None, :], other=0.0)
         if IEEE_FP32:
             acc = tl.dot(x, w, acc, input_precision="ieee")
