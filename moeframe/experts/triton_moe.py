@@ -6,7 +6,7 @@
     topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at T <= 2,
                        one Triton program at decode sizes, torch ops past that)
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
-      -> T <= MAX_DOWN_TOPK_SUM_TOKENS: down_topk_sum_kernel: out [T, H] = sum_j weight * act W_down^T
+      -> T <= down_topk_sum_tokens (off by default): down_topk_sum_kernel: out [T, H] = sum_j weight * act W_down^T
          otherwise: down_weighted_kernel: y [T*k, H] = weight * act W_down^T
                     -> sum over the k assignments of each token (one generated kernel on CUDA, fp32)
 

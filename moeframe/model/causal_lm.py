@@ -43,7 +43,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's MLP output, the residual stream before it); the caller adds them."""
         if isinstance(self.self_attn, Attention):
-            # The input norm runs inside the qkv projection: one launch at decode sizes on CUDA.
+            # With runner.decode_gemv=fused the input norm runs inside the qkv GEMV on CUDA decode.
             qkv, residual = self.self_attn.project_qkv(h, residual, self.input_layernorm)
             h = self.self_attn.attend_qkv(qkv, positions, ctx)
         else:

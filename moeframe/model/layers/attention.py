@@ -9,10 +9,11 @@ then v), as vLLM's QKVParallelLinear and SGLang do, so a decode step runs one
 GEMV per layer instead of three; its output is split into views, not copied.
 The loader concatenates a checkpoint's separate q/k/v tensors into it.
 
-At decode sizes on CUDA both projections are Triton GEMVs launched with PDL
-(small_gemv.py), and ``project_qkv`` folds the layer's input residual add
-and RMSNorm into the qkv GEMV: one launch where the reference runs
-add_rms_norm and then the projection. The decoder layer calls
+Both projections go through small_gemv.py: cuBLAS by default, Triton GEMVs
+launched with PDL at decode sizes on CUDA under ``runner.decode_gemv``, where
+``project_qkv`` can fold the layer's input residual add and RMSNorm into the
+qkv GEMV: one launch where the reference runs add_rms_norm and then the
+projection. The decoder layer calls
 ``project_qkv`` then ``attend_qkv``; ``forward`` takes an input already
 normed.
 """

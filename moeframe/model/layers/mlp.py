@@ -1,8 +1,8 @@
 """The SwiGLU feed-forward block (Shazeer, 2020) of every family's dense layers and shared experts.
 
-Its projections run through small_gemv.project: the Triton GEMV at decode
-batch sizes on CUDA, F.linear otherwise, and a tensor-parallel module's own
-forward where tp_layers swapped one in.
+Its projections run through small_gemv.project: F.linear, the Triton GEMV at
+decode batch sizes on CUDA under ``runner.decode_gemv``, and a
+tensor-parallel module's own forward where tp_layers swapped one in.
 """
 
 from __future__ import annotations

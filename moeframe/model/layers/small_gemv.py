@@ -1,18 +1,20 @@
-"""Dense projections of decode-sized batches: a Triton GEMV on CUDA, launched with PDL, F.linear elsewhere.
+"""Dense projections of decode-sized batches: a Triton GEMV on CUDA, launched with PDL (an ablation), or F.linear.
 
 At batch 1 the attention's qkv/o projections and the dense MLP's GEMVs are
 weight streams. The kernel in _gemv_kernel.py gives each program 16-64 rows
 so the grid covers the GPU, and reads the weight once for all tokens of the
 batch. Alone it only ties cuBLAS on an H100 (6.7 vs 6.5 us at 2048 x 2048,
 12.5 vs 12.3 us at 6144 x 2048; benchmarks/kernels_h100/gemv_experiment);
-it pays inside a decode step, where the kernels around it are Triton kernels
-launched with programmatic dependent launch (moeframe/gpu/pdl.py): a cuBLAS
-kernel breaks that chain. In a 16-layer chain of layer-shaped GEMVs and
-one-program kernels replayed from a CUDA graph, Triton GEMVs with PDL took
-1,077 us against cuBLAS's 1,125 us (benchmarks/kernels_h100/pdl_experiment,
-best at 16-row blocks, 256-wide K chunks, 4 warps: the tiles chosen here for
-OLMoE's qkv and o projections). ``norm_gemv`` also folds the residual add
-and RMSNorm before the qkv projection into the same launch.
+it was expected to pay inside a decode step, where the kernels around it are
+launched with programmatic dependent launch (moeframe/gpu/pdl.py) and a cuBLAS
+kernel breaks that chain: in a synthetic 16-layer chain of layer-shaped GEMVs
+replayed from a CUDA graph, Triton GEMVs with PDL took 1,077 us against
+cuBLAS's 1,125 us (benchmarks/kernels_h100/pdl_experiment, best at 16-row
+blocks, 256-wide K chunks, 4 warps: the tiles chosen here for OLMoE's qkv and
+o projections). Inside the real batch-1 step it lost (see DECODE_GEMV_MODES),
+so cuBLAS is the default and this path is the ``runner.decode_gemv`` ablation.
+``norm_gemv`` also folds the residual add and RMSNorm before the qkv
+projection into the same launch.
 
 The GEMV runs for CUDA tensors of at most ``MAX_GEMV_TOKENS`` rows in half,
 bfloat16 or float32 with a K-contiguous weight; everything else, the CPU
