@@ -10,18 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from fused_routing_cases import DEEPSEEK, HIDDEN, INTERPRETER_ONLY, build, fused_routers, unfused_routers
 
 from moeframe.experts import EXPERTS
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.spec import MoESpec
-from moeframe.routers import ROUTERS, RouteContext, Router, RoutingPlan
+from moeframe.routers import RouteContext, Router, RoutingPlan
 from moeframe.routers.gate import gate_logits
 from moeframe.routers.gate_topk import GateTopK
 
 SOFTMAX = MoESpec(num_experts=12, top_k=3, intermediate_size=8, norm_topk_prob=True, routed_scaling_factor=1.5)
-DEEPSEEK = MoESpec(num_experts=16, top_k=4, intermediate_size=8, scoring="sigmoid", norm_topk_prob=True,
-                   n_group=4, topk_group=2, routed_scaling_factor=2.5, has_correction_bias=True)
-HIDDEN = 40
 
 ALL_ROUTERS = [
     ({"name": "native"}, SOFTMAX),
@@ -36,16 +34,8 @@ ALL_ROUTERS = [
     ({"name": "random", "seed": 3}, SOFTMAX),
     ({"name": "hash"}, SOFTMAX),
 ]
-FUSED_ROUTERS = [
-    ({"name": "native"}, SOFTMAX),
-    ({"name": "top_k", "k": 2, "renormalize": False}, SOFTMAX),
-    ({"name": "top_k", "k": 1}, SOFTMAX),
-]
-UNFUSED_ROUTERS = [
-    ({"name": "native"}, DEEPSEEK),
-    ({"name": "top_k", "k": 2, "capacity_factor": 1.0}, SOFTMAX),
-    ({"name": "top_k"}, DEEPSEEK),
-]
+FUSED_ROUTERS = fused_routers(SOFTMAX)
+UNFUSED_ROUTERS = unfused_routers(SOFTMAX)
 
 
 def hidden_and_gate(moe: MoESpec, num_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,15 +47,6 @@ def hidden_and_gate(moe: MoESpec, num_tokens: int, seed: int) -> tuple[torch.Ten
 def context(moe: MoESpec, num_tokens: int) -> RouteContext:
     bias = torch.linspace(-0.1, 0.1, moe.num_experts) if moe.has_correction_bias else None
     return RouteContext(token_ids=torch.arange(num_tokens) * 7, correction_bias=bias)
-
-
-# Forcing the fused launch on CPU tensors runs it in Triton's interpreter; with a GPU
-# Triton compiles for CUDA instead, and the CUDA tests at the OLMoE shape cover it.
-INTERPRETER_ONLY = "forces the fused kernel on CPU tensors, which only the interpreter runs"
-
-
-def build(config: dict, moe: MoESpec) -> Router:
-    return ROUTERS.build(config, moe=moe, layer_idx=0)
 
 
 @pytest.mark.parametrize(("config", "moe"), ALL_ROUTERS)

@@ -11,46 +11,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fused_routing_cases import DEEPSEEK, HIDDEN, INTERPRETER_ONLY, build, fused_routers, unfused_routers
 
 from moeframe.experts import EXPERTS
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.spec import MoESpec
-from moeframe.routers import ROUTERS, RouteContext, Router
+from moeframe.routers import ROUTERS, RouteContext
 from moeframe.routers import gate_topk
 from moeframe.routers.gate_topk import GateTopK
 
 SOFTMAX = MoESpec(num_experts=12, top_k=3, intermediate_size=8, norm_topk_prob=True, routed_scaling_factor=1.5,
                   shared_intermediate_size=6, shared_expert_gate=True)
-DEEPSEEK = MoESpec(num_experts=16, top_k=4, intermediate_size=8, scoring="sigmoid", norm_topk_prob=True,
-                   n_group=4, topk_group=2, routed_scaling_factor=2.5, has_correction_bias=True)
-HIDDEN = 40
 EPS = 1e-6
 
-FUSED_ROUTERS = [
-    ({"name": "native"}, SOFTMAX),
-    ({"name": "top_k", "k": 2, "renormalize": False}, SOFTMAX),
-    ({"name": "top_k", "k": 1}, SOFTMAX),
-]
-UNFUSED_ROUTERS = [
-    ({"name": "native"}, DEEPSEEK),
-    ({"name": "top_k", "k": 2, "capacity_factor": 1.0}, SOFTMAX),
-    ({"name": "top_k"}, DEEPSEEK),
-    ({"name": "expert_choice"}, SOFTMAX),
-]
+FUSED_ROUTERS = fused_routers(SOFTMAX)
+UNFUSED_ROUTERS = [*unfused_routers(SOFTMAX), ({"name": "expert_choice"}, SOFTMAX)]
 
 
 def every_registered_router() -> list[tuple[dict, MoESpec]]:
     return [({"name": name}, moe) for name in ROUTERS.names() for moe in (SOFTMAX, DEEPSEEK)]
-
-
-# Forcing the fused launch on CPU tensors runs it in Triton's interpreter; with a GPU
-# Triton compiles for CUDA instead, and the CUDA tests at the OLMoE shape cover it.
-INTERPRETER_ONLY = "forces the fused kernel on CPU tensors, which only the interpreter runs"
-
-
-def build(config: dict, moe: MoESpec) -> Router:
-    return ROUTERS.build(config, moe=moe, layer_idx=0)
 
 
 def moe_block(config: dict, moe: MoESpec, seed: int) -> MoEBlock:
