@@ -38,9 +38,10 @@ class RunnerConfig:
     cuda_graph: bool = True  # capture decode steps on CUDA
     compile: bool = True  # fuse elementwise regions (norms, rotary) with torch.compile on CUDA
     pdl: bool = True  # programmatic dependent launch of the Triton kernels on sm_90+ (moeframe/gpu/pdl.py)
-    decode_gemv: str = "cublas"  # cublas | triton | fused: decode-sized projections on CUDA (model/layers/small_gemv.py)
+    decode_gemv: str = "cublas"  # cublas | triton | prefetch | fused: decode-sized projections on CUDA (model/layers/small_gemv.py)
     moe_norm_in_router: bool = True  # the residual add + RMSNorm before an MoE block inside the gate top-k launch (routers/gate_topk.py)
     decode_kv_splits: int = 0  # chunks of each context in the Triton decode attention (0: by batch size and SMs)
+    decode_attention_merge: str = "fused"  # fused | separate: the decode attention's split merge in the split launch or its own
     overlap: bool = True  # launch a greedy decode step before reading the last one's tokens (engine/core.py)
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
 

@@ -19,12 +19,15 @@ from moeframe.model.layers.small_gemv import (
     BLOCK_T,
     MAX_GEMV_TOKENS,
     MAX_STAGES,
+    PREFETCH_TILE_BYTES,
     SHARED_BYTES_PER_SM,
     gemv,
     gemv_tiles,
     linear,
     norm_gemv,
     norm_project,
+    prefetch_gemv,
+    prefetch_tile_rows,
     project,
     set_decode_gemv,
 )
@@ -97,6 +100,40 @@ def test_gemv_refuses_more_tokens_than_one_program_holds(device):
     x, weight, _ = gemv_inputs(17, 16, 16, seed=4)
     with pytest.raises(ValueError, match="at most 16 tokens"):
         gemv(x.to(device), weight.to(device))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_tokens", [1, 3, 8])
+@pytest.mark.parametrize(("n", "k"), [(100, 72), (40, 600), (20, 1100)])
+def test_prefetch_gemv_equals_linear_on_sizes_off_the_block_grid(n, k, num_tokens, dtype, device):
+    x, weight, bias = gemv_inputs(num_tokens, n, k, seed=n + k + num_tokens, dtype=dtype)
+    out = prefetch_gemv(x.to(device), weight.to(device), bias.to(device))
+    assert out.dtype == dtype and out.shape == (num_tokens, n)
+    torch.testing.assert_close(out.cpu(), reference(x, weight, bias), **TOLERANCE[dtype])
+
+
+def test_prefetch_gemv_without_bias_on_a_strided_row_slice_equals_linear(device):
+    x, weight, _ = gemv_inputs(5, 48, 200, seed=2, dtype=torch.float16)
+    wide = torch.zeros(8, 600, dtype=torch.float16)
+    wide[2:7, 200:400] = x
+    out = prefetch_gemv(wide.to(device)[2:7, 200:400], weight.to(device))
+    torch.testing.assert_close(out.cpu(), reference(x, weight, None), **TOLERANCE[torch.float16])
+
+
+@pytest.mark.parametrize(
+    ("k", "dtype", "rows"),
+    [(2048, torch.bfloat16, 8), (2000, torch.float16, 8), (1024, torch.float32, 8), (64, torch.float16, 64), (16384, torch.bfloat16, 1)],
+)
+def test_prefetch_tile_holds_the_most_whole_rows_that_fit(k, dtype, rows):
+    assert prefetch_tile_rows(k, dtype) == rows
+    padded_row_bytes = (1 << (k - 1).bit_length()) * torch.finfo(dtype).bits // 8
+    assert rows * padded_row_bytes <= PREFETCH_TILE_BYTES < 2 * rows * padded_row_bytes or rows == 64
+
+
+def test_prefetch_gemv_refuses_a_row_longer_than_its_tile(device):
+    assert prefetch_tile_rows(16385, torch.bfloat16) is None
+    with pytest.raises(ValueError, match="K = 16385 is too long"):
+        prefetch_gemv(torch.zeros(1, 16385, device=device), torch.zeros(4, 16385, device=device))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -210,6 +247,35 @@ def test_attention_project_qkv_on_the_cpu_is_the_norm_then_qkv_proj():
     assert torch.equal(qkv, attn.qkv_proj(norm.add_forward(h, residual)[0])) and torch.equal(summed, h + residual)
 
 
+# The prefetching kernel as the JIT specializes a batch-1 OLMoE o_proj launch: every weight load comes before the wait.
+PREFETCH_COMPILE_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from moeframe.model.layers._prefetch_gemv_kernel import prefetch_gemv_kernel as kernel
+names = kernel.arg_names
+sig = dict(zip(names, ["*bf16"] * 4 + ["i32"] * 7 + ["constexpr"] * 4))
+sig.update(dict.fromkeys(("stride_xk", "num_tokens"), "constexpr"))
+aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ("N", "K", "stride_xt", "stride_wn", "stride_ot")]
+attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+consts = dict(HAS_BIAS=False, BLOCK_N=8, BLOCK_K=2048, USE_PDL=True, stride_xk=1, num_tokens=1)
+src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 8}).asm["ptx"]
+lines = ptx.splitlines()
+wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
+loads = [i for i, line in enumerate(lines) if "ld.global" in line]
+print(sum(i < wait for i in loads), sum(i > wait for i in loads))
+"""
+
+
+def test_the_prefetching_kernel_issues_its_weight_loads_before_the_pdl_wait() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", PREFETCH_COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # 8 rows x 2048 bf16 over 256 threads: eight 16-byte weight loads each before the wait, the token's row after it
+    assert done.stdout.split() == ["8", "1"]
+
+
 # As the JIT specializes a batch-1 bf16 launch: 16-byte aligned pointers and sizes, unit strides and T = 1 constant.
 COMPILE_FOR_SM90 = """
 import triton
@@ -238,10 +304,18 @@ def test_every_variant_compiles_for_sm90_with_pdl_and_a_pipelined_weight_stream(
     assert done.stdout.split() == ["True"] * 3
 
 
+@pytest.fixture
+def decode_gemv_mode():
+    """Sets runner.decode_gemv for one test and puts the default (cuBLAS) back after it."""
+    yield set_decode_gemv
+    set_decode_gemv("cublas")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(("n", "k"), [(2048, 2048), (6144, 2048), (2048, 8192)])
-def test_linear_takes_the_gemv_and_replays_in_a_cuda_graph(n, k):
+def test_linear_takes_the_gemv_and_replays_in_a_cuda_graph(n, k, decode_gemv_mode):
+    decode_gemv_mode("triton")
     x, weight, bias = gemv_inputs(MAX_GEMV_TOKENS, n, k, seed=6, dtype=torch.bfloat16)
     static_x, weight, bias = x.cuda(), weight.cuda(), bias.cuda()
     linear(static_x, weight, bias)  # compile outside the capture
@@ -257,8 +331,26 @@ def test_linear_takes_the_gemv_and_replays_in_a_cuda_graph(n, k):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("n", "k"), [(2048, 2048), (6144, 2048), (2048, 8192)])
+def test_linear_in_prefetch_mode_takes_the_prefetching_gemv_in_a_cuda_graph(n, k, decode_gemv_mode):
+    decode_gemv_mode("prefetch")
+    x, weight, bias = gemv_inputs(MAX_GEMV_TOKENS, n, k, seed=6, dtype=torch.bfloat16)
+    static_x, weight, bias = x.cuda(), weight.cuda(), bias.cuda()
+    linear(static_x, weight, bias)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = linear(static_x, weight, bias)
+    static_x.copy_(gemv_inputs(MAX_GEMV_TOKENS, n, k, seed=7, dtype=torch.bfloat16)[0])
+    graph.replay()
+    torch.testing.assert_close(static_out, reference(static_x, weight, bias), rtol=1e-2, atol=1e-2)
+    assert torch.equal(static_out, prefetch_gemv(static_x, weight, bias))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("num_tokens", [1, 8])
-def test_norm_project_fuses_on_cuda_and_matches_the_unfused_path(num_tokens):
+def test_norm_project_fuses_on_cuda_and_matches_the_unfused_path(num_tokens, decode_gemv_mode):
+    decode_gemv_mode("fused")
     norm, layer = RMSNorm(2048, 1e-6).cuda().bfloat16(), nn.Linear(2048, 6144, bias=False).cuda().bfloat16()
     nn.init.normal_(norm.weight, 1.0, 0.1)
     h, residual, _ = norm_inputs(num_tokens, 2048, seed=8, dtype=torch.bfloat16)

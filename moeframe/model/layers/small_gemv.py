@@ -13,6 +13,9 @@ cuBLAS's 1,125 us (benchmarks/kernels_h100/pdl_experiment, best at 16-row
 blocks, 256-wide K chunks, 4 warps: the tiles chosen here for OLMoE's qkv and
 o projections). Inside the real batch-1 step it lost (see DECODE_GEMV_MODES),
 so cuBLAS is the default and this path is the ``runner.decode_gemv`` ablation.
+``prefetch_gemv`` (_prefetch_gemv_kernel.py) is the variant that loads a
+program's whole weight tile before its PDL wait, so the weight stream overlaps
+the kernel before it instead of following it.
 ``norm_gemv`` also folds the residual add and RMSNorm before the qkv
 projection into the same launch.
 
@@ -59,10 +62,13 @@ SHARED_BYTES_PER_SM = 192 * 1024
 MAX_STAGES = 6
 GEMV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # runner.decode_gemv: "fused" (the Triton GEMV, the qkv one with the norm inside),
-# "triton" (the GEMV, norms apart) or "cublas" (F.linear): an ablation switch.
+# "triton" (the GEMV, norms apart), "prefetch" (_prefetch_gemv_kernel.py: the
+# weight tile loaded before the PDL wait) or "cublas" (F.linear): an ablation switch.
 # cuBLAS is the default: inside the batch-1 step on an H100 the Triton paths
 # lost (step span 1,498 us with cuBLAS, 1,521 triton, 1,572 fused, all else equal).
-DECODE_GEMV_MODES = ("fused", "triton", "cublas")
+DECODE_GEMV_MODES = ("fused", "triton", "prefetch", "cublas")
+# A prefetching program holds its whole [BLOCK_N, K] weight tile in registers: at most this many bytes.
+PREFETCH_TILE_BYTES = 32 * 1024
 _mode = "cublas"
 
 
@@ -80,6 +86,12 @@ def _kernels() -> ModuleType:
     from moeframe.model.layers import _gemv_kernel
 
     return _gemv_kernel
+
+
+def _prefetch_kernels() -> ModuleType:
+    from moeframe.model.layers import _prefetch_gemv_kernel
+
+    return _prefetch_gemv_kernel
 
 
 @functools.cache
@@ -179,6 +191,40 @@ def gemv(
     return _launch(x, None, None, 0.0, weight, bias, tiles)[0]
 
 
+def prefetch_tile_rows(k: int, dtype: torch.dtype) -> int | None:
+    """Rows of a prefetching program's weight tile: the most (a power of two, up to 64) that fit
+    ``PREFETCH_TILE_BYTES`` with K padded to a power of two; None where one row does not fit."""
+    row_bytes = _next_power_of_2(k) * (torch.finfo(dtype).bits // 8)
+    if row_bytes > PREFETCH_TILE_BYTES:
+        return None
+    return min(64, 1 << (PREFETCH_TILE_BYTES // row_bytes).bit_length() - 1)
+
+
+def prefetch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, K] @ weight [N, K]^T (+ bias [N]) in x's dtype, in one launch that loads its weights before the PDL wait.
+
+    K must leave a row within ``PREFETCH_TILE_BYTES`` (``prefetch_tile_rows``).
+    """
+    num_tokens, k = x.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k:
+        raise ValueError(f"prefetch_gemv of x [{num_tokens}, {k}] and weight {list(weight.shape)}: K differs")
+    block_n = prefetch_tile_rows(k, weight.dtype)
+    if block_n is None:
+        raise ValueError(f"prefetch_gemv holds a whole weight row of {PREFETCH_TILE_BYTES} bytes at most: K = {k} is too long")
+    out = torch.empty(num_tokens, n, dtype=x.dtype, device=x.device)
+    if num_tokens == 0 or n == 0:
+        return out
+    block_k = _next_power_of_2(k)
+    _prefetch_kernels().prefetch_gemv_kernel[(_cdiv(n, block_n),)](
+        x, weight, weight if bias is None else bias, out, num_tokens, n, k,
+        x.stride(0), x.stride(1), weight.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=8 if block_n * block_k >= 8192 else 4, **pdl_args(x),
+    )  # fmt: skip
+    return out
+
+
 def norm_gemv(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -229,6 +275,8 @@ def _fuses_norm(x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: the Triton GEMV for decode-sized CUDA batches, F.linear itself otherwise."""
     if uses_gemv(x, weight, bias):
+        if _mode == "prefetch" and prefetch_tile_rows(x.shape[1], weight.dtype) is not None:
+            return prefetch_gemv(x, weight, bias)
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -1,0 +1,60 @@
+"""A decode-sized projection whose weight tile is loaded before the PDL wait.
+
+out [T, N] = x [T, K] @ W [N, K]^T (+ bias), T a few tokens. The weight does
+not depend on the kernel before this one, so under programmatic dependent
+launch (moeframe/gpu/pdl.py) a program may start streaming its rows while the
+previous kernel still runs, and only the activations wait. Each program holds
+``BLOCK_N`` whole rows (K padded to a power of two) in registers: it issues
+every weight load, then waits, then reads each token's row (a few KB, from L2)
+and reduces the products in float32, rounded once to the output dtype after
+the bias. The same overlap of a GEMV's weight stream with its predecessor is
+what TensorRT-LLM's PDL-launched decode GEMMs rely on; here the prefetch is
+the whole tile because Triton's software pipeline cannot start before the
+wait. One program computes each output in one fixed reduction order.
+
+Imported lazily (see small_gemv.py): Triton decides at decoration time
+whether to compile or interpret a kernel.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from moeframe.gpu._pdl_jit import pdl_wait
+
+
+@triton.jit
+def prefetch_gemv_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    out_ptr,
+    num_tokens,
+    N,
+    K,
+    stride_xt,
+    stride_xk,
+    stride_wn,
+    stride_ot,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_K)
+    row_ok = rows < N
+    col_ok = cols < K
+    # Row offsets in int64: a vocabulary-sized weight can hold more than 2^31 elements.
+    w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
+    w = tl.load(w_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    pdl_wait(USE_PDL)
+    for t in range(num_tokens):
+        x = tl.load(x_ptr + t * stride_xt + cols * stride_xk, mask=col_ok, other=0.0).to(tl.float32)
+        acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) + bias
+        tl.store(out_ptr + t * stride_ot + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
