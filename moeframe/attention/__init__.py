@@ -18,7 +18,10 @@ AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardBatch, flo
 
 BACKENDS = ("auto", "torch", "triton")
 
+DECODE_MERGES = ("fused", "separate")
+
 _decode_kv_splits = 0  # runner.decode_kv_splits: 0 lets triton_decode.default_num_kv_splits choose
+_decode_fused_merge = True  # runner.decode_attention_merge == "fused"
 
 
 def set_decode_kv_splits(splits: int) -> None:
@@ -29,6 +32,15 @@ def set_decode_kv_splits(splits: int) -> None:
     _decode_kv_splits = splits
 
 
+def set_decode_attention_merge(mode: str) -> None:
+    """Where the Triton decode attention merges its splits: in the split launch ("fused") or a second one ("separate")."""
+    global _decode_fused_merge
+    if mode not in DECODE_MERGES:
+        choices = ", ".join(DECODE_MERGES)
+        raise ConfigError(f"runner.decode_attention_merge: unknown choice '{mode}'; valid choices: {choices}")
+    _decode_fused_merge = mode == "fused"
+
+
 def _triton_backend() -> AttendFn:
     # Imported on first use: Triton decides between compiling and interpreting
     # (TRITON_INTERPRET) when a kernel is defined, and CPU runs need neither.
@@ -37,7 +49,7 @@ def _triton_backend() -> AttendFn:
 
     def attend_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
         if batch.is_decode:
-            return decode_attention(q, k_cache, v_cache, batch, scale, _decode_kv_splits or None)
+            return decode_attention(q, k_cache, v_cache, batch, scale, _decode_kv_splits or None, _decode_fused_merge)
         return extend_attention(q, k_cache, v_cache, batch, scale)
 
     return attend_triton
@@ -52,4 +64,11 @@ def get_attention_backend(name: str, device: torch.device | str) -> AttendFn:
     return _triton_backend() if name == "triton" else attend_reference
 
 
-__all__ = ["AttendFn", "ForwardBatch", "attend_reference", "get_attention_backend", "set_decode_kv_splits"]
+__all__ = [
+    "AttendFn",
+    "ForwardBatch",
+    "attend_reference",
+    "get_attention_backend",
+    "set_decode_attention_merge",
+    "set_decode_kv_splits",
+]

@@ -2,9 +2,9 @@
 
 A decode batch has too few queries to fill the GPU, so each request's context
 is cut into ``num_kv_splits`` chunks processed in parallel, each writing a
-partial output and its log-sum-exp; a second kernel merges the chunks (Dao et
-al., "Flash-Decoding for long-context inference", 2023; the two-stage layout
-of SGLang's decode_attention). One program serves all query heads that share a
+partial output and its log-sum-exp, and the chunks are merged (Dao et al.,
+"Flash-Decoding for long-context inference", 2023; the two-stage layout of
+SGLang's decode_attention). One program serves all query heads that share a
 KV head (grouped-query attention), so each K/V row is gathered once through
 ``kv_indices`` and reused by the whole group in one MMA.
 
@@ -17,6 +17,17 @@ and the merge reads the busy ones only (FlashInfer's split-KV planner likewise
 bounds the chunk size from below). On an H100 at batch 1 (OLMoE: 16 KV heads,
 17 splits, contexts of 129-192 tokens) a fixed 4 splits took the step from
 1,352 to 1,276 us and 8 splits to 1,291 us, against 17 splits of ~10 keys.
+
+The merge runs in the split launch by default (``fused_merge``): each busy
+split stores its partials, then bumps its (request, KV head)'s counter with a
+gpu-scope acq_rel atomic, and the one that finds all the other busy splits done
+merges their partials for the group's query heads and sets the counter back to
+0 for the next launch or CUDA-graph replay (the "last block" reduction of
+CUDA's threadFenceReduction sample and of split-K GEMM fix-ups, as in
+routers/_gate_topk_kernel.py). At batch 1 the separate merge launch cost ~2 us
+a layer on an H100, most of it launch latency. Both paths run the same merge
+code (``_merge_head``) over the same splits in the same order, so their outputs
+are bitwise equal; ``fused_merge=False`` keeps the second launch for A/B.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from moeframe.gpu._pdl_jit import pdl_wait
 from moeframe.gpu.pdl import pdl_args
 
 LOG2_E = 1.4426950408889634
+
+_merge_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 @triton.jit
@@ -55,6 +68,36 @@ def _attend_tile(q, k, v, n_ok, m_i, l_i, acc, scale_log2):
 
 
 @triton.jit
+def _merge_head(
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    req,
+    head,
+    stride_on,
+    stride_oh,
+    num_q_heads,
+    v_dim,
+    num_splits,
+    active,
+    BLOCK_S: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    """out[req, head] from the partials of its first ``active`` splits, weighted by their log-sum-exps."""
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    s_ok = offs_s < active
+    dv_ok = offs_dv < v_dim
+    row = (req * num_q_heads + head) * num_splits + offs_s
+    lse = tl.load(part_lse_ptr + row, mask=s_ok, other=float("-inf"))
+    weight = tl.exp2(lse - tl.max(lse, 0))
+    weight = weight / tl.sum(weight, 0)
+    parts = tl.load(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], mask=s_ok[:, None] & dv_ok[None, :], other=0.0)
+    out = tl.sum(parts * weight[:, None], 0)
+    tl.store(out_ptr + req * stride_on + head * stride_oh + offs_dv, out.to(out_ptr.dtype.element_ty), mask=dv_ok)
+
+
+@triton.jit
 def _decode_split_kernel(
     q_ptr,
     k_ptr,
@@ -74,12 +117,18 @@ def _decode_split_kernel(
     k_dim,
     v_dim,
     num_splits,
+    out_ptr,
+    stride_on,
+    stride_oh,
+    counts_ptr,
     MIN_SPLIT_TOKENS: tl.constexpr,
     GROUP: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    FUSED_MERGE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     req = tl.program_id(0)
@@ -138,6 +187,19 @@ def _decode_split_kernel(
     keep = head_ok & (offs_h * 0 + split < active)
     tl.store(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], out, mask=keep[:, None] & dv_ok[None, :])
     tl.store(part_lse_ptr + row, lse, mask=keep)
+    if FUSED_MERGE:
+        # every thread's partial stores come before the release below
+        tl.debug_barrier()
+        if split < active:
+            counter = counts_ptr + req * tl.num_programs(1) + kv_head
+            finished_before = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if finished_before == active - 1:
+                for g in range(GROUP):
+                    _merge_head(
+                        part_out_ptr, part_lse_ptr, out_ptr, req, kv_head * GROUP + g, stride_on, stride_oh,
+                        num_q_heads, v_dim, num_splits, active, BLOCK_S, BLOCK_DV,
+                    )  # fmt: skip
+                tl.store(counter, 0)
 
 
 @triton.jit
@@ -161,23 +223,29 @@ def _decode_merge_kernel(
     kv_len = tl.load(kv_indptr_ptr + req + 1) - tl.load(kv_indptr_ptr + req)
     _, active = _split_plan(kv_len, num_splits, MIN_SPLIT_TOKENS)
     pdl_wait(USE_PDL)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    s_ok = offs_s < active
-    dv_ok = offs_dv < v_dim
-    row = (req * num_q_heads + head) * num_splits + offs_s
-    lse = tl.load(part_lse_ptr + row, mask=s_ok, other=float("-inf"))
-    weight = tl.exp2(lse - tl.max(lse, 0))
-    weight = weight / tl.sum(weight, 0)
-    parts = tl.load(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], mask=s_ok[:, None] & dv_ok[None, :], other=0.0)
-    out = tl.sum(parts * weight[:, None], 0)
-    tl.store(out_ptr + req * stride_on + head * stride_oh + offs_dv, out.to(out_ptr.dtype.element_ty), mask=dv_ok)
+    _merge_head(
+        part_out_ptr, part_lse_ptr, out_ptr, req, head, stride_on, stride_oh, num_q_heads, v_dim, num_splits, active,
+        BLOCK_S, BLOCK_DV,
+    )  # fmt: skip
 
 
 def default_num_kv_splits(batch_size: int, num_kv_heads: int, device: torch.device) -> int:
     """Enough (request, KV head, split) programs for about two waves over the GPU's SMs, at most 32 splits."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     return max(1, min(32, math.ceil(2 * sms / (batch_size * num_kv_heads))))
+
+
+def merge_counts(device: torch.device, num_groups: int) -> torch.Tensor:
+    """The zeroed completion counters of ``num_groups`` (request, KV head) pairs, one tensor per (device, size).
+
+    Kept for the life of the process: a CUDA graph captures the address, and
+    every launch leaves the counters at zero. Launches share them as the steps
+    of one stream share the activations: one at a time, in stream order.
+    """
+    key = (device, num_groups)
+    if key not in _merge_counts:
+        _merge_counts[key] = torch.zeros(num_groups, dtype=torch.int32, device=device)
+    return _merge_counts[key]
 
 
 def decode_attention(
@@ -187,8 +255,13 @@ def decode_attention(
     batch: ForwardBatch,
     scale: float,
     num_kv_splits: int | None = None,
+    fused_merge: bool = True,
 ) -> torch.Tensor:
-    """q [B, Hq, Dk] (one new token per request); k_cache [S, Hkv, Dk]; v_cache [S, Hkv, Dv] -> [B, Hq, Dv]."""
+    """q [B, Hq, Dk] (one new token per request); k_cache [S, Hkv, Dk]; v_cache [S, Hkv, Dv] -> [B, Hq, Dv].
+
+    ``fused_merge``: the last split of each (request, KV head) merges in the
+    split launch; False merges in a second launch (same result, bit for bit).
+    """
     if not batch.is_decode:
         raise ValueError("decode_attention takes one query token per request; use extend_attention")
     num_reqs, num_q_heads, k_dim = q.shape
@@ -201,18 +274,22 @@ def decode_attention(
 
     part_out = torch.empty(num_reqs, num_q_heads, splits, v_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_reqs, num_q_heads, splits, dtype=torch.float32, device=q.device)
+    out = q.new_empty(num_reqs, num_q_heads, v_dim)
+    counts = merge_counts(q.device, num_reqs * num_kv_heads) if fused_merge else part_lse
     block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
-    block_n = 64 if block_dk <= 128 else 32
+    block_n, block_s = 64 if block_dk <= 128 else 32, triton.next_power_of_2(splits)
     _decode_split_kernel[(num_reqs, num_kv_heads, splits)](
         q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, part_out, part_lse,
         scale * LOG2_E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        v_cache.stride(0), v_cache.stride(1), num_q_heads, k_dim, v_dim, splits, MIN_SPLIT_TOKENS=block_n,
+        v_cache.stride(0), v_cache.stride(1), num_q_heads, k_dim, v_dim, splits,
+        out, out.stride(0), out.stride(1), counts, MIN_SPLIT_TOKENS=block_n,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_DK=block_dk, BLOCK_DV=block_dv, num_warps=4, num_stages=2, **pdl_args(q),
+        BLOCK_DK=block_dk, BLOCK_DV=block_dv, FUSED_MERGE=fused_merge, BLOCK_S=block_s,
+        num_warps=4, num_stages=2, **pdl_args(q),
     )  # fmt: skip
-    out = q.new_empty(num_reqs, num_q_heads, v_dim)
-    _decode_merge_kernel[(num_reqs, num_q_heads)](
-        part_out, part_lse, out, out.stride(0), out.stride(1), num_q_heads, v_dim, splits, batch.kv_indptr,
-        MIN_SPLIT_TOKENS=block_n, BLOCK_S=triton.next_power_of_2(splits), BLOCK_DV=block_dv, **pdl_args(q),
-    )  # fmt: skip
+    if not fused_merge:
+        _decode_merge_kernel[(num_reqs, num_q_heads)](
+            part_out, part_lse, out, out.stride(0), out.stride(1), num_q_heads, v_dim, splits, batch.kv_indptr,
+            MIN_SPLIT_TOKENS=block_n, BLOCK_S=block_s, BLOCK_DV=block_dv, **pdl_args(q),
+        )  # fmt: skip
     return out

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from moeframe.attention import set_decode_kv_splits
+from moeframe.attention import set_decode_attention_merge, set_decode_kv_splits
 from moeframe.cache import CACHES, KVCache, KVPool
 from moeframe.config import resolve_device, resolve_dtype, validate
 from moeframe.engine.model_runner import ModelRunner
@@ -99,6 +99,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_decode_gemv(cfg.runner.decode_gemv)
     set_fused_norm(cfg.runner.moe_norm_in_router)
     set_decode_kv_splits(cfg.runner.decode_kv_splits)
+    set_decode_attention_merge(cfg.runner.decode_attention_merge)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)
