@@ -43,6 +43,7 @@ class RunnerConfig:
     decode_kv_splits: int = 0  # chunks of each context in the Triton decode attention (0: by batch size and SMs)
     decode_attention_merge: str = "fused"  # fused | separate: the decode attention's split merge in the split launch or its own
     overlap: bool = True  # launch a greedy decode step before reading the last one's tokens (engine/core.py)
+    batched_load_record: bool = True  # count a forward's expert load in one launch at its last MoE layer, not one per layer (telemetry/expert_load.py)
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
 
 

@@ -103,7 +103,10 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)
-    recorder = ExpertLoadRecorder(spec.num_layers, spec.moe.num_experts, spec.moe.top_k) if spec.is_moe else None
+    recorder = ExpertLoadRecorder(
+        spec.num_layers, spec.moe.num_experts, spec.moe.top_k, cfg.runner.batched_load_record,
+        last_moe_layer=max(i for i, sparse in enumerate(spec.sparse_layers) if sparse),
+    ) if spec.is_moe else None  # fmt: skip
     # Built here, not inside the model's meta-device construction, so a router's own tensors are real.
     routers = {
         i: ROUTERS.build(cfg.router, moe=spec.moe, layer_idx=i) for i, sparse in enumerate(spec.sparse_layers) if sparse

@@ -1,4 +1,4 @@
-"""The expert-load recorder's per-forward update as one Triton kernel: counts, drops, tokens, unrouted.
+"""The expert-load recorder's update as Triton kernels: counts, drops, tokens, unrouted.
 
 Each program takes blocks of a plan's rows, adds one to its layer's count of
 every kept expert id with an atomic add (a GPU histogram's usual scatter; the
@@ -10,6 +10,12 @@ plan: when no row can hold more than ``budget_k`` ids each share is already
 non-negative and the programs add them; otherwise (expert-choice plans) a
 single program sees the whole plan and clamps the total.
 
+``accumulate_kernel`` takes one plan (one launch per MoE layer);
+``accumulate_layers_kernel`` takes the plans of many layers as a tuple of
+pointers, one grid row per plan, so a forward's plans are counted in one
+launch without first copying them into one buffer (the grouped-GEMM kernels
+of Triton's distributed examples pass their per-rank buffers the same way).
+
 This module is imported lazily (see expert_load.py): Triton decides at
 decoration time whether to compile or interpret a kernel.
 """
@@ -20,6 +26,48 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
+
+
+@triton.jit
+def _accumulate_rows(
+    topk_ids_ptr,
+    counts_ptr,
+    dropped_ptr,
+    tokens_ptr,
+    unrouted_ptr,
+    num_tokens,
+    num_columns,
+    stride_t,
+    stride_c,
+    budget_k,
+    CLAMP_TOTAL: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """This program's share (axis 0) of one plan's rows, added to one layer's counters."""
+    cols = tl.arange(0, BLOCK_C)
+    ones = tl.full([BLOCK_T, BLOCK_C], 1, dtype=tl.int64)
+    num_kept = tl.zeros([], dtype=tl.int64)
+    num_rows = tl.zeros([], dtype=tl.int64)
+    num_unrouted = tl.zeros([], dtype=tl.int64)
+    for start in range(tl.program_id(0) * BLOCK_T, num_tokens, tl.num_programs(0) * BLOCK_T):
+        rows = start + tl.arange(0, BLOCK_T)
+        row_ok = rows < num_tokens
+        mask = row_ok[:, None] & (cols < num_columns)[None, :]
+        offsets = rows.to(tl.int64)[:, None] * stride_t + cols[None, :] * stride_c
+        ids = tl.load(topk_ids_ptr + offsets, mask=mask, other=-1)
+        kept = ids >= 0
+        tl.atomic_add(counts_ptr + ids, ones, mask=kept, sem="relaxed")
+        kept_per_row = tl.sum(kept.to(tl.int32), axis=1)
+        num_kept += tl.sum(kept_per_row).to(tl.int64)
+        num_rows += tl.sum(row_ok.to(tl.int32)).to(tl.int64)
+        num_unrouted += tl.sum((row_ok & (kept_per_row == 0)).to(tl.int32)).to(tl.int64)
+    short = num_rows * budget_k - num_kept
+    if CLAMP_TOTAL:
+        short = tl.maximum(short, 0)
+    tl.atomic_add(dropped_ptr, short, sem="relaxed")
+    tl.atomic_add(tokens_ptr, num_rows, sem="relaxed")
+    tl.atomic_add(unrouted_ptr, num_unrouted, sem="relaxed")
 
 
 @triton.jit
@@ -39,25 +87,46 @@ def accumulate_kernel(
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
-    cols = tl.arange(0, BLOCK_C)
-    ones = tl.full([BLOCK_T, BLOCK_C], 1, dtype=tl.int64)
-    num_kept = tl.zeros([], dtype=tl.int64)
-    num_rows = tl.zeros([], dtype=tl.int64)
-    num_unrouted = tl.zeros([], dtype=tl.int64)
-    for start in range(tl.program_id(0) * BLOCK_T, num_tokens, tl.num_programs(0) * BLOCK_T):
-        rows = start + tl.arange(0, BLOCK_T)
-        row_ok = rows < num_tokens
-        mask = row_ok[:, None] & (cols < num_columns)[None, :]
-        ids = tl.load(topk_ids_ptr + rows.to(tl.int64)[:, None] * stride_ids + cols[None, :], mask=mask, other=-1)
-        kept = ids >= 0
-        tl.atomic_add(counts_ptr + ids, ones, mask=kept, sem="relaxed")
-        kept_per_row = tl.sum(kept.to(tl.int32), axis=1)
-        num_kept += tl.sum(kept_per_row).to(tl.int64)
-        num_rows += tl.sum(row_ok.to(tl.int32)).to(tl.int64)
-        num_unrouted += tl.sum((row_ok & (kept_per_row == 0)).to(tl.int32)).to(tl.int64)
-    short = num_rows * budget_k - num_kept
-    if CLAMP_TOTAL:
-        short = tl.maximum(short, 0)
-    tl.atomic_add(dropped_ptr, short, sem="relaxed")
-    tl.atomic_add(tokens_ptr, num_rows, sem="relaxed")
-    tl.atomic_add(unrouted_ptr, num_unrouted, sem="relaxed")
+    _accumulate_rows(
+        topk_ids_ptr, counts_ptr, dropped_ptr, tokens_ptr, unrouted_ptr, num_tokens, num_columns, stride_ids, 1,
+        budget_k, CLAMP_TOTAL, BLOCK_T, BLOCK_C,
+    )  # fmt: skip
+
+
+@triton.jit
+def accumulate_layers_kernel(
+    topk_ids_ptrs,
+    layers,
+    counts_ptr,
+    dropped_ptr,
+    tokens_ptr,
+    unrouted_ptr,
+    num_tokens,
+    num_columns,
+    stride_t,
+    stride_c,
+    stride_counts,
+    budget_k,
+    NUM_PLANS: tl.constexpr,
+    CLAMP_TOTAL: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """Plan ``program_id(1)`` of the tuple ``topk_ids_ptrs``, into recorder row ``layers[program_id(1)]``.
+
+    The plans share their shape, strides and budget; ``counts_ptr`` is the
+    recorder's [L, E] counts, the other three its [L] counters.
+    """
+    pdl_wait(USE_PDL)
+    plan = tl.program_id(1)
+    # a tuple is indexed by constants only: pick this program's entry with a select per plan
+    topk_ids_ptr = topk_ids_ptrs[0]
+    layer = tl.zeros([], dtype=tl.int64) + layers[0]
+    for i in tl.static_range(1, NUM_PLANS):
+        topk_ids_ptr = tl.where(plan == i, topk_ids_ptrs[i], topk_ids_ptr)
+        layer = tl.where(plan == i, layers[i], layer)
+    _accumulate_rows(
+        topk_ids_ptr, counts_ptr + layer * stride_counts, dropped_ptr + layer, tokens_ptr + layer,
+        unrouted_ptr + layer, num_tokens, num_columns, stride_t, stride_c, budget_k, CLAMP_TOTAL, BLOCK_T, BLOCK_C,
+    )  # fmt: skip

@@ -1,10 +1,13 @@
 """Expert-load recorder: tokens per (layer, expert) over every forward, and the balance statistics of them.
 
 The MoE block hands each layer's RoutingPlan to ``record``; counts stay on the
-plan's device and are added in place (index_add_ on the CPU, one Triton
-launch on CUDA: _expert_load_kernel.py), so recording never forces a device
-sync in the forward and replays inside a CUDA graph (``stats`` and
-``heatmap_png`` read the counts back).
+plan's device and are added in place (index_add_ on the CPU, Triton on CUDA:
+_expert_load_kernel.py), so recording never forces a device sync in the
+forward and replays inside a CUDA graph (``stats`` and ``heatmap_png`` read
+the counts back). By default the plans of a forward are counted together when
+its last MoE layer records, one launch per forward rather than one per layer:
+a batch-1 decode step is bound by launches, each costing a microsecond or two
+however little it does (the reason SGLang and vLLM fuse small decode kernels).
 Load statistics follow the MoE literature: max/mean load (the capacity factor
 a layer would need to drop nothing; GShard, Switch), the coefficient of
 variation of the load (Shazeer et al., 2017), the entropy of the load
@@ -20,6 +23,8 @@ columns, most of them -1 by design, and those are not drops. Without it, every
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -69,6 +74,10 @@ def _kernels() -> ModuleType:
     return _expert_load_kernel
 
 
+def _capturing(topk_ids: torch.Tensor) -> bool:
+    return topk_ids.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def accumulate_fused(
     topk_ids: torch.Tensor,
     counts: torch.Tensor,
@@ -114,13 +123,118 @@ def accumulate(
     unrouted += (~kept.any(dim=1)).sum()
 
 
+@dataclass(frozen=True)
+class LayerPlan:
+    """One MoE layer's plan waiting to be counted: its recorder row, its ids [T, C], its budget k."""
+
+    layer_idx: int
+    topk_ids: torch.Tensor
+    budget_k: int
+
+
+# The plans one launch of the layers kernel takes: every MoE layer of the models we
+# serve (DeepSeek-V3 has 58), so a forward is one launch.
+MAX_PLANS_PER_LAUNCH = 64
+
+
+def _launch_groups(plans: Sequence[LayerPlan]) -> list[list[LayerPlan]]:
+    """Plans that can share a launch: same shape, strides, dtype and budget, at most MAX_PLANS_PER_LAUNCH."""
+    by_layout: dict[tuple, list[LayerPlan]] = {}
+    for plan in plans:
+        ids = plan.topk_ids
+        if ids.shape[0]:
+            by_layout.setdefault((*ids.shape, *ids.stride(), ids.dtype, plan.budget_k), []).append(plan)
+    return [
+        group[start : start + MAX_PLANS_PER_LAUNCH]
+        for group in by_layout.values()
+        for start in range(0, len(group), MAX_PLANS_PER_LAUNCH)
+    ]
+
+
+def accumulate_layers_fused(
+    plans: Sequence[LayerPlan],
+    counts: torch.Tensor,
+    dropped: torch.Tensor,
+    tokens: torch.Tensor,
+    unrouted: torch.Tensor,
+) -> None:
+    """Add many layers' plans to the recorder's counters ([L, E] and [L]) in one Triton launch.
+
+    Plans of another shape, dtype or budget than the rest (a forward's
+    layers share theirs) take a launch of their own; so do plans past
+    MAX_PLANS_PER_LAUNCH.
+    """
+    for group in _launch_groups(plans):
+        ids = group[0].topk_ids
+        (num_tokens, num_columns), budget_k = ids.shape, group[0].budget_k
+        block_c = triton.next_power_of_2(num_columns)
+        block_t = min(triton.next_power_of_2(num_tokens), max(1, ACCUMULATE_TILE // block_c))
+        clamp_total = num_columns > budget_k  # only one program per plan can clamp its total
+        programs = 1 if clamp_total else min(-(-num_tokens // block_t), MAX_ACCUMULATE_PROGRAMS)
+        _kernels().accumulate_layers_kernel[(programs, len(group))](
+            tuple(plan.topk_ids for plan in group), tuple(plan.layer_idx for plan in group),
+            counts, dropped, tokens, unrouted, num_tokens, num_columns, *ids.stride(), counts.stride(0), budget_k,
+            NUM_PLANS=len(group), CLAMP_TOTAL=clamp_total, BLOCK_T=block_t, BLOCK_C=block_c,
+            num_warps=1 if block_t * block_c <= 256 else 4, **pdl_args(ids),
+        )  # fmt: skip
+
+
+def accumulate_layers(
+    plans: Sequence[LayerPlan],
+    counts: torch.Tensor,
+    dropped: torch.Tensor,
+    tokens: torch.Tensor,
+    unrouted: torch.Tensor,
+) -> None:
+    """Add many layers' plans to the recorder's counters: one Triton launch on CUDA, ``accumulate`` per plan elsewhere."""
+    if counts.is_cuda:
+        accumulate_layers_fused(plans, counts, dropped, tokens, unrouted)
+        return
+    for plan in plans:
+        row = slice(plan.layer_idx, plan.layer_idx + 1)
+        accumulate(plan.topk_ids, counts[plan.layer_idx], dropped[row], tokens[row], unrouted[row], plan.budget_k)
+
+
 class ExpertLoadRecorder:
-    def __init__(self, num_layers: int, num_experts: int, top_k: int | None = None) -> None:
+    """Counts of every forward's routing, per (layer, expert), on the plans' device.
+
+    ``batched`` (``runner.batched_load_record``): ``record`` keeps a reference
+    to each layer's plan and the record of ``last_moe_layer`` (the last MoE
+    layer of a forward; default the last layer) counts them all at once, one
+    launch per forward on CUDA instead of one per layer, and still inside the
+    forward, so a captured decode step replays it. The references keep the
+    ids alive, so a graph's memory pool cannot reuse them before that launch
+    reads them. Reads (``load_counts``, ``stats``, ...) count what is pending
+    first. Without ``batched`` each record is counted at once (one launch per
+    layer on CUDA).
+
+    A forward that stops before its last MoE layer (an exception) leaves
+    plans pending; they are counted once, with the next forward's or at the
+    next read, as per-layer recording would have counted them. Plans recorded
+    during a CUDA-graph capture are counted only by a launch inside that
+    capture: if it ends first (a capture that failed), they are dropped, since
+    its kernels never ran.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_experts: int,
+        top_k: int | None = None,
+        batched: bool = True,
+        last_moe_layer: int | None = None,
+    ) -> None:
+        last_moe_layer = num_layers - 1 if last_moe_layer is None else last_moe_layer
+        if not 0 <= last_moe_layer < num_layers:
+            raise ValueError(f"last_moe_layer must be a layer in [0, {num_layers}), got {last_moe_layer}")
         self.num_layers, self.num_experts, self.top_k = num_layers, num_experts, top_k
+        self.batched, self.last_moe_layer = batched, last_moe_layer
         self.counts: torch.Tensor | None = None  # [L, E] int64, kept assignments
         self.dropped: torch.Tensor | None = None  # [L] int64, dropped assignments
         self.tokens: torch.Tensor | None = None  # [L] int64, tokens routed
         self.unrouted: torch.Tensor | None = None  # [L] int64, tokens that kept no expert
+        self.pending: list[LayerPlan] = []  # batched: plans recorded since the last flush
+        self.pending_captured = False  # whether they were recorded during a CUDA-graph capture
 
     def record(self, layer_idx: int, plan: RoutingPlan) -> None:
         if self.counts is None:
@@ -133,16 +247,55 @@ class ExpertLoadRecorder:
         # most the model's k, so an expert-choice plan's E columns are not all counted as drops.
         columns = plan.topk_ids.shape[1]
         budget_k = columns if self.top_k is None else min(columns, self.top_k)
-        accumulate(
-            plan.topk_ids, self.counts[layer_idx], self.dropped[layer_idx : layer_idx + 1],
-            self.tokens[layer_idx : layer_idx + 1], self.unrouted[layer_idx : layer_idx + 1], budget_k,
-        )  # fmt: skip
+        if not self.batched:
+            accumulate(
+                plan.topk_ids, self.counts[layer_idx], self.dropped[layer_idx : layer_idx + 1],
+                self.tokens[layer_idx : layer_idx + 1], self.unrouted[layer_idx : layer_idx + 1], budget_k,
+            )  # fmt: skip
+            return
+        captured = _capturing(plan.topk_ids)
+        # layers come in order within a forward: a layer at or before the last pending one starts a new forward
+        if self.pending and (layer_idx <= self.pending[-1].layer_idx or captured != self.pending_captured):
+            self._settle_unfinished_forward()
+        self.pending.append(LayerPlan(layer_idx, plan.topk_ids, budget_k))
+        self.pending_captured = captured
+        if layer_idx == self.last_moe_layer:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count the pending plans: one launch on CUDA (see the class docstring for the plans it drops)."""
+        if not self.pending:
+            return
+        capturing = _capturing(self.pending[0].topk_ids)
+        if capturing and not self.pending_captured:
+            raise RuntimeError(
+                f"expert-load recorder: {len(self.pending)} layer(s) recorded before this CUDA-graph capture "
+                "were never counted; call flush() before capturing"
+            )
+        plans, self.pending = self.pending, []
+        if self.pending_captured and not capturing:
+            return
+        accumulate_layers(plans, self.counts, self.dropped, self.tokens, self.unrouted)
+
+    def _settle_unfinished_forward(self) -> None:
+        """Plans of a forward that never reached its last MoE layer: counted if they ran eagerly.
+
+        Captured ones may come from a capture that failed (their kernels never
+        ran, their memory went back to the pool): a launch now would read
+        whatever lies there, so they are dropped.
+        """
+        if self.pending_captured:
+            self.pending = []
+        else:
+            self.flush()
 
     def reset(self) -> None:
+        self.pending = []
         self.counts = self.dropped = self.tokens = self.unrouted = None
 
     def load_counts(self) -> torch.Tensor:
         """Kept assignments per (layer, expert), [L, E] int64 on the host."""
+        self.flush()
         if self.counts is None:
             return torch.zeros(self.num_layers, self.num_experts, dtype=torch.long)
         return self.counts.cpu()
@@ -152,6 +305,7 @@ class ExpertLoadRecorder:
         return self._on_host(self.dropped)
 
     def _on_host(self, counter: torch.Tensor | None) -> torch.Tensor:
+        self.flush()
         return torch.zeros(self.num_layers, dtype=torch.long) if counter is None else counter.cpu()
 
     def stats(self) -> dict:
