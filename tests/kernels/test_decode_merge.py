@@ -91,3 +91,23 @@ def test_the_merge_switch_reaches_the_triton_backend(monkeypatch):
 def test_an_unknown_merge_mode_lists_the_valid_choices():
     with pytest.raises(ConfigError, match="decode_attention_merge.*fused, separate"):
         set_decode_attention_merge("both")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="replays a CUDA graph")
+def test_fused_merge_replayed_from_a_cuda_graph_equals_the_separate_merge(device):
+    """The graph holds the counters' address; each replay (contexts changed in place) finds them back at zero."""
+    from moeframe.attention.triton_decode import decode_attention
+
+    q, k_cache, v_cache, batch = decode_inputs([300, 200, 129], 2, torch.bfloat16, device, seed=5)
+
+    def attend(fused: bool) -> torch.Tensor:
+        return decode_attention(q, k_cache, v_cache, batch, 32**-0.5, num_kv_splits=4, fused_merge=fused)
+
+    attend(True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = attend(True)
+    for kv_lens in ([1, 65, 64], [300, 200, 129], [129, 1, 300]):
+        batch.kv_indptr.copy_(torch.tensor([0, *kv_lens], device=device).cumsum(0))
+        graph.replay()
+        assert torch.equal(replayed, attend(False))
