@@ -38,7 +38,7 @@ class RunnerConfig:
     cuda_graph: bool = True  # capture decode steps on CUDA
     compile: bool = True  # fuse elementwise regions (norms, rotary) with torch.compile on CUDA
     pdl: bool = True  # programmatic dependent launch of the Triton kernels on sm_90+ (moeframe/gpu/pdl.py)
-    decode_gemv: str = "cublas"  # cublas | triton | prefetch | fused: decode-sized projections on CUDA (model/layers/small_gemv.py)
+    decode_gemv: str = "prefetch"  # prefetch | cublas | triton | fused: decode-sized projections on CUDA (model/layers/small_gemv.py)
     moe_norm_in_router: bool = True  # the residual add + RMSNorm before an MoE block inside the gate top-k launch (routers/gate_topk.py)
     decode_kv_splits: int = 0  # chunks of each context in the Triton decode attention (0: by batch size and SMs)
     decode_attention_merge: str = "fused"  # fused | separate: the decode attention's split merge in the split launch or its own

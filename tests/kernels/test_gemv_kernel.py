@@ -17,6 +17,7 @@ from moeframe.model.layers.norm import RMSNorm, add_rms_norm, rms_norm
 from moeframe.model.layers.rotary import Rotary
 from moeframe.model.layers.small_gemv import (
     BLOCK_T,
+    DEFAULT_DECODE_GEMV,
     MAX_GEMV_TOKENS,
     MAX_STAGES,
     PREFETCH_TILE_BYTES,
@@ -306,9 +307,9 @@ def test_every_variant_compiles_for_sm90_with_pdl_and_a_pipelined_weight_stream(
 
 @pytest.fixture
 def decode_gemv_mode():
-    """Sets runner.decode_gemv for one test and puts the default (cuBLAS) back after it."""
+    """Sets runner.decode_gemv for one test and puts the default back after it."""
     yield set_decode_gemv
-    set_decode_gemv("cublas")
+    set_decode_gemv(DEFAULT_DECODE_GEMV)
 
 
 @pytest.mark.gpu

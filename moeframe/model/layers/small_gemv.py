@@ -61,15 +61,18 @@ STAGE_WEIGHT_BYTES = 8192
 SHARED_BYTES_PER_SM = 192 * 1024
 MAX_STAGES = 6
 GEMV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# runner.decode_gemv: "fused" (the Triton GEMV, the qkv one with the norm inside),
-# "triton" (the GEMV, norms apart), "prefetch" (_prefetch_gemv_kernel.py: the
-# weight tile loaded before the PDL wait) or "cublas" (F.linear): an ablation switch.
-# cuBLAS is the default: inside the batch-1 step on an H100 the Triton paths
-# lost (step span 1,498 us with cuBLAS, 1,521 triton, 1,572 fused, all else equal).
-DECODE_GEMV_MODES = ("fused", "triton", "prefetch", "cublas")
+# runner.decode_gemv: "prefetch" (_prefetch_gemv_kernel.py: the weight tile
+# loaded before the PDL wait), "fused" (the pipelined Triton GEMV, the qkv one
+# with the norm inside), "triton" (that GEMV, norms apart) or "cublas" (F.linear).
+# Inside the batch-1 step on an H100 the pipelined paths lost to cuBLAS (step
+# span 1,498 us with cuBLAS, 1,521 triton, 1,572 fused, all else equal); the
+# prefetching GEMV won (1,320 us with cuBLAS, 1,259 prefetch; the o projection
+# ends 1.7 us after the attention merge instead of 6.0), so it is the default.
+DECODE_GEMV_MODES = ("prefetch", "fused", "triton", "cublas")
+DEFAULT_DECODE_GEMV = "prefetch"
 # A prefetching program holds its whole [BLOCK_N, K] weight tile in registers: at most this many bytes.
 PREFETCH_TILE_BYTES = 32 * 1024
-_mode = "cublas"
+_mode = DEFAULT_DECODE_GEMV
 
 
 def set_decode_gemv(mode: str) -> None:
