@@ -204,7 +204,8 @@ class ExpertLoadRecorder:
     launch per forward on CUDA instead of one per layer, and still inside the
     forward, so a captured decode step replays it. The references keep the
     ids alive, so a graph's memory pool cannot reuse them before that launch
-    reads them. Reads (``load_counts``, ``stats``, ...) count what is pending
+    reads them; a router must hand over fresh ids each call, never a buffer it
+    rewrites for the next layer (every router here allocates them). Reads (``load_counts``, ``stats``, ...) count what is pending
     first. Without ``batched`` each record is counted at once (one launch per
     layer on CUDA).
 
