@@ -63,6 +63,7 @@ def norm_gate_logits_tile(
     sum_ptr,
     normed_ptr,
     w_ptr,
+    w_row,
     out_ptr,
     expert,
     num_experts,
@@ -85,9 +86,10 @@ def norm_gate_logits_tile(
     as it streams its gate row, rounding where norm.py rounds: the sum to the
     dtype, the normed row to the dtype, its product with the norm weight to
     the dtype. With ``ROW_IN_TILE`` (hidden <= BLOCK_H: batch 1 up to
-    H = 4096) every operand is loaded once, up front, and the gate row's load
-    from memory overlaps the rms; otherwise two passes over H chunks, the
-    first for the sum of squares. The summed rows (the residual stream) and
+    H = 4096) every operand is loaded once, up front, and the gate row comes
+    in as ``w_row`` (float32), loaded by the caller before its PDL wait;
+    otherwise two passes over H chunks, the first for the sum of squares,
+    reading the gate row from ``w_ptr``. The summed rows (the residual stream) and
     the normed rows (the experts' input) are written once between all
     programs: the program of expert e writes columns
     [e * ceil(H / E), (e + 1) * ceil(H / E)) of its token block.
@@ -101,7 +103,6 @@ def norm_gate_logits_tile(
     if ROW_IN_TILE:
         col_ok = offs < hidden
         mask = row_ok[:, None] & col_ok[None, :]
-        w = tl.load(w_ptr + expert * stride_w + offs, mask=col_ok, other=0.0).to(tl.float32)
         owned = mask & ((offs >= own_lo) & (offs < own_lo + share))[None, :]
         total = summed_rows(x_ptr, res_ptr, rows, offs, mask, stride_x, 1, stride_res, 1, True)
         tl.store(sum_ptr + row_offs + offs[None, :], total, mask=owned)
@@ -109,7 +110,7 @@ def norm_gate_logits_tile(
         inv_rms = tl.math.rsqrt(tl.sum(total_f32 * total_f32, axis=1) / hidden + eps)
         normed = rms_normed(total, inv_rms, norm_w_ptr, offs, col_ok)
         tl.store(normed_ptr + row_offs + offs[None, :], normed, mask=owned)
-        logits = tl.sum(normed.to(tl.float32) * w[None, :], axis=1)
+        logits = tl.sum(normed.to(tl.float32) * w_row[None, :], axis=1)
     else:
         sum_sq = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
         for start in range(0, hidden, BLOCK_H):
