@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from moeframe.model.layers.topk_sum import MoEOutput
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -22,3 +23,12 @@ class ExpertsKernel(ABC):
     @abstractmethod
     def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         """hidden [T, H] -> sum over kept assignments of weight * down(silu(gate(h)) * up(h)), [T, H]."""
+
+    def forward_unreduced(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
+        """``forward``, or the k weighted assignment rows unsummed (a PendingTopkSum) where summing them is a launch of its own.
+
+        The block that holds the experts locally calls this, so the next norm
+        can take the sum (model/layers/topk_sum.py); runners that send the
+        output on (moeframe/parallel) call ``forward``. The default sums.
+        """
+        return self.forward(hidden, w13, w2, plan)

@@ -8,7 +8,9 @@
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
       -> T <= down_topk_sum_tokens (off by default): down_topk_sum_kernel: out [T, H] = sum_j weight * act W_down^T
          otherwise: down_weighted_kernel: y [T*k, H] = weight * act W_down^T
-                    -> sum over the k assignments of each token (one generated kernel on CUDA, fp32)
+                    -> sum over the k assignments of each token (one generated kernel on CUDA, fp32);
+                       with defer_topk_sum at T <= MAX_GENERATED_SUM_TOKENS (bf16, fp32), left to the
+                       next layer's add + RMSNorm, which sums in its own kernel (model/layers/topk_sum.py)
 
 Block sizes come from the tuned JSON tables in ``configs/`` (tools/tune_moe.py)
 or a heuristic (moe_configs.py). Every shape is static and nothing syncs with
@@ -30,7 +32,7 @@ from moeframe.experts.base import ExpertsKernel
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
 from moeframe.gpu.pdl import pdl_args
-from moeframe.model.layers.fusion import fused_on_cuda
+from moeframe.model.layers.topk_sum import DEFERRABLE_DTYPES, MoEOutput, PendingTopkSum, reduced, sum_assignments
 from moeframe.routers.plan import RoutingPlan
 
 
@@ -194,6 +196,27 @@ def fused_moe(
     down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
 ) -> torch.Tensor:
     """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
+    return reduced(
+        fused_moe_unreduced(
+            hidden, w13, w2, topk_ids, topk_weights, config, one_per_block_tokens,
+            single_pass_tokens, down_topk_sum_tokens, down_topk_sum_tile,
+        )
+    )  # fmt: skip
+
+
+def fused_moe_unreduced(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    config: MoEConfig | None = None,
+    one_per_block_tokens: int = MAX_ONE_PER_BLOCK_TOKENS,
+    single_pass_tokens: int = MAX_SINGLE_PASS_TOKENS,
+    down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS,
+    down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
+) -> MoEOutput:
+    """``fused_moe``, but where it would sum the k assignment rows in a generated kernel of their own, the rows unsummed."""
     check_shapes(hidden, w13, w2, topk_ids)
     num_tokens, top_k = topk_ids.shape
     num_experts, two_inter, hidden_size = w13.shape
@@ -214,13 +237,9 @@ def fused_moe(
     out = hidden.new_empty(num_tokens * top_k, hidden_size)
     run_down(act, w2, topk_weights.reshape(-1).float().contiguous(), blocks, out, config.down)
     out = out.view(num_tokens, top_k, hidden_size)
-    return sum_assignments(out) if num_tokens <= MAX_GENERATED_SUM_TOKENS else out.sum(dim=1)
-
-
-@fused_on_cuda
-def sum_assignments(out: torch.Tensor) -> torch.Tensor:
-    """[T, k, H] -> [T, H], accumulated in float32, as one short generated kernel on CUDA."""
-    return out.sum(dim=1)
+    if num_tokens > MAX_GENERATED_SUM_TOKENS:
+        return out.sum(dim=1)
+    return PendingTopkSum(out) if out.dtype in DEFERRABLE_DTYPES else sum_assignments(out)
 
 
 @dataclass(frozen=True)
@@ -234,6 +253,10 @@ class TritonMoEParams:
     # batches of at most this many tokens run the down projection and the top-k sum as one
     # kernel (deterministic); 0 keeps the separate down kernel and sum at every size
     down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS
+    # where the k assignment rows would be summed by a launch of their own (T <= 256, bf16 or
+    # fp32), leave the sum to the next layer's residual add + RMSNorm, number for number;
+    # false sums them here (the layer hands on [T, H])
+    defer_topk_sum: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.single_pass_tokens <= MAX_SINGLE_PASS_TOKENS:
@@ -248,14 +271,22 @@ class TritonFusedMoE(ExpertsKernel):
         self.use_tuned_configs = params.use_tuned_configs
         self.single_pass_tokens = params.single_pass_tokens
         self.down_topk_sum_tokens = params.down_topk_sum_tokens
+        self.defer_topk_sum = params.defer_topk_sum
 
     def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        return reduced(self._run(hidden, w13, w2, plan))
+
+    def forward_unreduced(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
+        out = self._run(hidden, w13, w2, plan)
+        return out if self.defer_topk_sum else reduced(out)
+
+    def _run(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
         num_tokens, top_k = plan.topk_ids.shape
         num_experts, two_inter, hidden_size = w13.shape
         config = pick_config(
             num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, self.use_tuned_configs
         )
-        return fused_moe(
+        return fused_moe_unreduced(
             hidden, w13, w2, plan.topk_ids, plan.topk_weights, config,
             single_pass_tokens=self.single_pass_tokens, down_topk_sum_tokens=self.down_topk_sum_tokens,
         )  # fmt: skip

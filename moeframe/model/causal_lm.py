@@ -1,4 +1,9 @@
-"""The decoder stack every family shares: embed -> (attention, MLP or MoE) x L -> norm -> logits."""
+"""The decoder stack every family shares: embed -> (attention, MLP or MoE) x L -> norm -> logits.
+
+A layer hands its MLP output and the residual stream to the next, which adds
+them in its input norm; an MoE output may come with its top-k sum pending
+(model/layers/topk_sum.py), and that norm (or the final one) sums it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from moeframe.model.layers.mlp import GatedMLP
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
+from moeframe.model.layers.topk_sum import MoEOutput
 from moeframe.model.spec import ModelSpec
 
 # Builds layer i's MoE block; the engine supplies it so routers, kernels and
@@ -39,9 +45,9 @@ class DecoderLayer(nn.Module):
             self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size, bias=spec.mlp_bias)
 
     def forward(
-        self, h: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor, ctx: ForwardContext
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (this layer's MLP output, the residual stream before it); the caller adds them."""
+        self, h: MoEOutput, residual: torch.Tensor | None, positions: torch.Tensor, ctx: ForwardContext
+    ) -> tuple[MoEOutput, torch.Tensor]:
+        """Returns (this layer's MLP output, the residual stream before it); the next layer's input norm adds them."""
         if isinstance(self.self_attn, Attention):
             # With runner.decode_gemv=fused the input norm runs inside the qkv GEMV on CUDA decode.
             qkv, residual = self.self_attn.project_qkv(h, residual, self.input_layernorm)
@@ -77,7 +83,7 @@ class CausalLM(nn.Module):
         for layer in self.layers:
             h, residual = layer(h, residual, batch.positions, ctx)
         if not batch.is_decode:  # a decode batch wants every row: no gather
-            rows = batch.logits_indices
+            rows = batch.logits_indices  # a pending top-k sum gathers its tokens' k rows
             h, residual = h[rows], residual[rows]
         h, _ = self.norm.add_forward(h, residual)
         return self.lm_head(h).float()

@@ -28,6 +28,7 @@ from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
 from moeframe.model.layers.small_gemv import norm_project, project
+from moeframe.model.layers.topk_sum import MoEOutput
 from moeframe.model.spec import AttentionSpec
 
 
@@ -54,13 +55,14 @@ class Attention(nn.Module):
         return self.attend_qkv(project(self.qkv_proj, x), positions, ctx)
 
     def project_qkv(
-        self, h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module
+        self, h: MoEOutput, residual: torch.Tensor | None, norm: nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(qkv_proj(norm(h + residual)), h + residual): the layer's input norm and the qkv projection.
 
-        ``residual`` is None in the first layer (no add). One launch at decode
-        sizes on CUDA (small_gemv.norm_project); norm.add_forward then the
-        projection elsewhere.
+        ``residual`` is None in the first layer (no add); ``h``, the previous
+        layer's MLP output, may have its top-k sum pending (topk_sum.py). One
+        launch at decode sizes on CUDA (small_gemv.norm_project);
+        norm.add_forward then the projection elsewhere.
         """
         return norm_project(norm, self.qkv_proj, h, residual)
 

@@ -3,7 +3,9 @@
     h -> router (gate logits -> routing) -> RoutingPlan -> parallel.dispatch -> experts -> parallel.combine
 
 ``forward_residual`` also takes the residual add and RMSNorm before the block,
-so a router with a fused kernel can run them in its gate launch.
+so a router with a fused kernel can run them in its gate launch, and it may
+hand on its output with the top-k sum still pending (topk_sum.py), for the
+next layer's norm to take; ``forward`` always returns the summed [T, H].
 
 The router, the expert kernel and the parallel strategy are components built
 from the config and handed in; this block never knows which ones it holds.
@@ -18,6 +20,7 @@ from torch import nn
 
 from moeframe.experts.base import ExpertsKernel
 from moeframe.model.layers.mlp import GatedMLP
+from moeframe.model.layers.topk_sum import MoEOutput, plus, reduced
 from moeframe.model.spec import MoESpec
 from moeframe.routers.base import RouteContext, Router
 from moeframe.routers.plan import RoutingPlan
@@ -28,20 +31,24 @@ class RoutingObserver(Protocol):
 
 
 class ExpertRunner(Protocol):
-    """How routed tokens reach their experts: locally, or across ranks (moeframe/parallel)."""
+    """How routed tokens reach their experts: locally, or across ranks (moeframe/parallel).
+
+    The output may leave its top-k sum pending (a PendingTopkSum); runners that
+    move it between ranks return it summed.
+    """
 
     def run_experts(
         self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan, kernel: ExpertsKernel
-    ) -> torch.Tensor: ...
+    ) -> MoEOutput: ...
 
 
 class LocalExperts:
-    """Every expert lives on this device: call the kernel directly."""
+    """Every expert lives on this device: call the kernel directly, and let it leave the top-k sum to the next norm."""
 
     def run_experts(
         self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan, kernel: ExpertsKernel
-    ) -> torch.Tensor:
-        return kernel.forward(hidden, w13, w2, plan)
+    ) -> MoEOutput:
+        return kernel.forward_unreduced(hidden, w13, w2, plan)
 
 
 class MoEBlock(nn.Module):
@@ -72,16 +79,17 @@ class MoEBlock(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The block's output for normed hidden states x [T, H]."""
         plan = self.router.route_hidden(x, self.gate.weight, self._route_context(token_ids))
-        return self._run(x, plan)
+        return reduced(self._run(x, plan))
 
     def forward_residual(
         self, h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, token_ids: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[MoEOutput, torch.Tensor]:
         """(self(norm(h + residual)), h + residual): the block with the residual add and norm before it.
 
         The router runs the norm (``Router.route_residual``): native and top_k
         softmax routing fold it into their gate launch on CUDA decode batches;
         elsewhere it is ``norm.add_forward`` then ``forward``, number for number.
+        The output's top-k sum may be pending: ``RMSNorm.add_forward`` takes it.
         """
         routed = self.router.route_residual(h, residual, norm, self.gate.weight, self._route_context(token_ids))
         return self._run(routed.hidden_states, routed.plan), routed.residual
@@ -90,7 +98,7 @@ class MoEBlock(nn.Module):
         bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
         return RouteContext(token_ids=token_ids, correction_bias=bias)
 
-    def _run(self, x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
         if self.observer is not None:
             self.observer.record(self.layer_idx, plan)
         out = self.runner.run_experts(x, self.w13, self.w2, plan, self.kernel)
@@ -98,5 +106,5 @@ class MoEBlock(nn.Module):
             shared = self.shared_experts(x)
             if self.shared_expert_gate is not None:
                 shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
-            out = out + shared
+            out = plus(out, shared)
         return out

@@ -46,6 +46,7 @@ from torch import nn
 
 from moeframe.gpu.pdl import pdl_args
 from moeframe.model.layers.norm import RMSNorm
+from moeframe.model.layers.topk_sum import MoEOutput, PendingTopkSum, reduced
 
 # Decode batch sizes: the range the GEMV was measured at (T = 1, 4, 8; benchmarks/kernels_h100/gemv_experiment).
 # The MMA tile holds 16 tokens, so up to 16 the weight would still be read once, but past 8
@@ -297,15 +298,19 @@ def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def norm_project(
-    norm: nn.Module, layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None
+    norm: nn.Module, layer: nn.Module, x: MoEOutput, residual: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(``project(layer, norm(x + residual))``, x + residual); no add while ``residual`` is None (the first layer).
 
     One ``norm_gemv`` launch where ``norm`` is a plain RMSNorm, ``layer`` a
     plain nn.Linear and the batch takes the GEMV; otherwise ``norm.add_forward``
-    then ``project``, the path the CPU (the reference) always runs.
+    then ``project``, the path the CPU (the reference) always runs. The GEMV
+    reads summed rows, so an MoE output whose top-k sum is pending is summed
+    first (its own launch); ``norm.add_forward`` sums it inside the norm.
     """
-    if _fuses_norm(x, residual, norm, layer):
-        return norm_gemv(x, residual, norm.weight, norm.eps, layer.weight, layer.bias)
+    # one of the k rows has the sum's shape, dtype and device
+    like_sum = x.parts[:, 0] if isinstance(x, PendingTopkSum) else x
+    if _fuses_norm(like_sum, residual, norm, layer):
+        return norm_gemv(reduced(x), residual, norm.weight, norm.eps, layer.weight, layer.bias)
     normed, residual = norm.add_forward(x, residual)
     return project(layer, normed), residual
