@@ -7,7 +7,9 @@
                        one Triton program at decode sizes, torch ops past that)
       -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
       -> T <= down_topk_sum_tokens (off by default): down_topk_sum_kernel: out [T, H] = sum_j weight * act W_down^T
-         otherwise: down_weighted_kernel: y [T*k, H] = weight * act W_down^T
+         otherwise: y [T*k, H] = weight * act W_down^T, by down_prefetch_kernel where each assignment
+                    has a block (T <= 2, prefetch_down: expert weights loaded before the PDL wait),
+                    else down_weighted_kernel
                     -> sum over the k assignments of each token (one generated kernel on CUDA, fp32);
                        with defer_topk_sum at T <= MAX_GENERATED_SUM_TOKENS (bf16, fp32), left to the
                        next layer's add + RMSNorm, which sums in its own kernel (model/layers/topk_sum.py)
@@ -29,6 +31,7 @@ import triton
 
 from moeframe.experts import EXPERTS
 from moeframe.experts.base import ExpertsKernel
+from moeframe.experts.down_prefetch import down_prefetch_rows, run_down_prefetch
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
 from moeframe.gpu.pdl import pdl_args
@@ -194,12 +197,13 @@ def fused_moe(
     single_pass_tokens: int = MAX_SINGLE_PASS_TOKENS,
     down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS,
     down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
+    prefetch_down: bool = True,
 ) -> torch.Tensor:
     """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
     return reduced(
         fused_moe_unreduced(
             hidden, w13, w2, topk_ids, topk_weights, config, one_per_block_tokens,
-            single_pass_tokens, down_topk_sum_tokens, down_topk_sum_tile,
+            single_pass_tokens, down_topk_sum_tokens, down_topk_sum_tile, prefetch_down,
         )
     )  # fmt: skip
 
@@ -215,8 +219,14 @@ def fused_moe_unreduced(
     single_pass_tokens: int = MAX_SINGLE_PASS_TOKENS,
     down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS,
     down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
+    prefetch_down: bool = True,
 ) -> MoEOutput:
-    """``fused_moe``, but where it would sum the k assignment rows in a generated kernel of their own, the rows unsummed."""
+    """``fused_moe``, but where it would sum the k assignment rows in a generated kernel of their own, the rows unsummed.
+
+    ``prefetch_down``: where each assignment has a block of its own (T <= 2)
+    the down projection is down_prefetch.py's kernel, which streams its
+    expert weights before the PDL wait, overlapping gate/up.
+    """
     check_shapes(hidden, w13, w2, topk_ids)
     num_tokens, top_k = topk_ids.shape
     num_experts, two_inter, hidden_size = w13.shape
@@ -228,6 +238,9 @@ def fused_moe_unreduced(
         config = pick_config(num_tokens, top_k, num_experts, two_inter // 2, hidden_size, hidden.device, hidden.dtype, True)
     hidden, w13, w2 = hidden.contiguous(), w13.contiguous(), w2.contiguous()
     blocks = align(topk_ids, num_experts, config.block_m, one_per_block_tokens)
+    # Made before gate/up launches: the prefetching down kernel reads the ids before its PDL
+    # wait, so no launch that writes them may sit between gate/up and down.
+    flat_ids, flat_weights = topk_ids.reshape(-1).contiguous(), topk_weights.reshape(-1).float().contiguous()
     act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
     run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)
     if num_tokens <= down_topk_sum_tokens:
@@ -235,7 +248,10 @@ def fused_moe_unreduced(
         run_down_topk_sum(act, w2, topk_ids, topk_weights, out, down_topk_sum_tile)
         return out
     out = hidden.new_empty(num_tokens * top_k, hidden_size)
-    run_down(act, w2, topk_weights.reshape(-1).float().contiguous(), blocks, out, config.down)
+    if prefetch_down and blocks.one_per_block and down_prefetch_rows(two_inter // 2, w2.dtype) is not None:
+        run_down_prefetch(act, w2, flat_weights, flat_ids, out)
+    else:
+        run_down(act, w2, flat_weights, blocks, out, config.down)
     out = out.view(num_tokens, top_k, hidden_size)
     if num_tokens > MAX_GENERATED_SUM_TOKENS:
         return out.sum(dim=1)
@@ -257,6 +273,9 @@ class TritonMoEParams:
     # fp32), leave the sum to the next layer's residual add + RMSNorm, number for number;
     # false sums them here (the layer hands on [T, H])
     defer_topk_sum: bool = True
+    # batches with a block per assignment (T <= 2) run the down projection that loads its expert
+    # weights before the PDL wait (down_prefetch.py); false keeps the pipelined down kernel
+    prefetch_down: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.single_pass_tokens <= MAX_SINGLE_PASS_TOKENS:
@@ -272,6 +291,7 @@ class TritonFusedMoE(ExpertsKernel):
         self.single_pass_tokens = params.single_pass_tokens
         self.down_topk_sum_tokens = params.down_topk_sum_tokens
         self.defer_topk_sum = params.defer_topk_sum
+        self.prefetch_down = params.prefetch_down
 
     def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         return reduced(self._run(hidden, w13, w2, plan))
@@ -289,4 +309,5 @@ class TritonFusedMoE(ExpertsKernel):
         return fused_moe_unreduced(
             hidden, w13, w2, plan.topk_ids, plan.topk_weights, config,
             single_pass_tokens=self.single_pass_tokens, down_topk_sum_tokens=self.down_topk_sum_tokens,
+            prefetch_down=self.prefetch_down,
         )  # fmt: skip

@@ -11,6 +11,7 @@ import torch
 from kernel_inputs import random_experts, random_plan, tolerance
 
 from moeframe.experts import EXPERTS
+from moeframe.experts.down_prefetch import run_down_prefetch
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, default_config
 from moeframe.experts.triton_moe import (
     DOWN_TOPK_SUM_TILE,
@@ -63,15 +64,19 @@ def test_fused_moe_skips_dropped_assignments(device):
     assert torch.all(out[4] == 0)
 
 
+@pytest.mark.parametrize("prefetch_down", [True, False])
 @pytest.mark.parametrize("num_tokens", [1, 3])
-def test_one_assignment_per_block_layout_matches_reference_with_dropped_assignments(device, num_tokens):
+def test_one_assignment_per_block_layout_matches_reference_with_dropped_assignments(device, num_tokens, prefetch_down):
     gen = torch.Generator().manual_seed(9)
     w13, w2 = random_experts(6, 32, 32, torch.float32, gen)
     plan = random_plan(num_tokens, 6, 4, drop_fraction=0.0, gen=gen)
     plan.topk_ids[0, 1], plan.topk_weights[0, 1] = -1, 0.0
     hidden = torch.randn(num_tokens, 32, generator=gen)
     args = [t.to(device) for t in (hidden, w13, w2, plan.topk_ids, plan.topk_weights)]
-    out = fused_moe(*args, SMALL_TILES, one_per_block_tokens=num_tokens, single_pass_tokens=0, down_topk_sum_tokens=0)
+    out = fused_moe(
+        *args, SMALL_TILES, one_per_block_tokens=num_tokens, single_pass_tokens=0, down_topk_sum_tokens=0,
+        prefetch_down=prefetch_down,
+    )  # fmt: skip
     plan.topk_ids, plan.topk_weights = args[3], args[4]
     torch.testing.assert_close(out, reference(*args[:3], plan), **tolerance(torch.float32, device))
 
@@ -177,13 +182,16 @@ def test_down_topk_sum_path_runs_up_to_its_threshold_only(device, monkeypatch):
 
     monkeypatch.setattr(triton_moe, "run_down_topk_sum", spy("fused", run_down_topk_sum))
     monkeypatch.setattr(triton_moe, "run_down", spy("separate", run_down))
+    monkeypatch.setattr(triton_moe, "run_down_prefetch", spy("prefetch", run_down_prefetch))
     gen = torch.Generator().manual_seed(5)
     w13, w2 = on(device, *random_experts(4, 32, 16, torch.float32, gen))
-    for threshold, num_tokens in ((2, 2), (2, 3), (MAX_DOWN_TOPK_SUM_TOKENS, 1)):
+    for threshold, num_tokens, prefetch_down in ((2, 2, True), (2, 3, True), (MAX_DOWN_TOPK_SUM_TOKENS, 1, True), (0, 1, False)):
         plan = random_plan(num_tokens, 4, 2, drop_fraction=0.0, gen=gen)
         args = on(device, torch.randn(num_tokens, 32), w13, w2, plan.topk_ids, plan.topk_weights)
-        fused_moe(*args, single_pass_tokens=0, down_topk_sum_tokens=threshold)
-    assert launched == ["fused", "separate", "separate"]  # off by default (MAX_DOWN_TOPK_SUM_TOKENS = 0)
+        fused_moe(*args, single_pass_tokens=0, down_topk_sum_tokens=threshold, prefetch_down=prefetch_down)
+    # the down + top-k sum kernel is off by default (MAX_DOWN_TOPK_SUM_TOKENS = 0); at T = 1 each
+    # assignment has its block, and the prefetching down kernel runs unless prefetch_down is off
+    assert launched == ["fused", "separate", "prefetch", "separate"]
 
 
 def test_down_topk_sum_path_matches_reference_when_tokens_share_experts(device):
