@@ -22,7 +22,8 @@ The merge runs in the split launch by default (``fused_merge``): each busy
 split stores its partials, then bumps its (request, KV head)'s counter with a
 gpu-scope acq_rel atomic, and the one that finds all the other busy splits done
 merges their partials for the group's query heads and sets the counter back to
-0 for the next launch or CUDA-graph replay (the "last block" reduction of
+0 for the next launch or CUDA-graph replay; a context that fits one split has
+its output written by that split directly, with no partials and no atomic (the "last block" reduction of
 CUDA's threadFenceReduction sample and of split-K GEMM fix-ups, as in
 routers/_gate_topk_kernel.py). At batch 1 the separate merge launch cost ~2 us
 a layer on an H100, most of it launch latency. Both paths run the same merge
@@ -95,6 +96,13 @@ def _merge_head(
     parts = tl.load(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], mask=s_ok[:, None] & dv_ok[None, :], other=0.0)
     out = tl.sum(parts * weight[:, None], 0)
     tl.store(out_ptr + req * stride_on + head * stride_oh + offs_dv, out.to(out_ptr.dtype.element_ty), mask=dv_ok)
+
+
+@triton.jit
+def _store_partials(part_out_ptr, part_lse_ptr, row, out, lse, keep, offs_dv, dv_ok, v_dim):
+    """A split's partial output and log-sum-exp, for the merge."""
+    tl.store(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], out, mask=keep[:, None] & dv_ok[None, :])
+    tl.store(part_lse_ptr + row, lse, mask=keep)
 
 
 @triton.jit
@@ -185,21 +193,28 @@ def _decode_split_kernel(
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
     row = (req * num_q_heads + head) * num_splits + split
     keep = head_ok & (offs_h * 0 + split < active)
-    tl.store(part_out_ptr + row[:, None] * v_dim + offs_dv[None, :], out, mask=keep[:, None] & dv_ok[None, :])
-    tl.store(part_lse_ptr + row, lse, mask=keep)
     if FUSED_MERGE:
-        # every thread's partial stores come before the release below
-        tl.debug_barrier()
-        if split < active:
-            counter = counts_ptr + req * tl.num_programs(1) + kv_head
-            finished_before = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if finished_before == active - 1:
-                for g in range(GROUP):
-                    _merge_head(
-                        part_out_ptr, part_lse_ptr, out_ptr, req, kv_head * GROUP + g, stride_on, stride_oh,
-                        num_q_heads, v_dim, num_splits, active, BLOCK_S, BLOCK_DV,
-                    )  # fmt: skip
-                tl.store(counter, 0)
+        if active == 1:
+            # One split holds every key: its output is the merge's (a weight of exactly 1), written at once.
+            if split == 0:
+                out_ptrs = out_ptr + req * stride_on + head[:, None] * stride_oh + offs_dv[None, :]
+                tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & dv_ok[None, :])
+        else:
+            _store_partials(part_out_ptr, part_lse_ptr, row, out, lse, keep, offs_dv, dv_ok, v_dim)
+            # every thread's partial stores come before the release below
+            tl.debug_barrier()
+            if split < active:
+                counter = counts_ptr + req * tl.num_programs(1) + kv_head
+                finished_before = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                if finished_before == active - 1:
+                    for g in range(GROUP):
+                        _merge_head(
+                            part_out_ptr, part_lse_ptr, out_ptr, req, kv_head * GROUP + g, stride_on, stride_oh,
+                            num_q_heads, v_dim, num_splits, active, BLOCK_S, BLOCK_DV,
+                        )  # fmt: skip
+                    tl.store(counter, 0)
+    else:
+        _store_partials(part_out_ptr, part_lse_ptr, row, out, lse, keep, offs_dv, dv_ok, v_dim)
 
 
 @triton.jit
