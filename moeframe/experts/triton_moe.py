@@ -5,7 +5,8 @@
     otherwise:
     topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at T <= 2,
                        one Triton program at decode sizes, torch ops past that)
-      -> gate_up_silu_kernel: act [T*k, I] = silu(x W_gate^T) * (x W_up^T), gathered rows, fused epilogue
+      -> act [T*k, I] = silu(x W_gate^T) * (x W_up^T): gate_up_gemv_kernel where each assignment has a
+         block (T <= 2, gemv_gate_up), else gate_up_silu_kernel (gathered rows, fused epilogue)
       -> T <= down_topk_sum_tokens (off by default): down_topk_sum_kernel: out [T, H] = sum_j weight * act W_down^T
          otherwise: y [T*k, H] = weight * act W_down^T, by down_prefetch_kernel where each assignment
                     has a block (T <= 2, prefetch_down: expert weights loaded before the PDL wait),
@@ -32,6 +33,7 @@ import triton
 from moeframe.experts import EXPERTS
 from moeframe.experts.base import ExpertsKernel
 from moeframe.experts.down_prefetch import down_prefetch_rows, run_down_prefetch
+from moeframe.experts.gate_up_gemv import gate_up_gemv_rows, run_gate_up_gemv
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
 from moeframe.gpu.pdl import pdl_args
@@ -198,12 +200,13 @@ def fused_moe(
     down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS,
     down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
     prefetch_down: bool = True,
+    gemv_gate_up: bool = True,
 ) -> torch.Tensor:
     """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
     return reduced(
         fused_moe_unreduced(
             hidden, w13, w2, topk_ids, topk_weights, config, one_per_block_tokens,
-            single_pass_tokens, down_topk_sum_tokens, down_topk_sum_tile, prefetch_down,
+            single_pass_tokens, down_topk_sum_tokens, down_topk_sum_tile, prefetch_down, gemv_gate_up,
         )
     )  # fmt: skip
 
@@ -220,12 +223,14 @@ def fused_moe_unreduced(
     down_topk_sum_tokens: int = MAX_DOWN_TOPK_SUM_TOKENS,
     down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
     prefetch_down: bool = True,
+    gemv_gate_up: bool = True,
 ) -> MoEOutput:
     """``fused_moe``, but where it would sum the k assignment rows in a generated kernel of their own, the rows unsummed.
 
     ``prefetch_down``: where each assignment has a block of its own (T <= 2)
     the down projection is down_prefetch.py's kernel, which streams its
-    expert weights before the PDL wait, overlapping gate/up.
+    expert weights before the PDL wait, overlapping gate/up; ``gemv_gate_up``:
+    there gate/up is gate_up_gemv.py's kernel, one GEMV per assignment.
     """
     check_shapes(hidden, w13, w2, topk_ids)
     num_tokens, top_k = topk_ids.shape
@@ -242,7 +247,10 @@ def fused_moe_unreduced(
     # wait, so no launch that writes them may sit between gate/up and down.
     flat_ids, flat_weights = topk_ids.reshape(-1).contiguous(), topk_weights.reshape(-1).float().contiguous()
     act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
-    run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)
+    if gemv_gate_up and blocks.one_per_block and gate_up_gemv_rows(hidden_size, w13.dtype) is not None:
+        run_gate_up_gemv(hidden, w13, flat_ids, act, top_k)
+    else:
+        run_gate_up(hidden, w13, blocks, act, top_k, config.gate_up)
     if num_tokens <= down_topk_sum_tokens:
         out = torch.empty_like(hidden)
         run_down_topk_sum(act, w2, topk_ids, topk_weights, out, down_topk_sum_tile)
@@ -276,6 +284,9 @@ class TritonMoEParams:
     # batches with a block per assignment (T <= 2) run the down projection that loads its expert
     # weights before the PDL wait (down_prefetch.py); false keeps the pipelined down kernel
     prefetch_down: bool = True
+    # batches with a block per assignment (T <= 2) run gate/up + SiLU as one GEMV per assignment
+    # that issues its whole weight tile at once (gate_up_gemv.py); false keeps the MMA-tiled kernel
+    gemv_gate_up: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.single_pass_tokens <= MAX_SINGLE_PASS_TOKENS:
@@ -292,6 +303,7 @@ class TritonFusedMoE(ExpertsKernel):
         self.down_topk_sum_tokens = params.down_topk_sum_tokens
         self.defer_topk_sum = params.defer_topk_sum
         self.prefetch_down = params.prefetch_down
+        self.gemv_gate_up = params.gemv_gate_up
 
     def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         return reduced(self._run(hidden, w13, w2, plan))
@@ -309,5 +321,5 @@ class TritonFusedMoE(ExpertsKernel):
         return fused_moe_unreduced(
             hidden, w13, w2, plan.topk_ids, plan.topk_weights, config,
             single_pass_tokens=self.single_pass_tokens, down_topk_sum_tokens=self.down_topk_sum_tokens,
-            prefetch_down=self.prefetch_down,
+            prefetch_down=self.prefetch_down, gemv_gate_up=self.gemv_gate_up,
         )  # fmt: skip

@@ -12,6 +12,7 @@ from kernel_inputs import random_experts, random_plan, tolerance
 
 from moeframe.experts import EXPERTS
 from moeframe.experts.down_prefetch import run_down_prefetch
+from moeframe.experts.gate_up_gemv import run_gate_up_gemv
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, default_config
 from moeframe.experts.triton_moe import (
     DOWN_TOPK_SUM_TILE,
@@ -20,6 +21,7 @@ from moeframe.experts.triton_moe import (
     fused_moe,
     run_down,
     run_down_topk_sum,
+    run_gate_up,
 )
 from moeframe.routers.plan import RoutingPlan
 
@@ -64,9 +66,9 @@ def test_fused_moe_skips_dropped_assignments(device):
     assert torch.all(out[4] == 0)
 
 
-@pytest.mark.parametrize("prefetch_down", [True, False])
+@pytest.mark.parametrize("gemv_kernels", [True, False])
 @pytest.mark.parametrize("num_tokens", [1, 3])
-def test_one_assignment_per_block_layout_matches_reference_with_dropped_assignments(device, num_tokens, prefetch_down):
+def test_one_assignment_per_block_layout_matches_reference_with_dropped_assignments(device, num_tokens, gemv_kernels):
     gen = torch.Generator().manual_seed(9)
     w13, w2 = random_experts(6, 32, 32, torch.float32, gen)
     plan = random_plan(num_tokens, 6, 4, drop_fraction=0.0, gen=gen)
@@ -75,7 +77,7 @@ def test_one_assignment_per_block_layout_matches_reference_with_dropped_assignme
     args = [t.to(device) for t in (hidden, w13, w2, plan.topk_ids, plan.topk_weights)]
     out = fused_moe(
         *args, SMALL_TILES, one_per_block_tokens=num_tokens, single_pass_tokens=0, down_topk_sum_tokens=0,
-        prefetch_down=prefetch_down,
+        prefetch_down=gemv_kernels, gemv_gate_up=gemv_kernels,
     )  # fmt: skip
     plan.topk_ids, plan.topk_weights = args[3], args[4]
     torch.testing.assert_close(out, reference(*args[:3], plan), **tolerance(torch.float32, device))
@@ -192,6 +194,21 @@ def test_down_topk_sum_path_runs_up_to_its_threshold_only(device, monkeypatch):
     # the down + top-k sum kernel is off by default (MAX_DOWN_TOPK_SUM_TOKENS = 0); at T = 1 each
     # assignment has its block, and the prefetching down kernel runs unless prefetch_down is off
     assert launched == ["fused", "separate", "prefetch", "separate"]
+
+
+def test_gate_up_runs_as_gemvs_only_where_each_assignment_has_a_block(device, monkeypatch):
+    import moeframe.experts.triton_moe as triton_moe
+
+    launched = []
+    monkeypatch.setattr(triton_moe, "run_gate_up_gemv", lambda *args: launched.append("gemv") or run_gate_up_gemv(*args))
+    monkeypatch.setattr(triton_moe, "run_gate_up", lambda *args: launched.append("tiled") or run_gate_up(*args))
+    gen = torch.Generator().manual_seed(6)
+    w13, w2 = on(device, *random_experts(4, 32, 16, torch.float32, gen))
+    for num_tokens, gemv_gate_up in ((2, True), (3, True), (1, False)):
+        plan = random_plan(num_tokens, 4, 2, drop_fraction=0.0, gen=gen)
+        args = on(device, torch.randn(num_tokens, 32), w13, w2, plan.topk_ids, plan.topk_weights)
+        fused_moe(*args, single_pass_tokens=0, gemv_gate_up=gemv_gate_up)
+    assert launched == ["gemv", "tiled", "tiled"]  # one block per assignment up to MAX_ONE_PER_BLOCK_TOKENS = 2
 
 
 def test_down_topk_sum_path_matches_reference_when_tokens_share_experts(device):
