@@ -25,6 +25,7 @@ from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
+from moeframe.model.layers.early_norm import set_early_launch_norm
 from moeframe.model.layers.fusion import set_compile
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.small_gemv import set_decode_gemv
@@ -100,6 +101,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_fused_norm(cfg.runner.moe_norm_in_router)
     set_decode_kv_splits(cfg.runner.decode_kv_splits)
     set_decode_attention_merge(cfg.runner.decode_attention_merge)
+    set_early_launch_norm(cfg.runner.early_launch_norm)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)

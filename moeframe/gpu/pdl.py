@@ -17,7 +17,12 @@ Data the host uploaded before the step, weights, and what kernels two or more
 launches back wrote may be loaded before the wait (each of those kernels has
 finished once the previous kernel passed its own wait). A kernel that never waits must not be
 launched with PDL: it could read stale inputs, and the kernels after it could
-overtake the one before it. ``pdl_args`` gives both launch arguments, or
+overtake the one before it. A kernel whose successor loads only weights before its own wait may call
+``pdl_launch_then_wait(USE_PDL)`` instead: it lets the successor launch before
+waiting itself, so the successor's weight stream overlaps two kernels, not
+one (the add + RMSNorm before the qkv projection does this: early_norm.py).
+The successor must then treat data of every earlier kernel as unsafe before
+its wait. ``pdl_args`` gives both launch arguments, or
 ``USE_PDL=False`` alone where PDL is off (the CPU, the interpreter, GPUs older
 than Hopper, ``runner.pdl=false``), in which case the wait compiles away.
 """
