@@ -20,7 +20,8 @@ launched with PDL: it could read stale inputs, and the kernels after it could
 overtake the one before it. A kernel whose successor loads only weights before its own wait may call
 ``pdl_launch_then_wait(USE_PDL)`` instead: it lets the successor launch before
 waiting itself, so the successor's weight stream overlaps two kernels, not
-one (the add + RMSNorm before the qkv projection does this: early_norm.py).
+one (the add + RMSNorm before the qkv projection can do this: early_norm.py,
+an ablation that measured slower).
 The successor must then treat data of every earlier kernel as unsafe before
 its wait. ``pdl_args`` gives both launch arguments, or
 ``USE_PDL=False`` alone where PDL is off (the CPU, the interpreter, GPUs older

@@ -50,16 +50,16 @@ def test_kernel_reads_a_strided_slice_of_the_parts(device):
 
 def test_the_kernel_is_taken_only_where_pdl_runs(monkeypatch):
     parts, _, residual, _ = norm_inputs(1, 2, 16, torch.float32, seed=2)
-    assert not early_norm.applies(parts, residual)  # the CPU: no PDL, norm.py's path
-    monkeypatch.setattr(early_norm, "pdl_supported", lambda device: True)
-    assert early_norm.applies(parts, residual)
-    early_norm.set_early_launch_norm(False)
+    assert not early_norm.applies(parts, residual)  # off by default
+    early_norm.set_early_launch_norm(True)
     try:
-        assert not early_norm.applies(parts, residual)
+        assert not early_norm.applies(parts, residual)  # the CPU: no PDL, norm.py's path
+        monkeypatch.setattr(early_norm, "pdl_supported", lambda device: True)
+        assert early_norm.applies(parts, residual)
+        wide_batch = torch.zeros(early_norm.MAX_TOKENS + 1, 2, 16)
+        assert not early_norm.applies(wide_batch, torch.zeros(early_norm.MAX_TOKENS + 1, 16))
     finally:
-        early_norm.set_early_launch_norm(True)
-    wide_batch = torch.zeros(early_norm.MAX_TOKENS + 1, 2, 16)
-    assert not early_norm.applies(wide_batch, torch.zeros(early_norm.MAX_TOKENS + 1, 16))
+        early_norm.set_early_launch_norm(False)
 
 
 COMPILE_FOR_SM90 = """

@@ -7,9 +7,11 @@ before its PDL wait. An Inductor kernel lets its successor launch only once its
 own wait is over, so the qkv weight stream overlaps the norm alone (~2 us of
 an 8 us stream at batch 1). _early_norm_kernel.py lets the projection launch
 before it waits, so the stream also overlaps the MoE's down projection.
-``runner.early_launch_norm`` switches it (an ablation; norm.py's Inductor
-kernel otherwise). Numbers as add_topk_rms_norm's, but for the float32 order
-of the rms reduction.
+``runner.early_launch_norm`` switches it: an ablation, off by default, as it
+lost on an H100 (batch-1 step span 1,164 us with Inductor's norm, 1,214 with
+this kernel: the early qkv programs take SM slots and bandwidth from the down
+projection). Numbers as add_topk_rms_norm's, but for the float32 order of the
+rms reduction.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ MAX_TOKENS = 8
 # A row of the hidden size held by one program.
 MAX_HIDDEN = 16384
 
-_enabled = True
+_enabled = False
 
 
 def set_early_launch_norm(enabled: bool) -> None:
