@@ -29,7 +29,8 @@ if [ "$steps" != bench ]; then
     # -o addopts= drops the project's -q so that pytest prints its summary line
     timeout "$test_timeout" python3 -m pytest -o addopts= -q -p no:cacheprovider -p no:logging tests/gpu tests/kernels \
         tests/routers/test_router_cuda.py tests/routers/test_router_route_hidden.py tests/routers/test_router_route_residual.py \
-        tests/engine/test_overlap_cuda.py > "$out/gpu_tests.log" 2>&1
+        tests/engine/test_overlap_cuda.py tests/model/test_deferred_topk_sum_model.py tests/model/test_topk_sum.py \
+        tests/telemetry/test_expert_load_batched.py > "$out/gpu_tests.log" 2>&1
     echo "gpu tests: exit $?, $(tail -n 1 "$out/gpu_tests.log")"
 fi
 if [ "$steps" != tests ]; then
