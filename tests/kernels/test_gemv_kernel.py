@@ -19,6 +19,7 @@ from moeframe.model.layers.small_gemv import (
     BLOCK_T,
     DEFAULT_DECODE_GEMV,
     MAX_GEMV_TOKENS,
+    MAX_PREFETCH_TOKENS,
     MAX_STAGES,
     PREFETCH_TILE_BYTES,
     SHARED_BYTES_PER_SM,
@@ -335,16 +336,24 @@ def test_linear_takes_the_gemv_and_replays_in_a_cuda_graph(n, k, decode_gemv_mod
 @pytest.mark.parametrize(("n", "k"), [(2048, 2048), (6144, 2048), (2048, 8192)])
 def test_linear_in_prefetch_mode_takes_the_prefetching_gemv_in_a_cuda_graph(n, k, decode_gemv_mode):
     decode_gemv_mode("prefetch")
-    x, weight, bias = gemv_inputs(MAX_GEMV_TOKENS, n, k, seed=6, dtype=torch.bfloat16)
+    x, weight, bias = gemv_inputs(MAX_PREFETCH_TOKENS, n, k, seed=6, dtype=torch.bfloat16)
     static_x, weight, bias = x.cuda(), weight.cuda(), bias.cuda()
     linear(static_x, weight, bias)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_out = linear(static_x, weight, bias)
-    static_x.copy_(gemv_inputs(MAX_GEMV_TOKENS, n, k, seed=7, dtype=torch.bfloat16)[0])
+    static_x.copy_(gemv_inputs(MAX_PREFETCH_TOKENS, n, k, seed=7, dtype=torch.bfloat16)[0])
     graph.replay()
     torch.testing.assert_close(static_out, reference(static_x, weight, bias), rtol=1e-2, atol=1e-2)
     assert torch.equal(static_out, prefetch_gemv(static_x, weight, bias))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_linear_in_prefetch_mode_leaves_batches_past_its_token_limit_to_cublas(decode_gemv_mode):
+    decode_gemv_mode("prefetch")
+    x, weight, bias = (t.cuda() for t in gemv_inputs(MAX_PREFETCH_TOKENS + 1, 2048, 2048, seed=8, dtype=torch.bfloat16))
+    assert torch.equal(linear(x, weight, bias), F.linear(x, weight, bias))
 
 
 @pytest.mark.gpu
