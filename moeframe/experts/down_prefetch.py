@@ -14,8 +14,10 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+import triton
 
 from moeframe.gpu.pdl import pdl_args
+from moeframe.gpu.register_tiles import whole_rows
 
 # Bytes of weight one program holds in registers: 16 rows of OLMoE's I = 1024 in bf16.
 TILE_BYTES = 32 * 1024
@@ -29,16 +31,9 @@ def _kernels() -> ModuleType:
     return _down_prefetch_kernel
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def down_prefetch_rows(inter: int, dtype: torch.dtype) -> int | None:
-    """Rows of w2 one program holds: the most (a power of two, up to 64) within ``TILE_BYTES``; None if one row is more."""
-    row_bytes = _next_power_of_2(inter) * (torch.finfo(dtype).bits // 8)
-    if row_bytes > TILE_BYTES:
-        return None
-    return min(64, 1 << (TILE_BYTES // row_bytes).bit_length() - 1)
+    """Rows of w2 one program holds within ``TILE_BYTES``; None if one row is more."""
+    return whole_rows(inter, dtype, TILE_BYTES)
 
 
 def run_down_prefetch(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor, flat_ids: torch.Tensor, out: torch.Tensor) -> None:
@@ -54,7 +49,7 @@ def run_down_prefetch(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor
     num_assignments = flat_ids.numel()
     if num_assignments == 0:
         return
-    block_k = _next_power_of_2(inter)
+    block_k = triton.next_power_of_2(inter)
     grid = (num_assignments, -(-hidden // block_n))
     _kernels().down_prefetch_kernel[grid](
         act, w2, out, weights, flat_ids, hidden, inter, num_experts,

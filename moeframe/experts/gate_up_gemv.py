@@ -12,8 +12,10 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+import triton
 
 from moeframe.gpu.pdl import pdl_args
+from moeframe.gpu.register_tiles import whole_rows
 
 # Bytes of w13 one program holds in registers (gate and up rows together): 8 + 8 rows of OLMoE's H = 2048 in bf16.
 TILE_BYTES = 64 * 1024
@@ -27,16 +29,9 @@ def _kernels() -> ModuleType:
     return _gate_up_gemv_kernel
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def gate_up_gemv_rows(hidden: int, dtype: torch.dtype) -> int | None:
-    """Gate rows (and as many up rows) one program holds: the most, a power of two up to 64, within ``TILE_BYTES``."""
-    pair_bytes = 2 * _next_power_of_2(hidden) * (torch.finfo(dtype).bits // 8)
-    if pair_bytes > TILE_BYTES:
-        return None
-    return min(64, 1 << (TILE_BYTES // pair_bytes).bit_length() - 1)
+    """Gate rows (and as many up rows) one program holds within ``TILE_BYTES``; None if one pair is more."""
+    return whole_rows(hidden, dtype, TILE_BYTES, rows_per_block_row=2)
 
 
 def run_gate_up_gemv(x: torch.Tensor, w13: torch.Tensor, flat_ids: torch.Tensor, act: torch.Tensor, top_k: int) -> None:
@@ -52,7 +47,7 @@ def run_gate_up_gemv(x: torch.Tensor, w13: torch.Tensor, flat_ids: torch.Tensor,
         raise ValueError(f"run_gate_up_gemv holds whole row pairs of at most {TILE_BYTES} bytes: H = {hidden} is too long")
     if flat_ids.numel() == 0:
         return
-    block_k = _next_power_of_2(hidden)
+    block_k = triton.next_power_of_2(hidden)
     grid = (flat_ids.numel(), -(-inter // block_n))
     _kernels().gate_up_gemv_kernel[grid](
         x, w13, act, flat_ids, top_k, hidden, inter, num_experts,

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moeframe.gpu.pdl import pdl_args
+from moeframe.gpu.register_tiles import whole_rows
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.topk_sum import MoEOutput, PendingTopkSum, reduced
 
@@ -202,12 +203,8 @@ def gemv(
 
 
 def prefetch_tile_rows(k: int, dtype: torch.dtype) -> int | None:
-    """Rows of a prefetching program's weight tile: the most (a power of two, up to 64) that fit
-    ``PREFETCH_TILE_BYTES`` with K padded to a power of two; None where one row does not fit."""
-    row_bytes = _next_power_of_2(k) * (torch.finfo(dtype).bits // 8)
-    if row_bytes > PREFETCH_TILE_BYTES:
-        return None
-    return min(64, 1 << (PREFETCH_TILE_BYTES // row_bytes).bit_length() - 1)
+    """Rows of a prefetching program's weight tile within ``PREFETCH_TILE_BYTES``; None where one row does not fit."""
+    return whole_rows(k, dtype, PREFETCH_TILE_BYTES)
 
 
 def prefetch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
