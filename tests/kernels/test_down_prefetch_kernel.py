@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from kernel_inputs import random_experts, random_plan, tolerance
+from sm90_compile import compile_for_sm90
 
 from moeframe.experts.down_prefetch import TILE_BYTES, down_prefetch_rows, run_down_prefetch
 
@@ -86,8 +83,6 @@ print(sum(i < wait for i in loads), sum(i > wait for i in loads))
 
 
 def test_the_kernel_loads_its_expert_id_and_weights_before_the_pdl_wait() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    stdout = compile_for_sm90(COMPILE_FOR_SM90)
     # 16 rows x 1024 bf16 over 128 threads: sixteen 16-byte loads each plus the id; after it the act row and the weight
-    assert done.stdout.split() == ["17", "2"]
+    assert stdout.split() == ["17", "2"]

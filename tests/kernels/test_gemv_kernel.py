@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from sm90_compile import compile_for_sm90
 
 from moeframe.model.layers.attention import Attention
 from moeframe.model.layers.norm import RMSNorm, add_rms_norm, rms_norm
@@ -271,11 +269,9 @@ print(sum(i < wait for i in loads), sum(i > wait for i in loads))
 
 
 def test_the_prefetching_kernel_issues_its_weight_loads_before_the_pdl_wait() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", PREFETCH_COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    stdout = compile_for_sm90(PREFETCH_COMPILE_FOR_SM90)
     # 8 rows x 2048 bf16 over 256 threads: eight 16-byte weight loads each before the wait, the token's row after it
-    assert done.stdout.split() == ["8", "1"]
+    assert stdout.split() == ["8", "1"]
 
 
 # As the JIT specializes a batch-1 bf16 launch: 16-byte aligned pointers and sizes, unit strides and T = 1 constant.
@@ -300,10 +296,8 @@ for norm, residual in ((False, False), (True, False), (True, True)):
 
 
 def test_every_variant_compiles_for_sm90_with_pdl_and_a_pipelined_weight_stream() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True"] * 3
+    stdout = compile_for_sm90(COMPILE_FOR_SM90)
+    assert stdout.split() == ["True"] * 3
 
 
 @pytest.fixture

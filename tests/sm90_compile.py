@@ -1,0 +1,20 @@
+"""Run a script that compiles Triton kernels for an H100 (sm_90) without a GPU, in a process free of the interpreter.
+
+Kernel tests check what their kernels become on the GPU (griddepcontrol for
+PDL, atomics, vector loads before a wait) by printing facts about the PTX;
+TRITON_INTERPRET, which the suite sets, must be unset for Triton to compile.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def compile_for_sm90(script: str) -> str:
+    """The standard output of ``script``, run by this Python without TRITON_INTERPRET; fails the test if it fails."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
