@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 import triton
@@ -78,6 +79,24 @@ def _capturing(topk_ids: torch.Tensor) -> bool:
     return topk_ids.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+class CountTiles(NamedTuple):
+    programs: int  # per plan
+    clamp_total: bool
+    block_t: int
+    block_c: int
+    num_warps: int
+
+
+def _count_tiles(num_tokens: int, num_columns: int, budget_k: int) -> CountTiles:
+    """The grid and tiles with which the count kernels read one [T, C] plan."""
+    block_c = triton.next_power_of_2(num_columns)
+    block_t = min(triton.next_power_of_2(num_tokens), max(1, ACCUMULATE_TILE // block_c))
+    # a row may keep more than budget_k ids: only one program can clamp the plan's total
+    clamp_total = num_columns > budget_k
+    programs = 1 if clamp_total else min(-(-num_tokens // block_t), MAX_ACCUMULATE_PROGRAMS)
+    return CountTiles(programs, clamp_total, block_t, block_c, 1 if block_t * block_c <= 256 else 4)
+
+
 def accumulate_fused(
     topk_ids: torch.Tensor,
     counts: torch.Tensor,
@@ -91,15 +110,11 @@ def accumulate_fused(
     if num_tokens == 0:
         return
     ids = topk_ids if topk_ids.stride(1) == 1 else topk_ids.contiguous()
-    block_c = triton.next_power_of_2(num_columns)
-    block_t = min(triton.next_power_of_2(num_tokens), max(1, ACCUMULATE_TILE // block_c))
-    # a row may keep more than budget_k ids: only one program can clamp the plan's total
-    clamp_total = num_columns > budget_k
-    programs = 1 if clamp_total else min(-(-num_tokens // block_t), MAX_ACCUMULATE_PROGRAMS)
-    _kernels().accumulate_kernel[(programs,)](
+    tiles = _count_tiles(num_tokens, num_columns, budget_k)
+    _kernels().accumulate_kernel[(tiles.programs,)](
         ids, counts, dropped, tokens, unrouted, num_tokens, num_columns, ids.stride(0), budget_k,
-        CLAMP_TOTAL=clamp_total, BLOCK_T=block_t, BLOCK_C=block_c,
-        num_warps=1 if block_t * block_c <= 256 else 4, **pdl_args(ids),
+        CLAMP_TOTAL=tiles.clamp_total, BLOCK_T=tiles.block_t, BLOCK_C=tiles.block_c, num_warps=tiles.num_warps,
+        **pdl_args(ids),
     )  # fmt: skip
 
 
@@ -167,15 +182,12 @@ def accumulate_layers_fused(
     for group in _launch_groups(plans):
         ids = group[0].topk_ids
         (num_tokens, num_columns), budget_k = ids.shape, group[0].budget_k
-        block_c = triton.next_power_of_2(num_columns)
-        block_t = min(triton.next_power_of_2(num_tokens), max(1, ACCUMULATE_TILE // block_c))
-        clamp_total = num_columns > budget_k  # only one program per plan can clamp its total
-        programs = 1 if clamp_total else min(-(-num_tokens // block_t), MAX_ACCUMULATE_PROGRAMS)
-        _kernels().accumulate_layers_kernel[(programs, len(group))](
+        tiles = _count_tiles(num_tokens, num_columns, budget_k)
+        _kernels().accumulate_layers_kernel[(tiles.programs, len(group))](
             tuple(plan.topk_ids for plan in group), tuple(plan.layer_idx for plan in group),
             counts, dropped, tokens, unrouted, num_tokens, num_columns, *ids.stride(), counts.stride(0), budget_k,
-            NUM_PLANS=len(group), CLAMP_TOTAL=clamp_total, BLOCK_T=block_t, BLOCK_C=block_c,
-            num_warps=1 if block_t * block_c <= 256 else 4, **pdl_args(ids),
+            NUM_PLANS=len(group), CLAMP_TOTAL=tiles.clamp_total, BLOCK_T=tiles.block_t, BLOCK_C=tiles.block_c,
+            num_warps=tiles.num_warps, **pdl_args(ids),
         )  # fmt: skip
 
 
