@@ -41,9 +41,10 @@ MAX_FUSED_TOKENS = MAX_GEMV_TOKENS
 # Activation dtypes the fused norm rounds to (norm.py's add_rms_norm casts to the activations' dtype).
 NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Two warps: the last program's softmax top-k reduces across fewer warps. On an H100 the
-# batch-1 decode step took 1,166 -> 1,157 us against four (and 1,205 -> 1,197 in another run).
-NUM_WARPS = 2
+# Warps of a launch whose token blocks hold one token: the last program's softmax top-k
+# reduces across fewer warps. On an H100 the batch-1 decode step took 1,166 -> 1,157 us
+# with two against four (1,205 -> 1,197 in another run); wider blocks keep four (unmeasured).
+ONE_TOKEN_NUM_WARPS = 2
 
 _fuse_norm = True
 
@@ -113,7 +114,7 @@ def _launch(
         float(eps), float(scale),
         NORM=norm_weight is not None, ROW_IN_TILE=hidden <= block_h, HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
         BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=triton.next_power_of_2(num_experts),
-        BLOCK_K=triton.next_power_of_2(k), num_warps=NUM_WARPS, **pdl_args(x),
+        BLOCK_K=triton.next_power_of_2(k), num_warps=ONE_TOKEN_NUM_WARPS if block_t == 1 else 4, **pdl_args(x),
     )  # fmt: skip
     return RoutingPlan(topk_ids, topk_weights)
 
