@@ -1,7 +1,15 @@
-"""Dense projections of decode-sized batches: a Triton GEMV on CUDA, launched with PDL (an ablation), or F.linear.
+"""Dense projections of decode-sized batches on CUDA: Triton GEMVs launched with PDL, or F.linear.
 
 At batch 1 the attention's qkv/o projections and the dense MLP's GEMVs are
-weight streams. The kernel in _gemv_kernel.py gives each program 16-64 rows
+weight streams. The default (``runner.decode_gemv=prefetch``) is
+``prefetch_gemv`` (_prefetch_gemv_kernel.py) for batches of one or two
+tokens: each program loads its whole weight tile before its PDL wait, so the
+stream overlaps the kernel before it instead of following it (on an H100 the
+o projection then ends 2 us after attention instead of 6; the batch-1 step
+span fell from 1,320 to 1,259 us); larger batches run cuBLAS.
+
+The other Triton path, an ablation, is the pipelined GEMV of _gemv_kernel.py,
+which gives each program 16-64 rows
 so the grid covers the GPU, and reads the weight once for all tokens of the
 batch. Alone it only ties cuBLAS on an H100 (6.7 vs 6.5 us at 2048 x 2048,
 12.5 vs 12.3 us at 6144 x 2048; benchmarks/kernels_h100/gemv_experiment);
@@ -11,15 +19,12 @@ kernel breaks that chain: in a synthetic 16-layer chain of layer-shaped GEMVs
 replayed from a CUDA graph, Triton GEMVs with PDL took 1,077 us against
 cuBLAS's 1,125 us (benchmarks/kernels_h100/pdl_experiment, best at 16-row
 blocks, 256-wide K chunks, 4 warps: the tiles chosen here for OLMoE's qkv and
-o projections). Inside the real batch-1 step it lost (see DECODE_GEMV_MODES),
-so cuBLAS is the default and this path is the ``runner.decode_gemv`` ablation.
-``prefetch_gemv`` (_prefetch_gemv_kernel.py) is the variant that loads a
-program's whole weight tile before its PDL wait, so the weight stream overlaps
-the kernel before it instead of following it.
-``norm_gemv`` also folds the residual add and RMSNorm before the qkv
-projection into the same launch.
+o projections). Inside the real batch-1 step it lost to cuBLAS (see
+DECODE_GEMV_MODES): its pipeline starts only after the wait. ``norm_gemv``
+also folds the residual add and RMSNorm before the qkv projection into the
+same launch.
 
-The GEMV runs for CUDA tensors of at most ``MAX_GEMV_TOKENS`` rows in half,
+The GEMVs run for CUDA tensors of at most ``MAX_GEMV_TOKENS`` rows in half,
 bfloat16 or float32 with a K-contiguous weight; everything else, the CPU
 always, runs ``F.linear`` (and norm.py's torch norm). Tile sizes follow fixed
 rules of N, K and the dtype, never a runtime autotune: a CUDA graph captures
