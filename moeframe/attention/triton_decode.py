@@ -168,8 +168,8 @@ def _decode_split_kernel(
     pdl_wait(USE_PDL)
     # The newest token's row, if this split's first tile holds it, read as one row after the wait.
     is_new = n_ok & (offs_n == newest)
-    new_slot = tl.load(kv_indices_ptr + kv_start + newest).to(tl.int64)
     holds_new = (newest >= lo) & (newest < lo + BLOCK_N) & (newest < hi)
+    new_slot = tl.load(kv_indices_ptr + kv_start + newest, mask=holds_new, other=0).to(tl.int64)
     # (a split without it loads nothing: no column lies below a bound of 0)
     k_new = tl.load(k_ptr + new_slot * stride_ks + kv_head * stride_kh + offs_dk, mask=offs_dk < tl.where(holds_new, k_dim, 0), other=0.0)
     v_new = tl.load(v_ptr + new_slot * stride_vs + kv_head * stride_vh + offs_dv, mask=offs_dv < tl.where(holds_new, v_dim, 0), other=0.0)
