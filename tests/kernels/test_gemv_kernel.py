@@ -61,12 +61,13 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
+@pytest.mark.parametrize("kernel", [gemv, prefetch_gemv])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("num_tokens", [1, 3, 8])
 @pytest.mark.parametrize(("n", "k"), [(100, 72), (40, 600), (20, 1100)])
-def test_gemv_equals_linear_on_sizes_off_the_block_grid(n, k, num_tokens, dtype, device):
+def test_gemv_equals_linear_on_sizes_off_the_block_grid(n, k, num_tokens, dtype, kernel, device):
     x, weight, bias = gemv_inputs(num_tokens, n, k, seed=n + k + num_tokens, dtype=dtype)
-    out = gemv(x.to(device), weight.to(device), bias.to(device))
+    out = kernel(x.to(device), weight.to(device), bias.to(device))
     assert out.dtype == dtype and out.shape == (num_tokens, n)
     torch.testing.assert_close(out.cpu(), reference(x, weight, bias), **TOLERANCE[dtype])
 
@@ -100,16 +101,6 @@ def test_gemv_refuses_more_tokens_than_one_program_holds(device):
     x, weight, _ = gemv_inputs(17, 16, 16, seed=4)
     with pytest.raises(ValueError, match="at most 16 tokens"):
         gemv(x.to(device), weight.to(device))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("num_tokens", [1, 3, 8])
-@pytest.mark.parametrize(("n", "k"), [(100, 72), (40, 600), (20, 1100)])
-def test_prefetch_gemv_equals_linear_on_sizes_off_the_block_grid(n, k, num_tokens, dtype, device):
-    x, weight, bias = gemv_inputs(num_tokens, n, k, seed=n + k + num_tokens, dtype=dtype)
-    out = prefetch_gemv(x.to(device), weight.to(device), bias.to(device))
-    assert out.dtype == dtype and out.shape == (num_tokens, n)
-    torch.testing.assert_close(out.cpu(), reference(x, weight, bias), **TOLERANCE[dtype])
 
 
 def test_prefetch_gemv_without_bias_on_a_strided_row_slice_equals_linear(device):
