@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Batch-1 decode A/B on the GPU machine: one bench_decode run per variant, one line each (tok/s, share of the
-# roofline, wall per step, the profiled step's kernels and GPU span), all on one machine:
+# Decode A/B on the GPU machine: one bench_decode run per variant, one line each (tok/s, share of the
+# roofline, wall per step, the profiled step's kernels and GPU span), all on one machine; BATCH=8 for another
+# batch size (default 1):
 #
 #     bash tools/ab_decode.sh NAME:OVERRIDES ...                  # e.g. base:  merge:runner.decode_attention_merge=separate
 #     bash tools/ab_decode.sh "NAME%FILE%SED_EXPR:OVERRIDES" ...   # a copy of the tree with FILE edited by sed (a constant)
@@ -14,14 +15,15 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > /dev/null 2>&1
 fi
 export PYTHONUNBUFFERED=1
+batch=${BATCH:-1}
 
 run() {
     local name=$1 dir=$2
     shift 2
-    (cd "$dir" && PYTHONPATH=/tmp/site:$dir timeout 110 python3 tools/bench_decode.py --batches 1 --skip-hf --profile 1 \
+    (cd "$dir" && PYTHONPATH=/tmp/site:$dir timeout 110 python3 tools/bench_decode.py --batches $batch --skip-hf --profile $batch \
         --out "/tmp/ab_$name" "$@" > "/tmp/ab_$name.log" 2>&1)
-    local rc=$? md="/tmp/ab_$name/decode_olmoe-1b-7b.md" prof="/tmp/ab_$name/profile_olmoe-1b-7b_b1.txt"
-    echo "== $name rc $rc |$(grep 'decode, batch 1' "$md" 2> /dev/null | cut -d'|' -f3,7)|$(head -1 "$prof" 2> /dev/null | cut -d: -f2) | $(grep 'last step' "$prof" 2> /dev/null)"
+    local rc=$? md="/tmp/ab_$name/decode_olmoe-1b-7b.md" prof="/tmp/ab_$name/profile_olmoe-1b-7b_b$batch.txt"
+    echo "== $name rc $rc |$(grep "decode, batch $batch " "$md" 2> /dev/null | cut -d'|' -f3,7)|$(head -1 "$prof" 2> /dev/null | cut -d: -f2) | $(grep 'last step' "$prof" 2> /dev/null)"
     [ $rc -ne 0 ] && tail -5 "/tmp/ab_$name.log"
 }
 

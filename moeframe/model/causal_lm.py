@@ -19,6 +19,7 @@ from moeframe.model.layers.mlp import GatedMLP
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
+from moeframe.model.layers.small_gemv import project_float
 from moeframe.model.layers.topk_sum import MoEOutput
 from moeframe.model.spec import ModelSpec
 
@@ -86,4 +87,4 @@ class CausalLM(nn.Module):
             rows = batch.logits_indices  # a pending top-k sum gathers its tokens' k rows
             h, residual = h[rows], residual[rows]
         h, _ = self.norm.add_forward(h, residual)
-        return self.lm_head(h).float()
+        return project_float(self.lm_head, h)

@@ -121,6 +121,14 @@ def test_prefetch_tile_holds_the_most_whole_rows_that_fit(k, dtype, rows):
     assert rows * padded_row_bytes <= PREFETCH_TILE_BYTES < 2 * rows * padded_row_bytes or rows == 64
 
 
+def test_prefetch_gemv_float32_output_holds_the_half_precision_result_widened(device):
+    x, weight, bias = gemv_inputs(2, 300, 200, seed=6, dtype=torch.float16)
+    args = (x.to(device), weight.to(device), bias.to(device))
+    wide = prefetch_gemv(*args, out_dtype=torch.float32)
+    assert wide.dtype == torch.float32
+    assert torch.equal(wide, prefetch_gemv(*args).float())
+
+
 def test_prefetch_gemv_refuses_a_row_longer_than_its_tile(device):
     assert prefetch_tile_rows(16385, torch.bfloat16) is None
     with pytest.raises(ValueError, match="K = 16385 is too long"):

@@ -7,7 +7,8 @@ previous kernel still runs, and only the activations wait. Each program holds
 ``BLOCK_N`` whole rows (K padded to a power of two) in registers: it issues
 every weight load, then waits, then reads each token's row (a few KB, from L2)
 and reduces the products in float32, rounded once to the output dtype after
-the bias. The same overlap of a GEMV's weight stream with its predecessor is
+the bias (and widened again where the output is float32: the logits of the
+lm_head, which then need no cast launch). The same overlap of a GEMV's weight stream with its predecessor is
 what TensorRT-LLM's PDL-launched decode GEMMs rely on; here the prefetch is
 the whole tile because Triton's software pipeline cannot start before the
 wait. One program computes each output in one fixed reduction order.
@@ -57,4 +58,6 @@ def prefetch_gemv_kernel(
     for t in range(num_tokens):
         x = tl.load(x_ptr + t * stride_xt + cols * stride_xk, mask=col_ok, other=0.0).to(tl.float32)
         acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) + bias
-        tl.store(out_ptr + t * stride_ot + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+        # rounded to the activations' dtype first: a float32 output holds the numbers a half-precision one would
+        out = acc.to(x_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + t * stride_ot + rows, out, mask=row_ok)

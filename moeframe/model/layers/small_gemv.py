@@ -212,10 +212,14 @@ def prefetch_tile_rows(k: int, dtype: torch.dtype) -> int | None:
     return whole_rows(k, dtype, PREFETCH_TILE_BYTES)
 
 
-def prefetch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def prefetch_gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """x [T, K] @ weight [N, K]^T (+ bias [N]) in x's dtype, in one launch that loads its weights before the PDL wait.
 
     K must leave a row within ``PREFETCH_TILE_BYTES`` (``prefetch_tile_rows``).
+    ``out_dtype`` (float32 for logits): the result rounded to x's dtype, then
+    stored in this wider dtype, as ``prefetch_gemv(x, weight).to(out_dtype)``.
     """
     num_tokens, k = x.shape
     n = weight.shape[0]
@@ -224,7 +228,7 @@ def prefetch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     block_n = prefetch_tile_rows(k, weight.dtype)
     if block_n is None:
         raise ValueError(f"prefetch_gemv holds a whole weight row of {PREFETCH_TILE_BYTES} bytes at most: K = {k} is too long")
-    out = torch.empty(num_tokens, n, dtype=x.dtype, device=x.device)
+    out = torch.empty(num_tokens, n, dtype=out_dtype or x.dtype, device=x.device)
     if num_tokens == 0 or n == 0:
         return out
     block_k = _next_power_of_2(k)
@@ -284,15 +288,33 @@ def _fuses_norm(x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
     )
 
 
+def _prefetches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (
+        _mode == "prefetch"
+        and uses_gemv(x, weight, bias)
+        and x.shape[0] <= MAX_PREFETCH_TOKENS
+        and prefetch_tile_rows(x.shape[1], weight.dtype) is not None
+    )
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: the Triton GEMV for decode-sized CUDA batches, F.linear itself otherwise."""
-    if uses_gemv(x, weight, bias):
-        if _mode == "prefetch":
-            if x.shape[0] <= MAX_PREFETCH_TOKENS and prefetch_tile_rows(x.shape[1], weight.dtype) is not None:
-                return prefetch_gemv(x, weight, bias)
-            return F.linear(x, weight, bias)
+    if _prefetches(x, weight, bias):
+        return prefetch_gemv(x, weight, bias)
+    if uses_gemv(x, weight, bias) and _mode != "prefetch":
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def project_float(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x).float()`` (the logits of the lm_head): one prefetching launch writing float32 where it applies.
+
+    At batch 1 the cast of the lm_head's ~50k logits is a launch of its own
+    (3 us on an H100); the prefetching GEMV stores them as float32 itself.
+    """
+    if type(layer) is nn.Linear and _prefetches(x, layer.weight, layer.bias):
+        return prefetch_gemv(x, layer.weight, layer.bias, out_dtype=torch.float32)
+    return project(layer, x).float()
 
 
 def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
