@@ -81,6 +81,9 @@ DEFAULT_DECODE_GEMV = "prefetch"
 # 32 KB measured best in the batch-1 step on an H100 (step span 1,264 us; 1,299 at 64 KB, 1,214
 # against 1,205 at 16 KB).
 PREFETCH_TILE_BYTES = 32 * 1024
+# Warps of a prefetching program: four (64 weight registers a thread at a 32 KB tile) against
+# eight took the batch-1 step span from 1,133 to 1,130 us and 1,105 to 1,101 us in two H100 runs; 16: 1,120.
+PREFETCH_NUM_WARPS = 4
 # Each token costs the prefetching kernel a pass of CUDA-core FMAs over the tile after the
 # wait; at 8 tokens it tied cuBLAS on an H100 (batch-8 decode 1,978 vs 1,997 tok/s), so in the
 # "prefetch" mode batches of more tokens than this run F.linear (cuBLAS).
@@ -236,7 +239,7 @@ def prefetch_gemv(
         x, weight, weight if bias is None else bias, out, num_tokens, n, k,
         x.stride(0), x.stride(1), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=8 if block_n * block_k >= 8192 else 4, **pdl_args(x),
+        num_warps=PREFETCH_NUM_WARPS, **pdl_args(x),
     )  # fmt: skip
     return out
 
