@@ -2,15 +2,21 @@
 
 Every backend has the signature of ``attend_reference``:
 ``attend(q [N, Hq, Dk], k_cache [S, Hkv, Dk], v_cache [S, Hkv, Dv], batch, scale) -> [N, Hq, Dv]``.
+A backend that can fold the qkv prologue (norms, clip, rotary, KV write:
+qkv_prologue.py) into its own launch also has ``with_prologue`` (the
+``FusesPrologue`` protocol); ``attend_with_prologue`` calls it, or runs the
+prologue and then the plain backend for the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from moeframe.attention.batch import ForwardBatch
+from moeframe.attention.qkv_prologue import QKVPrologue
 from moeframe.attention.reference import attend_reference
 from moeframe.errors import ConfigError
 
@@ -19,9 +25,31 @@ AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardBatch, flo
 BACKENDS = ("auto", "torch", "triton")
 
 DECODE_MERGES = ("fused", "separate")
+DECODE_PROLOGUES = ("fused", "separate")
 
 _decode_kv_splits = 0  # runner.decode_kv_splits: 0 lets triton_decode.default_num_kv_splits choose
 _decode_fused_merge = True  # runner.decode_attention_merge == "fused"
+_decode_fused_prologue = False  # runner.decode_attention_prologue == "fused"
+
+
+@runtime_checkable
+class FusesPrologue(Protocol):
+    """A backend that takes raw q [N, Hq*Dk], k [N, Hkv*Dk], v [N, Hkv*Dv] and a QKVPrologue, and may fuse the two."""
+
+    def with_prologue(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prologue: QKVPrologue,
+        k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float,
+    ) -> torch.Tensor: ...  # fmt: skip
+
+
+def attend_with_prologue(
+    attend: AttendFn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prologue: QKVPrologue,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float,
+) -> torch.Tensor:  # fmt: skip
+    """``attend`` of the prologue's q after it wrote k and v to the caches at ``batch.out_slots``, fused where the backend can."""
+    if isinstance(attend, FusesPrologue):
+        return attend.with_prologue(q, k, v, prologue, k_cache, v_cache, batch, scale)
+    return attend(prologue.apply(q, k, v, k_cache, v_cache, batch.out_slots), k_cache, v_cache, batch, scale)
 
 
 def set_decode_kv_splits(splits: int) -> None:
@@ -41,18 +69,41 @@ def set_decode_attention_merge(mode: str) -> None:
     _decode_fused_merge = mode == "fused"
 
 
-def _triton_backend() -> AttendFn:
-    # Imported on first use: Triton decides between compiling and interpreting
-    # (TRITON_INTERPRET) when a kernel is defined, and CPU runs need neither.
-    from moeframe.attention.triton_decode import decode_attention
-    from moeframe.attention.triton_extend import extend_attention
+def set_decode_attention_prologue(mode: str) -> None:
+    """Where the Triton decode attention gets q, k and v: from the qkv prologue's launch ("separate") or by
+    computing the prologue itself in its split launch from the raw projection ("fused")."""
+    global _decode_fused_prologue
+    if mode not in DECODE_PROLOGUES:
+        choices = ", ".join(DECODE_PROLOGUES)
+        raise ConfigError(f"runner.decode_attention_prologue: unknown choice '{mode}'; valid choices: {choices}")
+    _decode_fused_prologue = mode == "fused"
 
-    def attend_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
+
+class TritonAttention:
+    """The Triton decode (triton_decode.py) and extend (triton_extend.py) kernels; fuses the prologue at decode
+    under ``runner.decode_attention_prologue=fused``."""
+
+    def __init__(self) -> None:
+        # Imported on first use: Triton decides between compiling and interpreting
+        # (TRITON_INTERPRET) when a kernel is defined, and CPU runs need neither.
+        from moeframe.attention import triton_decode, triton_extend
+
+        self._decode, self._extend = triton_decode, triton_extend
+
+    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
         if batch.is_decode:
-            return decode_attention(q, k_cache, v_cache, batch, scale, _decode_kv_splits or None, _decode_fused_merge)
-        return extend_attention(q, k_cache, v_cache, batch, scale)
+            return self._decode.decode_attention(q, k_cache, v_cache, batch, scale, _decode_kv_splits or None, _decode_fused_merge)
+        return self._extend.extend_attention(q, k_cache, v_cache, batch, scale)
 
-    return attend_triton
+    def with_prologue(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prologue: QKVPrologue,
+        k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch, scale: float,
+    ) -> torch.Tensor:  # fmt: skip
+        if batch.is_decode and _decode_fused_prologue:
+            return self._decode.decode_attention_prologue(
+                q, k, v, prologue, k_cache, v_cache, batch, scale, _decode_kv_splits or None, _decode_fused_merge
+            )
+        return self(prologue.apply(q, k, v, k_cache, v_cache, batch.out_slots), k_cache, v_cache, batch, scale)
 
 
 def get_attention_backend(name: str, device: torch.device | str) -> AttendFn:
@@ -61,14 +112,18 @@ def get_attention_backend(name: str, device: torch.device | str) -> AttendFn:
         raise ConfigError(f"attention backend: unknown choice '{name}'; valid choices: {', '.join(BACKENDS)}")
     if name == "auto":
         name = "triton" if torch.device(device).type == "cuda" else "torch"
-    return _triton_backend() if name == "triton" else attend_reference
+    return TritonAttention() if name == "triton" else attend_reference
 
 
 __all__ = [
     "AttendFn",
     "ForwardBatch",
+    "FusesPrologue",
+    "QKVPrologue",
     "attend_reference",
+    "attend_with_prologue",
     "get_attention_backend",
     "set_decode_attention_merge",
+    "set_decode_attention_prologue",
     "set_decode_kv_splits",
 ]

@@ -23,22 +23,59 @@ import triton.language as tl
 from moeframe.gpu._pdl_jit import pdl_wait
 
 @triton.jit
+def _sum_sq(x1, x2, xp):
+    """Each head's sum of squares over its three tiles (the rotary halves and the pass-through dims)."""
+    return tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1) + tl.sum(xp * xp, axis=1)
+
+
+@triton.jit
+def _inv_rms(sum_sq, count, eps):
+    return tl.math.rsqrt(sum_sq / count + eps)
+
+
+@triton.jit
+def _normed(x, inv, w, dtype: tl.constexpr):
+    """rms_norm of norm.py for one tile: x * inv in float32, rounded, times the weight, rounded."""
+    return (w * (x * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _rms_scale(x1, x2, xp, src_ptr, w_ptr, w1_offs, w2_offs, wp_offs, m1, mp, num_heads, head_dim, eps, FULL: tl.constexpr):
-    """rms_norm of norm.py: x * rsqrt(mean(x^2) + eps) in float32, rounded, times the weight, rounded."""
+    """rms_norm of norm.py over each head (or, FULL, over the whole block) of the three tiles."""
     dtype = src_ptr.dtype.element_ty
-    sum_sq = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1) + tl.sum(xp * xp, axis=1)
+    sum_sq = _sum_sq(x1, x2, xp)
     if FULL:
-        inv = tl.math.rsqrt(tl.sum(sum_sq, axis=0) / (num_heads * head_dim) + eps)
-        inv = tl.zeros_like(sum_sq) + inv
+        inv = tl.zeros_like(sum_sq) + _inv_rms(tl.sum(sum_sq, axis=0), num_heads * head_dim, eps)
     else:
-        inv = tl.math.rsqrt(sum_sq / head_dim + eps)
+        inv = _inv_rms(sum_sq, head_dim, eps)
     w1 = tl.load(w_ptr + w1_offs, mask=m1, other=0.0).to(tl.float32)
     w2 = tl.load(w_ptr + w2_offs, mask=m1, other=0.0).to(tl.float32)
     wp = tl.load(w_ptr + wp_offs, mask=mp, other=0.0).to(tl.float32)
-    x1 = (w1 * (x1 * inv[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    x2 = (w2 * (x2 * inv[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    xp = (wp * (xp * inv[:, None]).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    x1 = _normed(x1, inv[:, None], w1, dtype)
+    x2 = _normed(x2, inv[:, None], w2, dtype)
+    xp = _normed(xp, inv[:, None], wp, dtype)
     return x1, x2, xp
+
+
+@triton.jit
+def _head_tiles(src_ptr, heads, num_heads, head_dim, rot_half, INTERLEAVE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Heads ``heads`` of one token's row as float32 tiles: the two rotary halves and the pass-through dims, with their offsets and masks."""
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_p = 2 * rot_half + tl.arange(0, BLOCK_P)
+    if INTERLEAVE:
+        dim1 = 2 * offs_r
+        dim2 = dim1 + 1
+    else:
+        dim1 = offs_r
+        dim2 = offs_r + rot_half
+    head_ok = heads < num_heads
+    m1 = head_ok[:, None] & (offs_r < rot_half)[None, :]
+    mp = head_ok[:, None] & (offs_p < head_dim)[None, :]
+    row = heads[:, None] * head_dim
+    x1 = tl.load(src_ptr + row + dim1[None, :], mask=m1, other=0.0).to(tl.float32)
+    x2 = tl.load(src_ptr + row + dim2[None, :], mask=m1, other=0.0).to(tl.float32)
+    xp = tl.load(src_ptr + row + offs_p[None, :], mask=mp, other=0.0).to(tl.float32)
+    return x1, x2, xp, dim1, dim2, offs_p, m1, mp, row
 
 
 @triton.jit
@@ -72,20 +109,9 @@ def _rotate_heads(
     dtype = src_ptr.dtype.element_ty
     heads = head0 + tl.arange(0, BLOCK_H)
     offs_r = tl.arange(0, BLOCK_R)
-    offs_p = 2 * rot_half + tl.arange(0, BLOCK_P)
-    if INTERLEAVE:
-        dim1 = 2 * offs_r
-        dim2 = dim1 + 1
-    else:
-        dim1 = offs_r
-        dim2 = offs_r + rot_half
-    head_ok = heads < num_heads
-    m1 = head_ok[:, None] & (offs_r < rot_half)[None, :]
-    mp = head_ok[:, None] & (offs_p < head_dim)[None, :]
-    row = heads[:, None] * head_dim
-    x1 = tl.load(src_ptr + row + dim1[None, :], mask=m1, other=0.0).to(tl.float32)
-    x2 = tl.load(src_ptr + row + dim2[None, :], mask=m1, other=0.0).to(tl.float32)
-    xp = tl.load(src_ptr + row + offs_p[None, :], mask=mp, other=0.0).to(tl.float32)
+    x1, x2, xp, dim1, dim2, offs_p, m1, mp, row = _head_tiles(
+        src_ptr, heads, num_heads, head_dim, rot_half, INTERLEAVE, BLOCK_R, BLOCK_P
+    )
     # The order of Attention.forward: full norm, clip, per-head norm, rotary.
     if FULL_NORM:
         x1, x2, xp = _rms_scale(

@@ -12,6 +12,7 @@ the two under Triton's interpreter.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -40,7 +41,80 @@ def _check_row_major(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"prepare_qkv: {name} needs unit stride in its last dim, got strides {tuple(t.stride())}")
 
 
+@dataclass(frozen=True, eq=False)
+class QKVPrologue:
+    """What prepare_qkv does to one layer's q, k and v besides the tensors themselves: norms, clip, rotary.
+
+    An attention backend given one may fuse the prologue into its kernel
+    (triton_decode.decode_attention_prologue at decode); any other runs
+    ``apply`` and then attends (attention.attend_with_prologue). Fields as
+    prepare_qkv's arguments of the same names.
+    """
+
+    q_norm_weight: torch.Tensor | None
+    k_norm_weight: torch.Tensor | None
+    norm: str
+    eps: float
+    clip: float | None
+    cos: torch.Tensor
+    sin: torch.Tensor
+    interleave: bool
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"QKVPrologue: unknown norm '{self.norm}'; valid choices: {', '.join(NORMS)}")
+        if self.norm != "none" and (self.q_norm_weight is None or self.k_norm_weight is None):
+            raise ValueError(f"QKVPrologue: norm '{self.norm}' needs both norm weights")
+
+    def apply(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out_slots: torch.Tensor) -> torch.Tensor:
+        """prepare_qkv with this prologue's settings."""
+        return prepare_qkv(
+            q, k, v, q_norm_weight=self.q_norm_weight, k_norm_weight=self.k_norm_weight, norm=self.norm, eps=self.eps,
+            clip=self.clip, cos=self.cos, sin=self.sin, interleave=self.interleave,
+            k_cache=k_cache, v_cache=v_cache, out_slots=out_slots,
+        )  # fmt: skip
+
+
+def check_qkv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_norm_weight: torch.Tensor | None,
+    k_norm_weight: torch.Tensor | None,
+    norm: str,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> int:
+    """Query heads of q, after checking that the prologue's inputs fit together (ValueError otherwise)."""
+    if norm not in NORMS:
+        raise ValueError(f"prepare_qkv: unknown norm '{norm}'; valid choices: {', '.join(NORMS)}")
+    _, num_kv_heads, head_dim = k_cache.shape
+    v_dim = v_cache.shape[-1]
+    num_q_heads = q.shape[1] // head_dim
+    rot_half = cos.shape[-1]
+    if q.shape[1] != num_q_heads * head_dim or k.shape[1] != num_kv_heads * head_dim or v.shape[1] != num_kv_heads * v_dim:
+        raise ValueError(
+            f"prepare_qkv: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match "
+            f"the caches' heads x dims {tuple(k_cache.shape[1:])}, {tuple(v_cache.shape[1:])}"
+        )
+    if 2 * rot_half > head_dim:
+        raise ValueError(f"prepare_qkv: rotary_dim {2 * rot_half} exceeds head_dim {head_dim}")
+    if norm != "none" and (q_norm_weight.dtype != q.dtype or k_norm_weight.dtype != k.dtype):
+        raise ValueError(f"prepare_qkv: norm weights ({q_norm_weight.dtype}, {k_norm_weight.dtype}) must have q's dtype {q.dtype}")
+    for name, t in (("q", q), ("k", k), ("v", v), ("cos", cos), ("sin", sin), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_row_major(name, t)
+    return num_q_heads
+
+
+def rotary_blocks(head_dim: int, rot_half: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_P): the tile widths of a head's rotary halves and of its pass-through dims."""
+    return triton.next_power_of_2(rot_half), triton.next_power_of_2(max(1, head_dim - 2 * rot_half))
+
+
 def prepare_qkv(
+
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -68,30 +142,16 @@ def prepare_qkv(
     first rotary_dim dims of each q and k head rotate as rotary.rotate does,
     the rest pass through. k_cache [S, Hkv, D], v_cache [S, Hkv, Dv].
     """
-    if norm not in NORMS:
-        raise ValueError(f"prepare_qkv: unknown norm '{norm}'; valid choices: {', '.join(NORMS)}")
+    num_q_heads = check_qkv(q, k, v, q_norm_weight, k_norm_weight, norm, cos, sin, k_cache, v_cache)
     num_tokens = q.shape[0]
     _, num_kv_heads, head_dim = k_cache.shape
     v_dim = v_cache.shape[-1]
-    num_q_heads = q.shape[1] // head_dim
     rot_half = cos.shape[-1]
-    if q.shape[1] != num_q_heads * head_dim or k.shape[1] != num_kv_heads * head_dim or v.shape[1] != num_kv_heads * v_dim:
-        raise ValueError(
-            f"prepare_qkv: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match "
-            f"the caches' heads x dims {tuple(k_cache.shape[1:])}, {tuple(v_cache.shape[1:])}"
-        )
-    if 2 * rot_half > head_dim:
-        raise ValueError(f"prepare_qkv: rotary_dim {2 * rot_half} exceeds head_dim {head_dim}")
-    if norm != "none" and (q_norm_weight.dtype != q.dtype or k_norm_weight.dtype != k.dtype):
-        raise ValueError(f"prepare_qkv: norm weights ({q_norm_weight.dtype}, {k_norm_weight.dtype}) must have q's dtype {q.dtype}")
-    for name, t in (("q", q), ("k", k), ("v", v), ("cos", cos), ("sin", sin), ("k_cache", k_cache), ("v_cache", v_cache)):
-        _check_row_major(name, t)
 
     q_out = torch.empty(num_tokens, num_q_heads, head_dim, dtype=q.dtype, device=q.device)
     if num_tokens == 0:
         return q_out
-    block_r = triton.next_power_of_2(rot_half)
-    block_p = triton.next_power_of_2(max(1, head_dim - 2 * rot_half))
+    block_r, block_p = rotary_blocks(head_dim, rot_half)
     if norm == "full":
         block_hq, block_hk = triton.next_power_of_2(num_q_heads), triton.next_power_of_2(num_kv_heads)
     else:

@@ -29,6 +29,15 @@ routers/_gate_topk_kernel.py). At batch 1 the separate merge launch cost ~2 us
 a layer on an H100, most of it launch latency. Both paths run the same merge
 code (``_merge_head``) over the same splits in the same order, so their outputs
 are bitwise equal; ``fused_merge=False`` keeps the second launch for A/B.
+
+``decode_attention_prologue`` also folds the qkv prologue (q/k norm, clip,
+rotary, KV write: qkv_prologue.py) into the split launch, saving its launch
+(~2.3 us a layer at batch 1 on an H100): every program computes its group's
+q from the raw projection after the PDL wait (a full norm's statistics over
+the whole 4 KB row included), the split that holds the newest key computes
+its k and v row into registers, attends with it in place of the cache row,
+and writes it to the cache at ``out_slots`` for the steps after. The old keys
+still load before the wait. Off by default (``runner.decode_attention_prologue``).
 """
 
 from __future__ import annotations
@@ -39,7 +48,10 @@ import torch
 import triton
 import triton.language as tl
 
+from moeframe.attention._decode_prologue_jit import _norm_inv, _prologue_head
+from moeframe.attention._qkv_prologue_kernels import _clamp
 from moeframe.attention.batch import ForwardBatch
+from moeframe.attention.qkv_prologue import QKVPrologue, check_qkv, rotary_blocks
 from moeframe.gpu._pdl_jit import pdl_wait
 from moeframe.gpu.pdl import pdl_args
 
@@ -129,6 +141,21 @@ def _decode_split_kernel(
     stride_on,
     stride_oh,
     counts_ptr,
+    k_src_ptr,
+    v_src_ptr,
+    stride_kn,
+    stride_vn,
+    q_weight_ptr,
+    k_weight_ptr,
+    cos_ptr,
+    sin_ptr,
+    stride_cos,
+    stride_sin,
+    out_slots_ptr,
+    num_kv_heads,
+    rot_half,
+    eps,
+    clip,
     MIN_SPLIT_TOKENS: tl.constexpr,
     GROUP: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -137,6 +164,15 @@ def _decode_split_kernel(
     BLOCK_DV: tl.constexpr,
     FUSED_MERGE: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    PROLOGUE: tl.constexpr,
+    FULL_NORM: tl.constexpr,
+    HEAD_NORM: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    INTERLEAVE: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     req = tl.program_id(0)
@@ -166,16 +202,69 @@ def _decode_split_kernel(
     k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & old[None, :], other=0.0)
     v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=old[:, None] & dv_ok[None, :], other=0.0)
     pdl_wait(USE_PDL)
-    # The newest token's row, if this split's first tile holds it, read as one row after the wait.
     is_new = n_ok & (offs_n == newest)
-    holds_new = (newest >= lo) & (newest < lo + BLOCK_N) & (newest < hi)
-    new_slot = tl.load(kv_indices_ptr + kv_start + newest, mask=holds_new, other=0).to(tl.int64)
-    # (a split without it loads nothing: no column lies below a bound of 0)
-    k_new = tl.load(k_ptr + new_slot * stride_ks + kv_head * stride_kh + offs_dk, mask=offs_dk < tl.where(holds_new, k_dim, 0), other=0.0)
-    v_new = tl.load(v_ptr + new_slot * stride_vs + kv_head * stride_vh + offs_dv, mask=offs_dv < tl.where(holds_new, v_dim, 0), other=0.0)
+    if PROLOGUE:
+        # q, and the newest k and v row in the split that holds it, from the raw qkv projection
+        # (_decode_prologue_jit.py); that split also writes k and v to the cache for later steps.
+        holds_new = (newest >= lo) & (newest < hi)
+        q_row = q_ptr + req * stride_qn
+        k_row = k_src_ptr + req * stride_kn
+        cos_row = cos_ptr + req * stride_cos
+        sin_row = sin_ptr + req * stride_sin
+        q_inv = 1.0
+        k_inv = 1.0
+        if FULL_NORM:
+            q_inv = _norm_inv(
+                q_row, 0, num_q_heads, num_q_heads, k_dim, rot_half, eps, clip,
+                True, HAS_CLIP, INTERLEAVE, BLOCK_HQ, BLOCK_R, BLOCK_P,
+            )  # fmt: skip
+            k_inv = _norm_inv(
+                k_row, 0, tl.where(holds_new, num_kv_heads, 0), num_kv_heads, k_dim, rot_half, eps, clip,
+                True, HAS_CLIP, INTERLEAVE, BLOCK_HK, BLOCK_R, BLOCK_P,
+            )  # fmt: skip
+        if HEAD_NORM:
+            k_inv = tl.max(_norm_inv(
+                k_row, kv_head, tl.where(holds_new, kv_head + 1, 0), num_kv_heads, k_dim, rot_half, eps, clip,
+                False, HAS_CLIP, INTERLEAVE, 1, BLOCK_R, BLOCK_P,
+            ), axis=0)  # fmt: skip
+        # One query head at a time as a [BLOCK_DK] row (a group is 1 to 8 heads, a tile 16 rows), put in its row.
+        q = tl.zeros((BLOCK_H, BLOCK_DK), dtype=q_ptr.dtype.element_ty)
+        for member in tl.static_range(GROUP):
+            q_head = kv_head * GROUP + member
+            if HEAD_NORM:
+                q_inv = tl.max(_norm_inv(
+                    q_row, q_head, q_head + 1, num_q_heads, k_dim, rot_half, eps, clip,
+                    False, HAS_CLIP, INTERLEAVE, 1, BLOCK_R, BLOCK_P,
+                ), axis=0)  # fmt: skip
+            q_g = _prologue_head(
+                q_row, q_weight_ptr, q_head * k_dim, dk_ok, offs_dk, q_inv, cos_row, sin_row,
+                k_dim, rot_half, clip, FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE,
+            )  # fmt: skip
+            q = tl.where(offs_h[:, None] == member, q_g[None, :], q)
+        # (a split without the newest key loads nothing: no dim lies below a bound of 0)
+        new_dk = offs_dk < tl.where(holds_new, k_dim, 0)
+        new_dv = offs_dv < tl.where(holds_new, v_dim, 0)
+        k_new = _prologue_head(
+            k_row, k_weight_ptr, kv_head * k_dim, new_dk, offs_dk, k_inv, cos_row, sin_row,
+            k_dim, rot_half, clip, FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE,
+        ).to(k_ptr.dtype.element_ty)  # fmt: skip
+        v_new = tl.load(v_src_ptr + req * stride_vn + kv_head * v_dim + offs_dv, mask=new_dv, other=0.0)
+        if HAS_CLIP:
+            v_new = _clamp(v_new.to(tl.float32), clip).to(v_src_ptr.dtype.element_ty)
+        v_new = v_new.to(v_ptr.dtype.element_ty)
+        out_slot = tl.load(out_slots_ptr + req).to(tl.int64)
+        tl.store(k_ptr + out_slot * stride_ks + kv_head * stride_kh + offs_dk, k_new, mask=new_dk)
+        tl.store(v_ptr + out_slot * stride_vs + kv_head * stride_vh + offs_dv, v_new, mask=new_dv)
+    else:
+        # The newest token's row, if this split's first tile holds it, read as one row after the wait.
+        holds_new = (newest >= lo) & (newest < lo + BLOCK_N) & (newest < hi)
+        new_slot = tl.load(kv_indices_ptr + kv_start + newest, mask=holds_new, other=0).to(tl.int64)
+        # (a split without it loads nothing: no column lies below a bound of 0)
+        k_new = tl.load(k_ptr + new_slot * stride_ks + kv_head * stride_kh + offs_dk, mask=offs_dk < tl.where(holds_new, k_dim, 0), other=0.0)
+        v_new = tl.load(v_ptr + new_slot * stride_vs + kv_head * stride_vh + offs_dv, mask=offs_dv < tl.where(holds_new, v_dim, 0), other=0.0)
+        q = tl.load(q_ptr + req * stride_qn + head[:, None] * stride_qh + offs_dk[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
     k = tl.where(is_new[None, :], k_new[:, None], k)
     v = tl.where(is_new[:, None], v_new[None, :], v)
-    q = tl.load(q_ptr + req * stride_qn + head[:, None] * stride_qh + offs_dk[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
     q = q.to(k_ptr.dtype.element_ty)
 
     m_i = tl.full((BLOCK_H,), float("-inf"), dtype=tl.float32)
@@ -186,9 +275,17 @@ def _decode_split_kernel(
     for start in range(lo + BLOCK_N, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
-        slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
-        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & n_ok[None, :], other=0.0)
-        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        # Fused, the newest key comes from registers: its cache row is written by this launch.
+        old = n_ok
+        if PROLOGUE:
+            old = n_ok & (offs_n != newest)
+        slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=old, other=0).to(tl.int64)
+        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & old[None, :], other=0.0)
+        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=old[:, None] & dv_ok[None, :], other=0.0)
+        if PROLOGUE:
+            is_new = n_ok & (offs_n == newest)
+            k = tl.where(is_new[None, :], k_new[:, None], k)
+            v = tl.where(is_new[:, None], v_new[None, :], v)
         m_i, l_i, acc = _attend_tile(q, k, v, n_ok, m_i, l_i, acc, scale_log2)
 
     # Splits past the active ones hold no keys and write nothing: the merge reads the active ones only.
@@ -281,15 +378,54 @@ def decode_attention(
     ``fused_merge``: the last split of each (request, KV head) merges in the
     split launch; False merges in a second launch (same result, bit for bit).
     """
+    num_q_heads = q.shape[1]
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    return _decode(q, q.stride(1), num_q_heads, k_cache, v_cache, batch, scale, num_kv_splits, fused_merge, None)
+
+
+def decode_attention_prologue(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prologue: QKVPrologue,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    batch: ForwardBatch,
+    scale: float,
+    num_kv_splits: int | None = None,
+    fused_merge: bool = True,
+) -> torch.Tensor:
+    """``prologue.apply`` then decode_attention, in the split launch: q [B, Hq*D], k [B, Hkv*D], v [B, Hkv*Dv] raw.
+
+    Same bits as the two launches under the interpreter (same operations,
+    same roundings); k and v of each token land in its ``batch.out_slots`` row.
+    """
+    num_q_heads = check_qkv(q, k, v, prologue.q_norm_weight, prologue.k_norm_weight, prologue.norm, prologue.cos, prologue.sin, k_cache, v_cache)
+    return _decode(q, k_cache.shape[-1], num_q_heads, k_cache, v_cache, batch, scale, num_kv_splits, fused_merge, (k, v, prologue))
+
+
+def _decode(
+    q: torch.Tensor,
+    stride_qh: int,
+    num_q_heads: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    batch: ForwardBatch,
+    scale: float,
+    num_kv_splits: int | None,
+    fused_merge: bool,
+    fused: tuple[torch.Tensor, torch.Tensor, QKVPrologue] | None,
+) -> torch.Tensor:
+    """The split (and merge) launch over q's rows of ``num_q_heads`` heads ``stride_qh`` apart; ``fused``: raw k, v and the prologue."""
     if not batch.is_decode:
         raise ValueError("decode_attention takes one query token per request; use extend_attention")
-    num_reqs, num_q_heads, k_dim = q.shape
+    num_reqs, k_dim = q.shape[0], k_cache.shape[-1]
     num_kv_heads, v_dim = k_cache.shape[1], v_cache.shape[-1]
     if num_q_heads % num_kv_heads:
         raise ValueError(f"query heads ({num_q_heads}) must be a multiple of KV heads ({num_kv_heads})")
     group = num_q_heads // num_kv_heads
     splits = num_kv_splits or default_num_kv_splits(num_reqs, num_kv_heads, q.device)
-    q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
+    k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_cache, v_cache))
 
     part_out = torch.empty(num_reqs, num_q_heads, splits, v_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_reqs, num_q_heads, splits, dtype=torch.float32, device=q.device)
@@ -299,11 +435,12 @@ def decode_attention(
     block_n, block_s = 64 if block_dk <= 128 else 32, triton.next_power_of_2(splits)
     _decode_split_kernel[(num_reqs, num_kv_heads, splits)](
         q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, part_out, part_lse,
-        scale * LOG2_E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        scale * LOG2_E, q.stride(0), stride_qh, k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), num_q_heads, k_dim, v_dim, splits,
-        out, out.stride(0), out.stride(1), counts, MIN_SPLIT_TOKENS=block_n,
-        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        out, out.stride(0), out.stride(1), counts, *_prologue_args(q, num_kv_heads, k_dim, batch, fused),
+        MIN_SPLIT_TOKENS=block_n, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_DK=block_dk, BLOCK_DV=block_dv, FUSED_MERGE=fused_merge, BLOCK_S=block_s,
+        **_prologue_constexprs(num_q_heads, num_kv_heads, k_dim, fused),
         num_warps=4, num_stages=2, **pdl_args(q),
     )  # fmt: skip
     if not fused_merge:
@@ -312,3 +449,34 @@ def decode_attention(
             MIN_SPLIT_TOKENS=block_n, BLOCK_S=block_s, BLOCK_DV=block_dv, **pdl_args(q),
         )  # fmt: skip
     return out
+
+
+def _prologue_args(
+    q: torch.Tensor, num_kv_heads: int, k_dim: int, batch: ForwardBatch, fused: tuple[torch.Tensor, torch.Tensor, QKVPrologue] | None
+) -> tuple:
+    """The split kernel's prologue arguments, from k_src_ptr to clip (placeholders when there is no prologue)."""
+    if fused is None:
+        return (q, q, 0, 0, q, q, q, q, 0, 0, batch.out_slots, num_kv_heads, 0, 0.0, 0.0)
+    k, v, p = fused
+    q_weight = p.q_norm_weight if p.norm != "none" else q
+    k_weight = p.k_norm_weight if p.norm != "none" else k
+    return (
+        k, v, k.stride(0), v.stride(0), q_weight, k_weight, p.cos, p.sin, p.cos.stride(0), p.sin.stride(0),
+        batch.out_slots, num_kv_heads, p.cos.shape[-1], float(p.eps), 0.0 if p.clip is None else float(p.clip),
+    )  # fmt: skip
+
+
+def _prologue_constexprs(
+    num_q_heads: int, num_kv_heads: int, k_dim: int, fused: tuple[torch.Tensor, torch.Tensor, QKVPrologue] | None
+) -> dict[str, int | bool]:
+    """The split kernel's prologue constexprs: the prologue's modes and the tiles of its norm statistics."""
+    if fused is None:
+        return dict(PROLOGUE=False, FULL_NORM=False, HEAD_NORM=False, HAS_CLIP=False, INTERLEAVE=False,
+                    BLOCK_HQ=1, BLOCK_HK=1, BLOCK_R=1, BLOCK_P=1)  # fmt: skip
+    p = fused[2]
+    block_r, block_p = rotary_blocks(k_dim, p.cos.shape[-1])
+    return dict(
+        PROLOGUE=True, FULL_NORM=p.norm == "full", HEAD_NORM=p.norm == "per_head", HAS_CLIP=p.clip is not None,
+        INTERLEAVE=p.interleave, BLOCK_HQ=triton.next_power_of_2(num_q_heads),
+        BLOCK_HK=triton.next_power_of_2(num_kv_heads), BLOCK_R=block_r, BLOCK_P=block_p,
+    )  # fmt: skip

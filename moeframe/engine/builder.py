@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from moeframe.attention import set_decode_attention_merge, set_decode_kv_splits
+from moeframe.attention import set_decode_attention_merge, set_decode_attention_prologue, set_decode_kv_splits
 from moeframe.cache import CACHES, KVCache, KVPool
 from moeframe.config import resolve_device, resolve_dtype, validate
 from moeframe.engine.model_runner import ModelRunner
@@ -101,6 +101,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_fused_norm(cfg.runner.moe_norm_in_router)
     set_decode_kv_splits(cfg.runner.decode_kv_splits)
     set_decode_attention_merge(cfg.runner.decode_attention_merge)
+    set_decode_attention_prologue(cfg.runner.decode_attention_prologue)
     set_early_launch_norm(cfg.runner.early_launch_norm)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)

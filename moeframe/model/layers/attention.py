@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from moeframe.attention.qkv_prologue import prepare_qkv
+from moeframe.attention.qkv_prologue import QKVPrologue
 from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
@@ -67,14 +67,27 @@ class Attention(nn.Module):
         return norm_project(norm, self.qkv_proj, h, residual)
 
     def attend_qkv(self, qkv: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """Attention output [T, hidden] of the fused projection qkv [T, q + 2 kv]: prologue, attention, o_proj."""
+        """Attention output [T, hidden] of the fused projection qkv [T, q + 2 kv]: prologue, attention, o_proj.
+
+        On CUDA the prologue is one Triton launch (attention/qkv_prologue.py),
+        or part of the attention's own launch where the backend fuses it
+        (``runner.decode_attention_prologue``); the torch ops elsewhere.
+        """
         spec, n = self.spec, qkv.shape[0]
         q_out, kv_out = qkv_widths(spec)
         q, k, v = qkv.split([q_out, kv_out, kv_out], dim=-1)
         k_cache, v_cache = ctx.k_cache[self.layer_idx], ctx.v_cache[self.layer_idx]
-        prologue = self._prologue_fused if q.is_cuda else self._prologue_torch
-        q = prologue(q, k, v, positions, k_cache, v_cache, ctx.batch.out_slots)
-        out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
+        if not q.is_cuda:
+            q = self._prologue_torch(q, k, v, positions, k_cache, v_cache, ctx.batch.out_slots)
+            out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
+        elif spec.qk_norm == "full" and not isinstance(self.q_norm, RMSNorm):
+            # Tensor parallel: the norm spans ranks (tp_layers.ShardedRMSNorm all-reduces its
+            # sum of squares), so it runs before the prologue, which then clips and rotates.
+            prologue = self._qkv_prologue(positions, q.dtype, "none")
+            q = prologue.apply(self.q_norm(q), self.k_norm(k), v, k_cache, v_cache, ctx.batch.out_slots)
+            out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
+        else:
+            out = ctx.attend_prologue(q, k, v, self._qkv_prologue(positions, q.dtype, spec.qk_norm), self.layer_idx, self.scale)
         return project(self.o_proj, out.reshape(n, -1))
 
     def _prologue_torch(self, q, k, v, positions, k_cache, v_cache, out_slots) -> torch.Tensor:
@@ -95,18 +108,13 @@ class Attention(nn.Module):
         v_cache[out_slots] = v.to(v_cache.dtype)
         return q
 
-    def _prologue_fused(self, q, k, v, positions, k_cache, v_cache, out_slots) -> torch.Tensor:
-        """_prologue_torch in one Triton launch (attention/qkv_prologue.py) instead of ~8 kernels."""
-        norm, weights, eps = self.spec.qk_norm, (None, None), 0.0
-        if norm == "full" and not isinstance(self.q_norm, RMSNorm):
-            # Tensor parallel: the norm spans ranks (tp_layers.ShardedRMSNorm all-reduces its
-            # sum of squares), so it runs before the kernel, which then clips and rotates.
-            q, k, norm = self.q_norm(q), self.k_norm(k), "none"
+    def _qkv_prologue(self, positions: torch.Tensor, dtype: torch.dtype, norm: str) -> QKVPrologue:
+        """_prologue_torch's settings for the Triton prologue (qkv_prologue.py), with the q/k norm ``norm``."""
+        weights, eps = (None, None), 0.0
         if norm != "none":
             weights, eps = (self.q_norm.weight, self.k_norm.weight), self.q_norm.eps
-        cos, sin = self.rotary.cos_sin(positions, q.dtype)
-        return prepare_qkv(
-            q, k, v, q_norm_weight=weights[0], k_norm_weight=weights[1], norm=norm, eps=eps,
-            clip=self.spec.clip_qkv, cos=cos, sin=sin, interleave=self.rotary.interleave,
-            k_cache=k_cache, v_cache=v_cache, out_slots=out_slots,
+        cos, sin = self.rotary.cos_sin(positions, dtype)
+        return QKVPrologue(
+            q_norm_weight=weights[0], k_norm_weight=weights[1], norm=norm, eps=eps, clip=self.spec.clip_qkv,
+            cos=cos, sin=sin, interleave=self.rotary.interleave,
         )  # fmt: skip

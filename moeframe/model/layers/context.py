@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moeframe.attention import AttendFn
+from moeframe.attention import AttendFn, QKVPrologue, attend_with_prologue
 from moeframe.attention.batch import ForwardBatch
 
 
@@ -16,3 +16,11 @@ class ForwardContext:
     k_cache: list[torch.Tensor]  # per layer [S, Hkv, Dk]
     v_cache: list[torch.Tensor]  # per layer [S, Hkv, Dv]
     attend: AttendFn
+
+    def attend_prologue(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prologue: QKVPrologue, layer_idx: int, scale: float
+    ) -> torch.Tensor:
+        """Layer ``layer_idx``'s attention of raw q/k/v rows: the prologue (k and v written at the batch's out
+        slots), then attention; one launch where the backend fuses them (attention.attend_with_prologue)."""
+        k_cache, v_cache = self.k_cache[layer_idx], self.v_cache[layer_idx]
+        return attend_with_prologue(self.attend, q, k, v, prologue, k_cache, v_cache, self.batch, scale)
