@@ -57,9 +57,49 @@ def _norm_inv(
 
 
 @triton.jit
+def _pair_dims(d, rot_half, INTERLEAVE: tl.constexpr):
+    """(rotary pair of output dim d, the input dim d takes, its partner's, d rotates, d is in the first half)."""
+    first = d < rot_half
+    rotated = d < 2 * rot_half
+    pair = tl.where(first, d, d - rot_half)
+    if INTERLEAVE:
+        src1 = 2 * pair
+        src2 = src1 + 1
+    else:
+        src1 = pair
+        src2 = pair + rot_half
+    src_a = tl.where(rotated, tl.where(first, src1, src2), d)
+    src_b = tl.where(first, src2, src1)
+    return pair, src_a, src_b, rotated, first
+
+
+@triton.jit
+def _head_weights(
+    w_ptr, row, ok, d, head_dim, rot_half, FULL_NORM: tl.constexpr, HEAD_NORM: tl.constexpr, INTERLEAVE: tl.constexpr
+):
+    """The norm weights _prologue_head multiplies output dims ``d`` and their partners by, in float32 (zeros
+    without a norm, when w_ptr is a placeholder).
+
+    Weights, not activations: a kernel may load them before its PDL wait.
+    ``row``: the head's first element in a full norm's weight, ignored per head.
+    """
+    _, src_a, src_b, rotated, _ = _pair_dims(d, rot_half, INTERLEAVE)
+    wa = tl.zeros(d.shape, dtype=tl.float32)
+    wb = tl.zeros(d.shape, dtype=tl.float32)
+    if FULL_NORM:
+        wa = tl.load(w_ptr + row + src_a, mask=ok & (d < head_dim), other=0.0).to(tl.float32)
+        wb = tl.load(w_ptr + row + src_b, mask=ok & rotated, other=0.0).to(tl.float32)
+    if HEAD_NORM:
+        wa = tl.load(w_ptr + src_a, mask=ok & (d < head_dim), other=0.0).to(tl.float32)
+        wb = tl.load(w_ptr + src_b, mask=ok & rotated, other=0.0).to(tl.float32)
+    return wa, wb
+
+
+@triton.jit
 def _prologue_head(
     src_ptr,
-    w_ptr,
+    wa,
+    wb,
     row,
     ok,
     d,
@@ -76,36 +116,23 @@ def _prologue_head(
 ):
     """Output dims ``d`` of the heads starting at ``row`` (elements into src_ptr's token row), normed, clipped
     and rotated, rounded to src's dtype; 0 where ``ok`` is false. ``inv``: the full norm's scalar or the
-    per-head norm's values, broadcastable against ``d``."""
+    per-head norm's values, broadcastable against ``d``; ``wa``, ``wb``: the norm's weights (_head_weights)."""
     dtype = src_ptr.dtype.element_ty
-    first = d < rot_half
-    rotated = d < 2 * rot_half
-    pair = tl.where(first, d, d - rot_half)
-    if INTERLEAVE:
-        src1 = 2 * pair
-        src2 = src1 + 1
-    else:
-        src1 = pair
-        src2 = pair + rot_half
-    src_a = tl.where(rotated, tl.where(first, src1, src2), d)
-    src_b = tl.where(first, src2, src1)
+    pair, src_a, src_b, rotated, first = _pair_dims(d, rot_half, INTERLEAVE)
     ok_a = ok & (d < head_dim)
     ok_b = ok & rotated
     a = tl.load(src_ptr + row + src_a, mask=ok_a, other=0.0).to(tl.float32)
     b = tl.load(src_ptr + row + src_b, mask=ok_b, other=0.0).to(tl.float32)
     # The order of Attention.forward: full norm, clip, per-head norm, rotary.
     if FULL_NORM:
-        a = _normed(a, inv, tl.load(w_ptr + row + src_a, mask=ok_a, other=0.0).to(tl.float32), dtype)
-        b = _normed(b, inv, tl.load(w_ptr + row + src_b, mask=ok_b, other=0.0).to(tl.float32), dtype)
+        a, b = _normed(a, inv, wa, dtype), _normed(b, inv, wb, dtype)
     if HAS_CLIP:
         a, b = _clamp(a, clip), _clamp(b, clip)
     if HEAD_NORM:
-        a = _normed(a, inv, tl.load(w_ptr + src_a, mask=ok_a, other=0.0).to(tl.float32), dtype)
-        b = _normed(b, inv, tl.load(w_ptr + src_b, mask=ok_b, other=0.0).to(tl.float32), dtype)
+        a, b = _normed(a, inv, wa, dtype), _normed(b, inv, wb, dtype)
     c = tl.load(cos_ptr + pair, mask=ok_b, other=0.0).to(tl.float32)
     s = tl.load(sin_ptr + pair, mask=ok_b, other=0.0).to(tl.float32)
     ac = a * c
     bs = b * s
     out = tl.where(rotated, tl.where(first, ac - bs, ac + bs), a)
     return out.to(dtype)
-

@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moeframe.attention._decode_prologue_jit import _norm_inv, _prologue_head
+from moeframe.attention._decode_prologue_jit import _head_weights, _norm_inv, _prologue_head
 from moeframe.attention._qkv_prologue_kernels import _clamp
 from moeframe.attention.batch import ForwardBatch
 from moeframe.attention.qkv_prologue import QKVPrologue, check_qkv, rotary_blocks
@@ -201,12 +201,20 @@ def _decode_split_kernel(
     slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=n_ok, other=0).to(tl.int64)
     k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & old[None, :], other=0.0)
     v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=old[:, None] & dv_ok[None, :], other=0.0)
+    if PROLOGUE:
+        # The split holding the newest key (anywhere in its range) computes its k and v; the norm weights
+        # of that k head and of the group's first query head are loaded before the wait.
+        holds_new = (newest >= lo) & (newest < hi)
+        # (a split without the newest key loads nothing: no dim lies below a bound of 0)
+        new_dk = offs_dk < tl.where(holds_new, k_dim, 0)
+        new_dv = offs_dv < tl.where(holds_new, v_dim, 0)
+        wk_a, wk_b = _head_weights(k_weight_ptr, kv_head * k_dim, new_dk, offs_dk, k_dim, rot_half, FULL_NORM, HEAD_NORM, INTERLEAVE)
+        wq_a, wq_b = _head_weights(q_weight_ptr, kv_head * GROUP * k_dim, dk_ok, offs_dk, k_dim, rot_half, FULL_NORM, HEAD_NORM, INTERLEAVE)
     pdl_wait(USE_PDL)
     is_new = n_ok & (offs_n == newest)
     if PROLOGUE:
         # q, and the newest k and v row in the split that holds it, from the raw qkv projection
         # (_decode_prologue_jit.py); that split also writes k and v to the cache for later steps.
-        holds_new = (newest >= lo) & (newest < hi)
         q_row = q_ptr + req * stride_qn
         k_row = k_src_ptr + req * stride_kn
         cos_row = cos_ptr + req * stride_cos
@@ -236,16 +244,15 @@ def _decode_split_kernel(
                     q_row, q_head, q_head + 1, num_q_heads, k_dim, rot_half, eps, clip,
                     False, HAS_CLIP, INTERLEAVE, 1, BLOCK_R, BLOCK_P,
                 ), axis=0)  # fmt: skip
+            if member > 0:
+                wq_a, wq_b = _head_weights(q_weight_ptr, q_head * k_dim, dk_ok, offs_dk, k_dim, rot_half, FULL_NORM, HEAD_NORM, INTERLEAVE)
             q_g = _prologue_head(
-                q_row, q_weight_ptr, q_head * k_dim, dk_ok, offs_dk, q_inv, cos_row, sin_row,
+                q_row, wq_a, wq_b, q_head * k_dim, dk_ok, offs_dk, q_inv, cos_row, sin_row,
                 k_dim, rot_half, clip, FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE,
             )  # fmt: skip
             q = tl.where(offs_h[:, None] == member, q_g[None, :], q)
-        # (a split without the newest key loads nothing: no dim lies below a bound of 0)
-        new_dk = offs_dk < tl.where(holds_new, k_dim, 0)
-        new_dv = offs_dv < tl.where(holds_new, v_dim, 0)
         k_new = _prologue_head(
-            k_row, k_weight_ptr, kv_head * k_dim, new_dk, offs_dk, k_inv, cos_row, sin_row,
+            k_row, wk_a, wk_b, kv_head * k_dim, new_dk, offs_dk, k_inv, cos_row, sin_row,
             k_dim, rot_half, clip, FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE,
         ).to(k_ptr.dtype.element_ty)  # fmt: skip
         v_new = tl.load(v_src_ptr + req * stride_vn + kv_head * v_dim + offs_dv, mask=new_dv, other=0.0)
