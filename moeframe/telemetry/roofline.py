@@ -1,8 +1,10 @@
 """Roofline bounds of a decode step and a prefill, from a model's shapes.
 
-Decode is bound by memory: a step must read every non-expert weight once,
-the experts its batch routes to (expected distinct experts of E when b
-tokens each pick k uniformly: E * (1 - (1 - k/E)^b)), and each request's KV.
+Decode is bound by memory: a step must read every non-expert weight once
+but the embedding table, of which it reads its tokens' rows (the lm_head's
+matrix is read whole, tied to the embedding or not), the experts its batch
+routes to (expected distinct experts of E when b tokens each pick k
+uniformly: E * (1 - (1 - k/E)^b)), and each request's KV.
 Prefill is bound by compute: 2 FLOPs per active parameter per token, plus
 causal attention's QK^T and PV.
 """
@@ -17,7 +19,7 @@ from moeframe.model.spec import ModelSpec
 
 @dataclass(frozen=True)
 class ModelBytes:
-    dense_params: int  # everything but routed experts
+    dense_params: int  # everything but routed experts: the embedding table and the lm_head's matrix each counted once
     expert_params_per_layer: int  # one routed expert's parameters
     num_sparse_layers: int
     element_size: int
@@ -44,7 +46,8 @@ def kv_bytes_per_token(spec: ModelSpec, element_size: int) -> int:
 def decode_step_bytes(spec: ModelSpec, sizes: ModelBytes, batch: int, context: int) -> float:
     """Bytes one decode step of ``batch`` requests of ``context`` tokens must read."""
     touched = expected_experts_touched(spec.moe.num_experts, spec.moe.top_k, batch) if spec.is_moe else 0.0
-    weights = sizes.dense_params + touched * sizes.num_sparse_layers * sizes.expert_params_per_layer
+    embedding_rows_not_read = (spec.vocab_size - min(batch, spec.vocab_size)) * spec.hidden_size
+    weights = sizes.dense_params - embedding_rows_not_read + touched * sizes.num_sparse_layers * sizes.expert_params_per_layer
     return weights * sizes.element_size + batch * context * kv_bytes_per_token(spec, sizes.element_size)
 
 
