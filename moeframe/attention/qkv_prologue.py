@@ -114,7 +114,6 @@ def rotary_blocks(head_dim: int, rot_half: int) -> tuple[int, int]:
 
 
 def prepare_qkv(
-
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
