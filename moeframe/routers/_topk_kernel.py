@@ -63,16 +63,19 @@ def softmax_topk_rows(
 
     slots = tl.arange(0, BLOCK_K)
     topk_ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int64)
+    # the unbiased probability of each pick: its exp taken from the registers (a sum of it and zeros), not
+    # reloaded from the logits in memory, which would put a round trip to L2 on the router's critical path
+    picked_exp = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
     for i in range(k):
         best = tl.max(keys, axis=1)
         picked = BLOCK_E - 1 - (best & ID_MASK)
+        is_picked = cols[None, :] == picked[:, None]
         topk_ids = tl.where(slots[None, :] == i, picked[:, None], topk_ids)
-        keys = tl.where(cols[None, :] == picked[:, None], TAKEN, keys)
+        picked_exp = tl.where(slots[None, :] == i, tl.sum(tl.where(is_picked, exp, 0.0), axis=1)[:, None], picked_exp)
+        keys = tl.where(is_picked, TAKEN, keys)
 
-    # the unbiased probability of each pick, recomputed from its logit with the same ops
     slot_ok = row_ok[:, None] & (slots < k)[None, :]
-    picked_logits = tl.load(row_ptr[:, None] + topk_ids, mask=slot_ok, other=float("-inf"))
-    weights = tl.exp(picked_logits - row_max[:, None]) / denom[:, None]
+    weights = picked_exp / denom[:, None]
     if RENORMALIZE:
         weights = weights / tl.where(row_ok, tl.sum(weights, axis=1), 1.0)[:, None]
     weights = weights * scale
