@@ -65,8 +65,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from moeframe.model.layers._early_norm_kernel import topk_add_rms_norm_kernel as kernel
 names = kernel.arg_names
-sig = {n: ("*bf16" if n.endswith("_ptr") else "fp32" if n == "eps" else "i32") for n in names[:15]} | {n: "constexpr" for n in names[15:]}
-src = ASTSource(fn=kernel, signature=sig, constexprs=dict(HAS_ADDEND=False, BLOCK_H=2048, USE_PDL=True))
+sig = {n: ("*bf16" if n.endswith("_ptr") else "fp32" if n == "eps" else "i32") for n in names[:14]} | {n: "constexpr" for n in names[14:]}
+src = ASTSource(fn=kernel, signature=sig, constexprs=dict(TOP_K=8, HAS_ADDEND=False, BLOCK_H=2048, USE_PDL=True))
 ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 4}).asm["ptx"]
 print(ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait") < ptx.index("ld.global"))
 """

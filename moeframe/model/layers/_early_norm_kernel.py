@@ -33,7 +33,6 @@ def topk_add_rms_norm_kernel(
     norm_w_ptr,
     normed_ptr,
     total_ptr,
-    top_k,
     hidden,
     eps,
     stride_pt,
@@ -42,6 +41,7 @@ def topk_add_rms_norm_kernel(
     stride_rt,
     stride_nt,
     stride_tt,
+    TOP_K: tl.constexpr,
     HAS_ADDEND: tl.constexpr,
     BLOCK_H: tl.constexpr,
     USE_PDL: tl.constexpr,
@@ -54,7 +54,8 @@ def topk_add_rms_norm_kernel(
     cols, mask = offs[None, :], col_ok[None, :]
     dtype = res_ptr.dtype.element_ty
     acc = tl.zeros([1, BLOCK_H], dtype=tl.float32)
-    for j in range(top_k):
+    # unrolled: the k row loads are independent and issue together, where a loop would wait on each in turn
+    for j in tl.static_range(TOP_K):
         acc += tl.load(parts_ptr + row * stride_pt + j * stride_pk + cols, mask=mask, other=0.0).to(tl.float32)
     moe_out = acc.to(dtype)
     if HAS_ADDEND:

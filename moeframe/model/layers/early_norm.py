@@ -68,9 +68,9 @@ def topk_add_rms_norm(
         return normed, total
     extra = residual if addend is None else addend
     _kernels().topk_add_rms_norm_kernel[(num_tokens,)](
-        parts, extra, residual, weight, normed, total, top_k, hidden, float(eps),
+        parts, extra, residual, weight, normed, total, hidden, float(eps),
         parts.stride(0), parts.stride(1), extra.stride(0), residual.stride(0), normed.stride(0), total.stride(0),
-        HAS_ADDEND=addend is not None, BLOCK_H=1 << max(hidden - 1, 0).bit_length(),
+        TOP_K=top_k, HAS_ADDEND=addend is not None, BLOCK_H=1 << max(hidden - 1, 0).bit_length(),
         num_warps=4 if hidden <= 4096 else 8, **pdl_args(parts),
     )  # fmt: skip
     return normed, total
