@@ -26,6 +26,61 @@ from moeframe.gpu._pdl_jit import pdl_wait
 
 
 @triton.jit
+def down_weight_tile(
+    w2_ptr,
+    topk_ids_ptr,
+    assignment,
+    tile_n,
+    hidden,
+    inter,
+    num_experts,
+    stride_we,
+    stride_wn,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The expert id and ``[BLOCK_N, BLOCK_K]`` weight tile of one assignment: (tile, routed); no weight loaded if dropped."""
+    rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_K)
+    col_ok = cols < inter
+    expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
+    routed = (expert >= 0) & (expert < num_experts)
+    expert = tl.where(routed, expert, 0)
+    w_ptrs = w2_ptr + expert.to(tl.int64) * stride_we + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
+    # a dropped assignment (routed false) loads no weight: no row is below a limit of 0
+    load_rows = rows < tl.where(routed, hidden, 0)
+    w = tl.load(w_ptrs, mask=load_rows[:, None] & col_ok[None, :], other=0.0)
+    return w, routed
+
+
+@triton.jit
+def down_store_tile(
+    act_ptr,
+    out_ptr,
+    weights_ptr,
+    w,
+    routed,
+    assignment,
+    tile_n,
+    hidden,
+    inter,
+    stride_am,
+    stride_om,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """out rows of one assignment from its loaded weight tile, its act row and routing weight; zeros if dropped."""
+    rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_K)
+    col_ok = cols < inter
+    x = tl.load(act_ptr + assignment.to(tl.int64) * stride_am + cols, mask=col_ok, other=0.0).to(tl.float32)
+    weight = tl.load(weights_ptr + assignment)
+    acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * weight
+    acc = tl.where(routed, acc, 0.0)
+    tl.store(out_ptr + assignment.to(tl.int64) * stride_om + rows, acc.to(out_ptr.dtype.element_ty), mask=rows < hidden)
+
+
+@triton.jit
 def down_prefetch_kernel(
     act_ptr,
     w2_ptr,
@@ -44,20 +99,11 @@ def down_prefetch_kernel(
     USE_PDL: tl.constexpr,
 ):
     assignment = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_K)
-    row_ok = rows < hidden
-    col_ok = cols < inter
-    expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
-    routed = (expert >= 0) & (expert < num_experts)
-    expert = tl.where(routed, expert, 0)
-    w_ptrs = w2_ptr + expert.to(tl.int64) * stride_we + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
-    # a dropped assignment (routed false) loads no weight: no row is below a limit of 0
-    load_rows = rows < tl.where(routed, hidden, 0)
-    w = tl.load(w_ptrs, mask=load_rows[:, None] & col_ok[None, :], other=0.0)
+    tile_n = tl.program_id(1)
+    w, routed = down_weight_tile(
+        w2_ptr, topk_ids_ptr, assignment, tile_n, hidden, inter, num_experts, stride_we, stride_wn, BLOCK_N, BLOCK_K
+    )
     pdl_wait(USE_PDL)
-    x = tl.load(act_ptr + assignment.to(tl.int64) * stride_am + cols, mask=col_ok, other=0.0).to(tl.float32)
-    weight = tl.load(weights_ptr + assignment)
-    acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * weight
-    acc = tl.where(routed, acc, 0.0)
-    tl.store(out_ptr + assignment.to(tl.int64) * stride_om + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+    down_store_tile(
+        act_ptr, out_ptr, weights_ptr, w, routed, assignment, tile_n, hidden, inter, stride_am, stride_om, BLOCK_N, BLOCK_K
+    )

@@ -27,6 +27,44 @@ from moeframe.gpu._pdl_jit import pdl_wait
 
 
 @triton.jit
+def gate_up_gemv_tile(
+    x_ptr,
+    w13_ptr,
+    act_ptr,
+    topk_ids_ptr,
+    assignment,
+    tile_n,
+    top_k,
+    hidden,
+    inter,
+    num_experts,
+    stride_xm,
+    stride_we,
+    stride_wn,
+    stride_am,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Rows ``tile_n * BLOCK_N ..`` of act for one assignment; nothing where it is dropped (also the one-launch kernel's gate/up tile)."""
+    rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_K)
+    expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
+    if (expert >= 0) & (expert < num_experts):
+        row_ok = rows < inter
+        col_ok = cols < hidden
+        mask = row_ok[:, None] & col_ok[None, :]
+        gate_ptrs = w13_ptr + expert.to(tl.int64) * stride_we + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
+        gate_w = tl.load(gate_ptrs, mask=mask, other=0.0)
+        up_w = tl.load(gate_ptrs + inter * stride_wn, mask=mask, other=0.0)
+        token = assignment // top_k
+        x = tl.load(x_ptr + token.to(tl.int64) * stride_xm + cols, mask=col_ok, other=0.0).to(tl.float32)
+        gate = tl.sum(gate_w.to(tl.float32) * x[None, :], axis=1)
+        up = tl.sum(up_w.to(tl.float32) * x[None, :], axis=1)
+        act = gate * tl.sigmoid(gate) * up
+        tl.store(act_ptr + assignment.to(tl.int64) * stride_am + rows, act.to(act_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
 def gate_up_gemv_kernel(
     x_ptr,
     w13_ptr,
@@ -45,21 +83,7 @@ def gate_up_gemv_kernel(
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
-    assignment = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_K)
-    expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
-    if (expert < 0) | (expert >= num_experts):
-        return
-    row_ok = rows < inter
-    col_ok = cols < hidden
-    mask = row_ok[:, None] & col_ok[None, :]
-    gate_ptrs = w13_ptr + expert.to(tl.int64) * stride_we + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
-    gate_w = tl.load(gate_ptrs, mask=mask, other=0.0)
-    up_w = tl.load(gate_ptrs + inter * stride_wn, mask=mask, other=0.0)
-    token = assignment // top_k
-    x = tl.load(x_ptr + token.to(tl.int64) * stride_xm + cols, mask=col_ok, other=0.0).to(tl.float32)
-    gate = tl.sum(gate_w.to(tl.float32) * x[None, :], axis=1)
-    up = tl.sum(up_w.to(tl.float32) * x[None, :], axis=1)
-    act = gate * tl.sigmoid(gate) * up
-    tl.store(act_ptr + assignment.to(tl.int64) * stride_am + rows, act.to(act_ptr.dtype.element_ty), mask=row_ok)
+    gate_up_gemv_tile(
+        x_ptr, w13_ptr, act_ptr, topk_ids_ptr, tl.program_id(0), tl.program_id(1), top_k, hidden, inter, num_experts,
+        stride_xm, stride_we, stride_wn, stride_am, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
