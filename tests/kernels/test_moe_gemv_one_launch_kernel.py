@@ -3,7 +3,10 @@
 Under the interpreter programs run one after another, so each down tile's
 spin finds its gate/up tiles done; what these tests check there is the tile
 arithmetic, dropped assignments and that the counters return to zero. The
-sm_90 compile check shows what the waits become on an H100.
+sm_90 compile check shows what the waits become on an H100. Compiled on a
+GPU, the launch's num_warps and down tile differ from the two kernels', and
+so may the order of a row's float32 sum: there the results are compared
+within rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ def one_launch(x, w13, w2, flat_ids, weights, top_k, counters) -> tuple[torch.Te
     return act, out
 
 
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit for bit under the interpreter; within float32-sum rounding where compiled (NaN rows in the same places)."""
+    if actual.device.type == "cuda":
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=2e-3, equal_nan=True)
+    else:
+        assert torch.equal(actual.isnan(), expected.isnan())
+        assert torch.equal(actual.nan_to_num(0.0), expected.nan_to_num(0.0))
+
+
 def zero_counters(num_assignments: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(counter_elements(num_assignments), dtype=torch.int32, device=device)
 
@@ -64,9 +76,8 @@ def test_one_launch_equals_the_two_launches_bitwise_with_dropped_assignments(dev
     counters = zero_counters(num_tokens * top_k, device)
     act, out = one_launch(*inputs, top_k, counters)
     act_ref, out_ref = two_launches(*inputs, top_k)
-    assert torch.equal(act.isnan(), act_ref.isnan())  # dropped rows untouched by both
-    assert torch.equal(act.nan_to_num(0.0), act_ref.nan_to_num(0.0))
-    assert torch.equal(out, out_ref)
+    assert_same(act, act_ref)  # dropped rows (NaN) untouched by both
+    assert_same(out, out_ref)
     assert not torch.any(counters)
 
 
@@ -84,7 +95,7 @@ def test_counters_sized_for_more_assignments_serve_a_smaller_launch(device):
     inputs = [t.to(device) for t in launch_inputs(1, 3, 48, 600, torch.float16, seed=2)]
     counters = zero_counters(16, device)
     act, out = one_launch(*inputs, 3, counters)
-    assert torch.equal(out, two_launches(*inputs, 3)[1])
+    assert_same(out, two_launches(*inputs, 3)[1])
     assert not torch.any(counters)
 
 
@@ -97,7 +108,7 @@ def test_dropped_and_out_of_range_experts_write_zero_rows_and_leave_act_untouche
     act, out = one_launch(*inputs, 2, counters)
     assert torch.all(act[[0, 1, 3]].isnan())
     assert torch.equal(out[[0, 1, 3]].cpu(), torch.zeros(3, 600))
-    assert torch.equal(out, two_launches(*inputs, 2)[1])
+    assert_same(out, two_launches(*inputs, 2)[1])
     assert not torch.any(counters)
 
 
@@ -135,7 +146,7 @@ def test_the_experts_switch_reaches_the_one_launch_kernel_and_equals_the_default
     default = EXPERTS.build({"name": "triton", "use_tuned_configs": False})
     for num_tokens in (1, 2, 1):
         hidden, w13, w2, plan = routed(num_tokens, seed=num_tokens, device=device)
-        assert torch.equal(one.forward(hidden, w13, w2, plan), default.forward(hidden, w13, w2, plan))
+        assert_same(one.forward(hidden, w13, w2, plan), default.forward(hidden, w13, w2, plan))
     # one launch per call at T <= 2 (3 assignments a token), through the component's counters, sized for T = 2
     assert launched == [(3, 14), (6, 14), (3, 14)]
 
