@@ -12,9 +12,10 @@ import subprocess
 import sys
 
 
-def compile_for_sm90(script: str) -> str:
-    """The standard output of ``script``, run by this Python without TRITON_INTERPRET; fails the test if it fails."""
+def compile_for_sm90(script: str, *args: str) -> str:
+    """The standard output of ``script`` (``args`` in its sys.argv[1:]), run by this Python without TRITON_INTERPRET;
+    fails the test if it fails."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

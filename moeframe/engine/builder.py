@@ -23,6 +23,7 @@ from moeframe.engine.model_runner import ModelRunner
 from moeframe.engine.policies import SCHEDULERS
 from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
+from moeframe.gpu.l2_prefetch import set_l2_prefetch
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.early_norm import set_early_launch_norm
@@ -103,6 +104,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_decode_attention_merge(cfg.runner.decode_attention_merge)
     set_decode_attention_prologue(cfg.runner.decode_attention_prologue)
     set_early_launch_norm(cfg.runner.early_launch_norm)
+    set_l2_prefetch(cfg.runner.l2_prefetch)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)

@@ -40,8 +40,12 @@ def down_weight_tile(
     stride_wn,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    WEIGHT_EVICT: tl.constexpr,
 ):
-    """The expert id and ``[BLOCK_N, BLOCK_K]`` weight tile of one assignment: (tile, routed); no weight loaded if dropped."""
+    """The expert id and ``[BLOCK_N, BLOCK_K]`` weight tile of one assignment: (tile, routed); no weight loaded if dropped.
+
+    ``WEIGHT_EVICT``: the weight loads' L2 eviction policy (moeframe/gpu/l2_prefetch.py; "" for the default).
+    """
     rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     col_ok = cols < inter
@@ -51,7 +55,7 @@ def down_weight_tile(
     w_ptrs = w2_ptr + expert.to(tl.int64) * stride_we + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
     # a dropped assignment (routed false) loads no weight: no row is below a limit of 0
     load_rows = rows < tl.where(routed, hidden, 0)
-    w = tl.load(w_ptrs, mask=load_rows[:, None] & col_ok[None, :], other=0.0)
+    w = tl.load(w_ptrs, mask=load_rows[:, None] & col_ok[None, :], other=0.0, eviction_policy=WEIGHT_EVICT)
     return w, routed
 
 
@@ -98,13 +102,15 @@ def down_prefetch_kernel(
     stride_om,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    WEIGHT_EVICT: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     assignment = tl.program_id(0)
     tile_n = tl.program_id(1)
     w, routed = down_weight_tile(
-        w2_ptr, topk_ids_ptr, assignment, tile_n, hidden, inter, num_experts, stride_we, stride_wn, BLOCK_N, BLOCK_K
-    )
+        w2_ptr, topk_ids_ptr, assignment, tile_n, hidden, inter, num_experts, stride_we, stride_wn, BLOCK_N, BLOCK_K,
+        WEIGHT_EVICT,
+    )  # fmt: skip
     pdl_wait(USE_PDL)
     down_store_tile(
         act_ptr, out_ptr, weights_ptr, w, routed, assignment, tile_n, hidden, inter, stride_am, stride_om, BLOCK_N, BLOCK_K

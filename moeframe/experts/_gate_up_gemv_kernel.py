@@ -45,8 +45,12 @@ def gate_up_gemv_tile(
     stride_am,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    WEIGHT_EVICT: tl.constexpr,
 ):
-    """Rows ``tile_n * BLOCK_N ..`` of act for one assignment; nothing where it is dropped (also the one-launch kernel's gate/up tile)."""
+    """Rows ``tile_n * BLOCK_N ..`` of act for one assignment; nothing where it is dropped (also the one-launch kernel's gate/up tile).
+
+    ``WEIGHT_EVICT``: the weight loads' L2 eviction policy (moeframe/gpu/l2_prefetch.py; "" for the default).
+    """
     rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
@@ -55,8 +59,8 @@ def gate_up_gemv_tile(
         col_ok = cols < hidden
         mask = row_ok[:, None] & col_ok[None, :]
         gate_ptrs = w13_ptr + expert.to(tl.int64) * stride_we + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
-        gate_w = tl.load(gate_ptrs, mask=mask, other=0.0)
-        up_w = tl.load(gate_ptrs + inter * stride_wn, mask=mask, other=0.0)
+        gate_w = tl.load(gate_ptrs, mask=mask, other=0.0, eviction_policy=WEIGHT_EVICT)
+        up_w = tl.load(gate_ptrs + inter * stride_wn, mask=mask, other=0.0, eviction_policy=WEIGHT_EVICT)
         token = assignment // top_k
         x = tl.load(x_ptr + token.to(tl.int64) * stride_xm + cols, mask=col_ok, other=0.0).to(tl.float32)
         gate = tl.sum(gate_w.to(tl.float32) * x[None, :], axis=1)
@@ -81,10 +85,11 @@ def gate_up_gemv_kernel(
     stride_am,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    WEIGHT_EVICT: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
     gate_up_gemv_tile(
         x_ptr, w13_ptr, act_ptr, topk_ids_ptr, tl.program_id(0), tl.program_id(1), top_k, hidden, inter, num_experts,
-        stride_xm, stride_we, stride_wn, stride_am, BLOCK_N, BLOCK_K,
+        stride_xm, stride_we, stride_wn, stride_am, BLOCK_N, BLOCK_K, WEIGHT_EVICT,
     )  # fmt: skip

@@ -72,6 +72,7 @@ def moe_gemv_one_launch_kernel(
     BLOCK_K_GATE: tl.constexpr,
     BLOCK_N_DOWN: tl.constexpr,
     BLOCK_K_DOWN: tl.constexpr,
+    WEIGHT_EVICT: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
@@ -83,7 +84,7 @@ def moe_gemv_one_launch_kernel(
         assignment = tile // gate_tiles
         gate_up_gemv_tile(
             x_ptr, w13_ptr, act_ptr, topk_ids_ptr, assignment, tile % gate_tiles, top_k, hidden, inter, num_experts,
-            stride_xm, stride_w13e, stride_w13n, stride_am, BLOCK_N_GATE, BLOCK_K_GATE,
+            stride_xm, stride_w13e, stride_w13n, stride_am, BLOCK_N_GATE, BLOCK_K_GATE, WEIGHT_EVICT,
         )  # fmt: skip
         # every thread's act stores come before the release below
         tl.debug_barrier()
@@ -93,7 +94,7 @@ def moe_gemv_one_launch_kernel(
         tile_n = (tile - all_gate_tiles) % down_tiles
         w, routed = down_weight_tile(
             w2_ptr, topk_ids_ptr, assignment, tile_n, hidden, inter, num_experts, stride_w2e, stride_w2n,
-            BLOCK_N_DOWN, BLOCK_K_DOWN,
+            BLOCK_N_DOWN, BLOCK_K_DOWN, WEIGHT_EVICT,
         )  # fmt: skip
         ready = tl.atomic_add(ready_ptr + assignment, 0, sem="acquire", scope="gpu")
         while ready < gate_tiles:

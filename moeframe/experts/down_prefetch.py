@@ -16,6 +16,7 @@ from types import ModuleType
 import torch
 import triton
 
+from moeframe.gpu.l2_prefetch import weight_eviction
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
 
@@ -54,5 +55,6 @@ def run_down_prefetch(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor
     _kernels().down_prefetch_kernel[grid](
         act, w2, out, weights, flat_ids, hidden, inter, num_experts,
         act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8 if block_n * block_k >= 8192 else 4, **pdl_args(act),
+        BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(act), num_warps=8 if block_n * block_k >= 8192 else 4,
+        **pdl_args(act),
     )  # fmt: skip

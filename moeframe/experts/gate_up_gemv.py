@@ -14,6 +14,7 @@ from types import ModuleType
 import torch
 import triton
 
+from moeframe.gpu.l2_prefetch import weight_eviction
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
 
@@ -62,5 +63,6 @@ def run_gate_up_gemv(x: torch.Tensor, w13: torch.Tensor, flat_ids: torch.Tensor,
     _kernels().gate_up_gemv_kernel[grid](
         x, w13, act, flat_ids, top_k, hidden, inter, num_experts,
         x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=gate_up_gemv_warps(block_n, block_k), **pdl_args(x),
+        BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(x), num_warps=gate_up_gemv_warps(block_n, block_k),
+        **pdl_args(x),
     )  # fmt: skip

@@ -17,6 +17,7 @@ import torch
 import triton
 
 from moeframe.experts.gate_up_gemv import ELEMENTS_PER_WARP, MAX_WARPS, gate_up_gemv_rows, gate_up_gemv_warps
+from moeframe.gpu.l2_prefetch import weight_eviction
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
 
@@ -111,5 +112,6 @@ def run_moe_gemv_one_launch(
         num_assignments, top_k, hidden, inter, num_experts, gate_tiles, down_tiles,
         x.stride(0), w13.stride(0), w13.stride(1), w2.stride(0), w2.stride(1), act.stride(0), out.stride(0),
         BLOCK_N_GATE=gate_rows, BLOCK_K_GATE=hidden_block, BLOCK_N_DOWN=down_rows, BLOCK_K_DOWN=inter_block,
+        WEIGHT_EVICT=weight_eviction(x),
         num_warps=one_launch_warps(gate_rows, hidden_block, down_rows, inter_block), **pdl_args(x),
     )  # fmt: skip

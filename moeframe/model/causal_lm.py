@@ -72,6 +72,9 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(spec, i, rotary, moe_factory, hf_config) for i in range(spec.num_layers)
         )
+        for layer, next_layer in zip(self.layers, self.layers[1:]):
+            if isinstance(layer.self_attn, Attention) and isinstance(next_layer.self_attn, Attention):
+                layer.self_attn.prefetch_after_o(next_layer.self_attn)
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:

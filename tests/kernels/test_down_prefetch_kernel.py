@@ -73,7 +73,7 @@ names = kernel.arg_names
 types = {"act_ptr": "*bf16", "w2_ptr": "*bf16", "out_ptr": "*bf16", "weights_ptr": "*fp32", "topk_ids_ptr": "*i32"}
 sig = {n: types.get(n, "i32") for n in names[:12]} | {n: "constexpr" for n in names[12:]}
 aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ("hidden", "inter", "stride_am", "stride_we", "stride_wn", "stride_om")]
-src = ASTSource(fn=kernel, signature=sig, constexprs=dict(BLOCK_N=16, BLOCK_K=1024, USE_PDL=True),
+src = ASTSource(fn=kernel, signature=sig, constexprs=dict(BLOCK_N=16, BLOCK_K=1024, WEIGHT_EVICT="", USE_PDL=True),
                 attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
 lines = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 4}).asm["ptx"].splitlines()
 wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)

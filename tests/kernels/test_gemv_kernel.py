@@ -246,31 +246,39 @@ def test_attention_project_qkv_on_the_cpu_is_the_norm_then_qkv_proj():
     assert torch.equal(qkv, attn.qkv_proj(norm.add_forward(h, residual)[0])) and torch.equal(summed, h + residual)
 
 
-# The prefetching kernel as the JIT specializes a batch-1 OLMoE o_proj launch: every weight load comes before the wait.
+# The prefetching kernel as the JIT specializes a batch-1 OLMoE o_proj launch (four warps): every weight load
+# before the wait; with the L2 hints (moeframe/gpu/l2_prefetch.py) the weight loads evict-first and the L2
+# prefetch of a later weight issued before the wait too.
 PREFETCH_COMPILE_FOR_SM90 = """
+import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from moeframe.model.layers._prefetch_gemv_kernel import prefetch_gemv_kernel as kernel
+hints = sys.argv[1] == "hints"
 names = kernel.arg_names
-sig = dict(zip(names, ["*bf16"] * 4 + ["i32"] * 7 + ["constexpr"] * 4))
-sig.update(dict.fromkeys(("stride_xk", "num_tokens"), "constexpr"))
+consts = dict(HAS_BIAS=False, BLOCK_N=8, BLOCK_K=2048, WEIGHT_EVICT="evict_first" if hints else "", L2_PREFETCH=hints,
+              USE_PDL=True, stride_xk=1, num_tokens=1)
+sig = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "i32" for n in names}
 aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ("N", "K", "stride_xt", "stride_wn", "stride_ot")]
 attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-consts = dict(HAS_BIAS=False, BLOCK_N=8, BLOCK_K=2048, USE_PDL=True, stride_xk=1, num_tokens=1)
 src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
-ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 8}).asm["ptx"]
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 4}).asm["ptx"]
 lines = ptx.splitlines()
 wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
 loads = [i for i, line in enumerate(lines) if "ld.global" in line]
-print(sum(i < wait for i in loads), sum(i > wait for i in loads))
+evict_first = [i for i in loads if "evict_first" in lines[i]]
+prefetches = [i for i, line in enumerate(lines) if "prefetch.global.L2::evict_last" in line]
+print(sum(i < wait for i in loads), sum(i > wait for i in loads), len(evict_first), len(prefetches), all(i < wait for i in prefetches))
 """
 
 
-def test_the_prefetching_kernel_issues_its_weight_loads_before_the_pdl_wait() -> None:
-    stdout = compile_for_sm90(PREFETCH_COMPILE_FOR_SM90)
-    # 8 rows x 2048 bf16 over 256 threads: eight 16-byte weight loads each before the wait, the token's row after it
-    assert stdout.split() == ["8", "1"]
+@pytest.mark.parametrize(("mode", "expected"), [("plain", ["16", "2", "0", "0", "True"]), ("hints", ["16", "2", "16", "1", "True"])])
+def test_the_prefetching_kernel_issues_its_weight_loads_before_the_pdl_wait(mode, expected) -> None:
+    stdout = compile_for_sm90(PREFETCH_COMPILE_FOR_SM90, mode)
+    # 8 rows x 2048 bf16 over 128 threads: sixteen 16-byte weight loads each before the wait, the token's row (two)
+    # after; with the hints the weight loads (not the token's row) evict first, and one prefetch loop precedes the wait
+    assert stdout.split() == expected
 
 
 # As the JIT specializes a batch-1 bf16 launch: 16-byte aligned pointers and sizes, unit strides and T = 1 constant.

@@ -171,7 +171,7 @@ from moeframe.experts._moe_gemv_one_launch_kernel import moe_gemv_one_launch_ker
 from moeframe.experts.moe_gemv_one_launch import one_launch_warps
 pointers = {n: "*bf16" for n in ("x_ptr", "w13_ptr", "w2_ptr", "act_ptr", "out_ptr")}
 pointers |= {"weights_ptr": "*fp32", "topk_ids_ptr": "*i32", "counters_ptr": "*i32"}
-consts = dict(BLOCK_N_GATE=8, BLOCK_K_GATE=2048, BLOCK_N_DOWN=32, BLOCK_K_DOWN=1024, USE_PDL=True)
+consts = dict(BLOCK_N_GATE=8, BLOCK_K_GATE=2048, BLOCK_N_DOWN=32, BLOCK_K_DOWN=1024, WEIGHT_EVICT="", USE_PDL=True)
 names = kernel.arg_names
 sig = {n: "constexpr" if n in consts else pointers.get(n, "i32") for n in names}
 aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ("hidden", "inter") or n.startswith("stride")]

@@ -12,6 +12,9 @@ lm_head, which then need no cast launch). The same overlap of a GEMV's weight st
 what TensorRT-LLM's PDL-launched decode GEMMs rely on; here the prefetch is
 the whole tile because Triton's software pipeline cannot start before the
 wait. One program computes each output in one fixed reduction order.
+Under ``runner.l2_prefetch`` the weight loads carry an evict-first L2 policy
+and the programs may prefetch a later kernel's weight into L2 before their
+wait (moeframe/gpu/l2_prefetch.py).
 
 Imported lazily (see small_gemv.py): Triton decides at decoration time
 whether to compile or interpret a kernel.
@@ -22,7 +25,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from moeframe.gpu._l2_prefetch_jit import prefetch_lines_to_l2
 from moeframe.gpu._pdl_jit import pdl_wait
+
+# Lines a program's prefetch instruction covers per step (one per thread of four warps).
+PREFETCH_LINES = tl.constexpr(128)
 
 
 @triton.jit
@@ -38,9 +45,13 @@ def prefetch_gemv_kernel(
     stride_xk,
     stride_wn,
     stride_ot,
+    l2_ptr,
+    l2_bytes,
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    WEIGHT_EVICT: tl.constexpr,
+    L2_PREFETCH: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -50,10 +61,13 @@ def prefetch_gemv_kernel(
     col_ok = cols < K
     # Row offsets in int64: a vocabulary-sized weight can hold more than 2^31 elements.
     w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
-    w = tl.load(w_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    w = tl.load(w_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0, eviction_policy=WEIGHT_EVICT)
     bias = tl.zeros([BLOCK_N], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    if L2_PREFETCH:
+        # a later kernel's weight (moeframe/gpu/l2_prefetch.py), behind this program's own tile
+        prefetch_lines_to_l2(l2_ptr, l2_bytes, pid, tl.num_programs(0), PREFETCH_LINES)
     pdl_wait(USE_PDL)
     for t in range(num_tokens):
         x = tl.load(x_ptr + t * stride_xt + cols * stride_xk, mask=col_ok, other=0.0).to(tl.float32)

@@ -49,6 +49,17 @@ class Attention(nn.Module):
         elif spec.qk_norm == "full":
             self.q_norm, self.k_norm = RMSNorm(q_out, eps), RMSNorm(kv_out, eps)
         self.scale = spec.head_dim**-0.5
+        # The next layer's attention (in a tuple: not a submodule), whose qkv weight the o projection
+        # may prefetch into L2 (moeframe/gpu/l2_prefetch.py); set by the model.
+        self._next: tuple[Attention, ...] = ()
+
+    def prefetch_after_o(self, next_attention: Attention) -> None:
+        """Let the o projection pull ``next_attention``'s qkv weight into L2 where ``runner.l2_prefetch`` applies."""
+        self._next = (next_attention,)
+
+    def _l2_prefetch_target(self) -> torch.Tensor | None:
+        qkv = self._next[0].qkv_proj if self._next else None
+        return qkv.weight if type(qkv) is nn.Linear else None
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """Attention output [T, hidden] of normed hidden states x [T, hidden]."""
@@ -88,7 +99,7 @@ class Attention(nn.Module):
             out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
         else:
             out = ctx.attend_prologue(q, k, v, self._qkv_prologue(positions, q.dtype, spec.qk_norm), self.layer_idx, self.scale)
-        return project(self.o_proj, out.reshape(n, -1))
+        return project(self.o_proj, out.reshape(n, -1), self._l2_prefetch_target())
 
     def _prologue_torch(self, q, k, v, positions, k_cache, v_cache, out_slots) -> torch.Tensor:
         """q/k norms, clip, rotary and the KV write as torch ops: the reference, and the CPU path."""

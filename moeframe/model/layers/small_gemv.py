@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moeframe.gpu.l2_prefetch import l2_hints, weight_eviction
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
 from moeframe.model.layers.norm import RMSNorm
@@ -216,13 +217,20 @@ def prefetch_tile_rows(k: int, dtype: torch.dtype) -> int | None:
 
 
 def prefetch_gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    l2_prefetch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x [T, K] @ weight [N, K]^T (+ bias [N]) in x's dtype, in one launch that loads its weights before the PDL wait.
 
     K must leave a row within ``PREFETCH_TILE_BYTES`` (``prefetch_tile_rows``).
     ``out_dtype`` (float32 for logits): the result rounded to x's dtype, then
     stored in this wider dtype, as ``prefetch_gemv(x, weight).to(out_dtype)``.
+    ``l2_prefetch``: a contiguous tensor (a later kernel's weight) the programs
+    prefetch into L2 before their wait, where moeframe/gpu/l2_prefetch.py's
+    hints apply; the result never depends on it.
     """
     num_tokens, k = x.shape
     n = weight.shape[0]
@@ -235,11 +243,16 @@ def prefetch_gemv(
     if num_tokens == 0 or n == 0:
         return out
     block_k = _next_power_of_2(k)
+    prefetches = l2_prefetch is not None and l2_hints(x)
+    if prefetches and not l2_prefetch.is_contiguous():
+        raise ValueError(f"prefetch_gemv prefetches a contiguous tensor into L2, got strides {tuple(l2_prefetch.stride())}")
+    l2_target = l2_prefetch if prefetches else weight
     _prefetch_kernels().prefetch_gemv_kernel[(_cdiv(n, block_n),)](
         x, weight, weight if bias is None else bias, out, num_tokens, n, k,
         x.stride(0), x.stride(1), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=PREFETCH_NUM_WARPS, **pdl_args(x),
+        l2_target, l2_target.numel() * l2_target.element_size() if prefetches else 0,
+        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(x),
+        L2_PREFETCH=prefetches, num_warps=PREFETCH_NUM_WARPS, **pdl_args(x),
     )  # fmt: skip
     return out
 
@@ -300,10 +313,15 @@ def _prefetches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     )
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``: the Triton GEMV for decode-sized CUDA batches, F.linear itself otherwise."""
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, l2_prefetch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: the Triton GEMV for decode-sized CUDA batches, F.linear itself otherwise.
+
+    ``l2_prefetch``: a later kernel's weight the prefetching GEMV may pull into L2 (``prefetch_gemv``).
+    """
     if _prefetches(x, weight, bias):
-        return prefetch_gemv(x, weight, bias)
+        return prefetch_gemv(x, weight, bias, l2_prefetch=l2_prefetch)
     if uses_gemv(x, weight, bias) and _mode != "prefetch":
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
@@ -320,15 +338,15 @@ def project_float(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return project(layer, x).float()
 
 
-def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``, through ``linear`` when layer is a plain nn.Linear.
+def project(layer: nn.Module, x: torch.Tensor, l2_prefetch: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(x)``, through ``linear`` when layer is a plain nn.Linear (with ``l2_prefetch``, see there).
 
     Tensor parallelism swaps projections for its own modules (a row-parallel
     linear all-reduces its partial sums): those run their own forward. A
     column-parallel shard is a plain nn.Linear over its rows and takes the GEMV.
     """
     if type(layer) is nn.Linear:
-        return linear(x, layer.weight, layer.bias)
+        return linear(x, layer.weight, layer.bias, l2_prefetch)
     return layer(x)
 
 
