@@ -72,7 +72,9 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(spec, i, rotary, moe_factory, hf_config) for i in range(spec.num_layers)
         )
-        for layer, next_layer in zip(self.layers, self.layers[1:]):
+        # Under runner.l2_prefetch each o projection pulls the next layer's qkv weight into L2; the last one the
+        # first layer's, read at the start of the next decode step (the lm_head streams evict-first in between).
+        for layer, next_layer in zip(self.layers, [*self.layers[1:], self.layers[0]]):
             if isinstance(layer.self_attn, Attention) and isinstance(next_layer.self_attn, Attention):
                 layer.self_attn.prefetch_after_o(next_layer.self_attn)
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)

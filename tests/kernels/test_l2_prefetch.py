@@ -40,13 +40,13 @@ def test_the_hints_stay_off_on_the_cpu_and_under_the_interpreter() -> None:
         l2_prefetch.set_l2_prefetch(False)
 
 
-def test_each_attention_layer_prefetches_the_next_layers_qkv_weight_and_the_last_none() -> None:
+def test_each_attention_layer_prefetches_the_next_layers_qkv_weight_and_the_last_the_first_layers() -> None:
     cfg = compose_config(["model=tiny-olmoe", "model.random_weights=true", "device=cpu", "dtype=float32"])
     layers = Engine(cfg).built.model.layers
+    assert len(layers) > 1 and all(isinstance(layer.self_attn, Attention) for layer in layers)
     targets = [layer.self_attn._l2_prefetch_target() for layer in layers]
-    assert all(isinstance(layer.self_attn, Attention) for layer in layers)
-    assert [t is layers[i + 1].self_attn.qkv_proj.weight for i, t in enumerate(targets[:-1])] == [True] * (len(layers) - 1)
-    assert targets[-1] is None
+    following = [*layers[1:], layers[0]]
+    assert all(t is after.self_attn.qkv_proj.weight for t, after in zip(targets, following, strict=True))
 
 
 # The expert GEMVs as the JIT specializes OLMoE's batch-1 launches with the hints on: every weight load of the
