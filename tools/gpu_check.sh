@@ -5,8 +5,8 @@
 #
 # Writes into OUT_DIR: gpu_tests.log (tests/gpu, tests/kernels, the router CUDA tests, compiled on the GPU),
 # decode_<preset>.{md,json} and profile_<preset>_b1.txt (tools/bench_decode.py: decode at batch 1/8/32/128 and
-# an 8 x 1024 prefill, against transformers and the roofline, in one process), and kernels/ (the fused MoE in a
-# stack of layers, tools/bench_kernels.py). If .whl/ holds wheels (hydra-core, omegaconf, ... for a machine
+# an 8 x 1024 prefill, against transformers and the roofline, in one process), and kernels/ (the fused MoE alone
+# at 1, 8, 32 and 4,096 tokens and in a stack of layers, tools/bench_kernels.py). If .whl/ holds wheels (hydra-core, omegaconf, ... for a machine
 # without them) they are installed into /tmp/site first. A failing step is logged and the next still runs.
 #
 # The CUDA tests alone took more than 560 s in session 15 (every kernel variant compiles; the run stopped at
@@ -41,7 +41,7 @@ if [ "$steps" != tests ]; then
     timeout 330 python3 tools/bench_decode.py --preset "$preset" --batches 1,8,32,128 --profile 1 --out "$out" \
         > "$out/bench_decode.log" 2>&1
     echo "bench_decode: exit $?"
-    timeout 80 python3 tools/bench_kernels.py --tables moe_stack --tokens 1 8 32 --out "$out/kernels" \
+    timeout 150 python3 tools/bench_kernels.py --tables moe,moe_stack --tokens 1 8 32 4096 --out "$out/kernels" \
         > "$out/bench_kernels.log" 2>&1
     echo "bench_kernels: exit $?"
     cat "$out/decode_$preset.md" 2> /dev/null
