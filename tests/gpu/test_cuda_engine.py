@@ -80,3 +80,28 @@ def test_bfloat16_error_no_worse_than_transformers_bfloat16(preset: str, checkpo
         ours_errors.append((torch.linalg.norm(ours - exact) / torch.linalg.norm(exact)).item())
         hf_errors.append((torch.linalg.norm(theirs - exact) / torch.linalg.norm(exact)).item())
     assert statistics.median(ours_errors) <= 1.5 * statistics.median(hf_errors) + 1e-2
+
+
+# The decode-path switches of issue 6 at batch 1, where their kernels run (the GEMV paths take 1-2 tokens).
+BATCH1_SWITCHES = [
+    (),
+    ("runner.l2_prefetch=true",),
+    ("runner.decode_attention_prologue=fused",),
+    ("experts.one_launch_gemv=true",),
+    ("runner.early_launch_norm=true",),
+]
+# Switches whose kernels compute the same numbers as the defaults (hints, or the same ops in one launch).
+SAME_NUMBERS = {("runner.l2_prefetch=true",), ("runner.decode_attention_prologue=fused",)}
+
+
+@pytest.mark.parametrize("switch", BATCH1_SWITCHES, ids=lambda s: s[0] if s else "defaults")
+def test_batch1_cuda_graph_decode_equals_eager_under_each_decode_switch(switch: tuple[str, ...], checkpoint_factory) -> None:
+    path = checkpoint_factory("tiny-olmoe")
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    eager = engine(path, "experts=triton", "runner.cuda_graph=false", *switch)
+    graphs = engine(path, "experts=triton", "runner.cuda_graph=true", *switch)
+    ids = prompts(eager.spec.vocab_size)[:1]
+    tokens = graphs.generate(ids, params)[0].token_ids
+    assert tokens == eager.generate(ids, params)[0].token_ids
+    if switch in SAME_NUMBERS:
+        assert tokens == engine(path, "experts=triton", "runner.cuda_graph=true").generate(ids, params)[0].token_ids
