@@ -40,9 +40,14 @@ def gate_up_gemv_rows(hidden: int, dtype: torch.dtype) -> int | None:
     return whole_rows(hidden, dtype, TILE_BYTES, rows_per_block_row=2)
 
 
+def tile_warps(elements: int) -> int:
+    """Warps of a program holding a weight tile of ``elements``: one per ELEMENTS_PER_WARP, a power of two in 4..MAX_WARPS."""
+    return min(MAX_WARPS, max(4, triton.next_power_of_2(elements // ELEMENTS_PER_WARP)))
+
+
 def gate_up_gemv_warps(block_n: int, block_k: int) -> int:
-    """Warps of a program holding ``block_n`` gate and up rows ``block_k`` wide: a power of two in 4..MAX_WARPS."""
-    return min(MAX_WARPS, max(4, triton.next_power_of_2(2 * block_n * block_k // ELEMENTS_PER_WARP)))
+    """Warps of a program holding ``block_n`` gate and up rows ``block_k`` wide (``tile_warps``)."""
+    return tile_warps(2 * block_n * block_k)
 
 
 def run_gate_up_gemv(x: torch.Tensor, w13: torch.Tensor, flat_ids: torch.Tensor, act: torch.Tensor, top_k: int) -> None:

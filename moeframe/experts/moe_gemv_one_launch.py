@@ -16,7 +16,7 @@ from types import ModuleType
 import torch
 import triton
 
-from moeframe.experts.gate_up_gemv import ELEMENTS_PER_WARP, MAX_WARPS, gate_up_gemv_rows, gate_up_gemv_warps
+from moeframe.experts.gate_up_gemv import gate_up_gemv_rows, gate_up_gemv_warps, tile_warps
 from moeframe.gpu.l2_prefetch import weight_eviction
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
@@ -49,8 +49,7 @@ def one_launch_fits(hidden: int, inter: int, dtype: torch.dtype) -> bool:
 
 def one_launch_warps(gate_rows: int, hidden_block: int, down_rows: int, inter_block: int) -> int:
     """gate/up's warps (gate_up_gemv_warps), or more where the down tile is the larger."""
-    down_warps = min(MAX_WARPS, max(4, triton.next_power_of_2(down_rows * inter_block // ELEMENTS_PER_WARP)))
-    return max(gate_up_gemv_warps(gate_rows, hidden_block), down_warps)
+    return max(gate_up_gemv_warps(gate_rows, hidden_block), tile_warps(down_rows * inter_block))
 
 
 def counter_elements(num_assignments: int) -> int:

@@ -322,7 +322,7 @@ def linear(
     """
     if _prefetches(x, weight, bias):
         return prefetch_gemv(x, weight, bias, l2_prefetch=l2_prefetch)
-    if uses_gemv(x, weight, bias) and _mode != "prefetch":
+    if _mode != "prefetch" and uses_gemv(x, weight, bias):
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
