@@ -9,6 +9,15 @@ low bits), so the largest key is the largest score and, on exact ties, the
 lowest id. A picked column's key drops to a sentinel below every real key.
 NaN sorts above everything, as in ``torch.topk``, so ids stay in range.
 
+Where a block's keys against themselves fit ``RANK_TILE`` comparisons (one
+token of up to 128 experts), the k rounds of two cross-warp reductions each
+become one: every column counts the keys above its own (its rank, all keys
+being distinct), the columns ranked below k are the picks, and each stores
+its id and probability at slot ``rank`` (selection by counting, as in
+radix-select / rank-sort top-k; the same picks in the same order as the
+rounds). At batch 1 the top-k is on the decode step's critical path once a
+layer.
+
 This module is imported lazily (see fused_topk.py): Triton decides at
 decoration time whether to compile or interpret a kernel.
 """
@@ -23,6 +32,8 @@ from moeframe.gpu._pdl_jit import pdl_wait
 ID_BITS = tl.constexpr(10)  # room for expert ids below 1024
 ID_MASK = tl.constexpr(1023)
 TAKEN = tl.constexpr(-(1 << 62))  # below every packed key
+# Key comparisons a block may hold to rank its columns in one reduction instead of k rounds.
+RANK_TILE = tl.constexpr(16384)
 
 
 @triton.jit
@@ -61,6 +72,62 @@ def softmax_topk_rows(
     keys = (ordered << ID_BITS) | (BLOCK_E - 1 - cols).to(tl.int64)[None, :]
     keys = tl.where(col_ok[None, :], keys, TAKEN)
 
+    if BLOCK_T * BLOCK_E * BLOCK_E <= RANK_TILE:
+        _store_ranked(
+            keys, exp, denom, topk_ids_ptr, topk_weights_ptr, rows, row_ok, cols, k, scale, RENORMALIZE, BLOCK_T,
+        )  # fmt: skip
+    else:
+        _store_rounds(
+            keys, exp, denom, topk_ids_ptr, topk_weights_ptr, rows, row_ok, cols, k, scale, RENORMALIZE, BLOCK_T,
+            BLOCK_E, BLOCK_K,
+        )  # fmt: skip
+
+
+@triton.jit
+def _store_ranked(
+    keys,
+    exp,
+    denom,
+    topk_ids_ptr,
+    topk_weights_ptr,
+    rows,
+    row_ok,
+    cols,
+    k,
+    scale,
+    RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """Each column's rank among its row's (distinct) keys; the k best store themselves at slot ``rank``."""
+    rank = tl.sum((keys[:, None, :] > keys[:, :, None]).to(tl.int32), axis=2)
+    picked = row_ok[:, None] & (rank < k)
+    weights = exp / denom[:, None]
+    if RENORMALIZE:
+        weights = weights / tl.where(row_ok, tl.sum(tl.where(picked, weights, 0.0), axis=1), 1.0)[:, None]
+    weights = weights * scale
+    out = rows.to(tl.int64)[:, None] * k + rank
+    tl.store(topk_ids_ptr + out, tl.broadcast_to(cols.to(tl.int64)[None, :], [BLOCK_T, cols.shape[0]]), mask=picked)
+    tl.store(topk_weights_ptr + out, weights, mask=picked)
+
+
+@triton.jit
+def _store_rounds(
+    keys,
+    exp,
+    denom,
+    topk_ids_ptr,
+    topk_weights_ptr,
+    rows,
+    row_ok,
+    cols,
+    k,
+    scale,
+    RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """k rounds of argmax over the keys, the picked column's key dropped to TAKEN after each."""
     slots = tl.arange(0, BLOCK_K)
     topk_ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int64)
     # the unbiased probability of each pick: its exp taken from the registers (a sum of it and zeros), not
