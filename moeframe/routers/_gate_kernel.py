@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
-from moeframe.model.layers._rms_norm_jit import rms_normed, summed_rows
+from moeframe.model.layers._rms_norm_jit import rms_normed, rms_normed_by, summed_rows
 
 
 @triton.jit
@@ -64,6 +64,7 @@ def norm_gate_logits_tile(
     normed_ptr,
     w_ptr,
     w_row,
+    norm_w_row,
     out_ptr,
     expert,
     num_experts,
@@ -86,8 +87,11 @@ def norm_gate_logits_tile(
     as it streams its gate row, rounding where norm.py rounds: the sum to the
     dtype, the normed row to the dtype, its product with the norm weight to
     the dtype. With ``ROW_IN_TILE`` (hidden <= BLOCK_H: batch 1 up to
-    H = 4096) every operand is loaded once, up front, and the gate row comes
-    in as ``w_row`` (float32), loaded by the caller before its PDL wait;
+    H = 4096) every operand is loaded once, up front, and the gate row and
+    the norm weight come in as ``w_row`` and ``norm_w_row`` (float32), loaded
+    by the caller before its PDL wait (loaded after it, the norm weight was a
+    second round trip to memory behind the sum of squares, on the critical
+    path of a batch-1 step);
     otherwise two passes over H chunks, the first for the sum of squares,
     reading the gate row from ``w_ptr``. The summed rows (the residual stream) and
     the normed rows (the experts' input) are written once between all
@@ -108,7 +112,7 @@ def norm_gate_logits_tile(
         tl.store(sum_ptr + row_offs + offs[None, :], total, mask=owned)
         total_f32 = total.to(tl.float32)
         inv_rms = tl.math.rsqrt(tl.sum(total_f32 * total_f32, axis=1) / hidden + eps)
-        normed = rms_normed(total, inv_rms, norm_w_ptr, offs, col_ok)
+        normed = rms_normed_by(total, inv_rms, norm_w_row)
         tl.store(normed_ptr + row_offs + offs[None, :], normed, mask=owned)
         logits = tl.sum(normed.to(tl.float32) * w_row[None, :], axis=1)
     else:

@@ -15,8 +15,8 @@ program sets the counter back to 0, so the next launch (or CUDA-graph replay)
 starts from zero with no host-side reset.
 
 Where a token block's whole hidden row fits one tile (``ROW_IN_TILE``) each
-program loads its gate row before the PDL wait, so that load overlaps the
-kernel before (the o projection).
+program loads its gate row (and, with ``NORM``, the norm weight) before the
+PDL wait, so those loads overlap the kernel before (the o projection).
 
 With ``NORM`` the programs first run the residual add and RMSNorm that
 precede the gate (norm_gate_logits_tile in _gate_kernel.py): each computes the
@@ -73,16 +73,21 @@ def gate_softmax_topk_kernel(
 ):
     expert = tl.program_id(0)
     token_block = tl.program_id(1)
-    # The gate row is a weight: a whole-row tile is loaded before the wait, overlapping the kernel before.
+    # The gate row and the norm weight are weights: whole-row tiles are loaded before the wait, overlapping the
+    # kernel before.
     offs = tl.arange(0, BLOCK_H)
     w_row = tl.zeros([BLOCK_H], dtype=tl.float32)
+    norm_w_row = tl.zeros([BLOCK_H], dtype=tl.float32)
     if ROW_IN_TILE:
         w_row = tl.load(w_ptr + expert * stride_w + offs, mask=offs < hidden, other=0.0).to(tl.float32)
+        if NORM:
+            norm_w_row = tl.load(norm_w_ptr + offs, mask=offs < hidden, other=0.0).to(tl.float32)
     pdl_wait(USE_PDL)
     if NORM:
         norm_gate_logits_tile(
-            x_ptr, res_ptr, norm_w_ptr, sum_ptr, normed_ptr, w_ptr, w_row, logits_ptr, expert, num_experts, token_block,
-            num_tokens, hidden, stride_x, stride_res, stride_w, num_experts, eps, BLOCK_T, BLOCK_H, ROW_IN_TILE,
+            x_ptr, res_ptr, norm_w_ptr, sum_ptr, normed_ptr, w_ptr, w_row, norm_w_row, logits_ptr, expert, num_experts,
+            token_block, num_tokens, hidden, stride_x, stride_res, stride_w, num_experts, eps, BLOCK_T, BLOCK_H,
+            ROW_IN_TILE,
         )  # fmt: skip
     else:
         gate_logits_tile(

@@ -25,7 +25,13 @@ def summed_rows(x_ptr, res_ptr, rows, cols, mask, stride_xr, stride_xc, stride_r
 @triton.jit
 def rms_normed(total, inv_rms, norm_w_ptr, cols, col_ok):
     """The normed rows of ``total`` [rows, cols] given their float32 1 / rms, in total's dtype, as norm.py rounds them."""
-    dtype = total.dtype
     norm_w = tl.load(norm_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    return rms_normed_by(total, inv_rms, norm_w)
+
+
+@triton.jit
+def rms_normed_by(total, inv_rms, norm_w):
+    """``rms_normed`` with the norm weight [cols] already loaded (float32), e.g. before a kernel's PDL wait."""
+    dtype = total.dtype
     normed = (total.to(tl.float32) * inv_rms[:, None]).to(dtype).to(tl.float32)
     return (norm_w[None, :] * normed).to(dtype)
