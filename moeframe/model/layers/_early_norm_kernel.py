@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_launch_then_wait
-from moeframe.model.layers._rms_norm_jit import rms_normed
+from moeframe.model.layers._rms_norm_jit import rms_normed_by
 
 
 @triton.jit
@@ -46,11 +46,13 @@ def topk_add_rms_norm_kernel(
     BLOCK_H: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
+    offs = tl.arange(0, BLOCK_H)
+    col_ok = offs < hidden
+    # a weight, loaded before the wait: after it, a second memory round trip behind the sum of squares
+    norm_w = tl.load(norm_w_ptr + offs, mask=col_ok, other=0.0).to(tl.float32)
     pdl_launch_then_wait(USE_PDL)
     row = tl.program_id(0)
     # one row as a [1, BLOCK_H] tile, the shape _rms_norm_jit's helpers take
-    offs = tl.arange(0, BLOCK_H)
-    col_ok = offs < hidden
     cols, mask = offs[None, :], col_ok[None, :]
     dtype = res_ptr.dtype.element_ty
     acc = tl.zeros([1, BLOCK_H], dtype=tl.float32)
@@ -65,6 +67,6 @@ def topk_add_rms_norm_kernel(
     total = (moe_out.to(tl.float32) + residual.to(tl.float32)).to(dtype)
     total_f32 = total.to(tl.float32)
     inv_rms = tl.math.rsqrt(tl.sum(total_f32 * total_f32, axis=1) / hidden + eps)
-    normed = rms_normed(total, inv_rms, norm_w_ptr, offs, col_ok)
+    normed = rms_normed_by(total, inv_rms, norm_w)
     tl.store(total_ptr + row * stride_tt + cols, total, mask=mask)
     tl.store(normed_ptr + row * stride_nt + cols, normed, mask=mask)
