@@ -46,7 +46,7 @@ def _norm_inv(
     them all) or per head of [head0, head0 + BLOCK_HS) after the clip (a [BLOCK_HS] vector); heads at or
     past ``limit`` are read as zeros."""
     heads = head0 + tl.arange(0, BLOCK_HS)
-    x1, x2, xp, _, _, _, _, _, _ = _head_tiles(src_ptr, heads, limit, head_dim, rot_half, INTERLEAVE, BLOCK_R, BLOCK_P)
+    x1, x2, xp, _, _, _ = _head_tiles(src_ptr, heads, limit, head_dim, rot_half, INTERLEAVE, BLOCK_R, BLOCK_P)
     if FULL:
         inv = _inv_rms(tl.sum(_sum_sq(x1, x2, xp), axis=0), num_heads * head_dim, eps)
     else:

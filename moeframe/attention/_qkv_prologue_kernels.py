@@ -40,17 +40,14 @@ def _normed(x, inv, w, dtype: tl.constexpr):
 
 
 @triton.jit
-def _rms_scale(x1, x2, xp, src_ptr, w_ptr, w1_offs, w2_offs, wp_offs, m1, mp, num_heads, head_dim, eps, FULL: tl.constexpr):
-    """rms_norm of norm.py over each head (or, FULL, over the whole block) of the three tiles."""
+def _rms_scale(x1, x2, xp, src_ptr, w1, w2, wp, num_heads, head_dim, eps, FULL: tl.constexpr):
+    """rms_norm of norm.py over each head (or, FULL, over the whole block) of the three tiles, weights given as tiles."""
     dtype = src_ptr.dtype.element_ty
     sum_sq = _sum_sq(x1, x2, xp)
     if FULL:
         inv = tl.zeros_like(sum_sq) + _inv_rms(tl.sum(sum_sq, axis=0), num_heads * head_dim, eps)
     else:
         inv = _inv_rms(sum_sq, head_dim, eps)
-    w1 = tl.load(w_ptr + w1_offs, mask=m1, other=0.0).to(tl.float32)
-    w2 = tl.load(w_ptr + w2_offs, mask=m1, other=0.0).to(tl.float32)
-    wp = tl.load(w_ptr + wp_offs, mask=mp, other=0.0).to(tl.float32)
     x1 = _normed(x1, inv[:, None], w1, dtype)
     x2 = _normed(x2, inv[:, None], w2, dtype)
     xp = _normed(xp, inv[:, None], wp, dtype)
@@ -58,8 +55,36 @@ def _rms_scale(x1, x2, xp, src_ptr, w_ptr, w1_offs, w2_offs, wp_offs, m1, mp, nu
 
 
 @triton.jit
-def _head_tiles(src_ptr, heads, num_heads, head_dim, rot_half, INTERLEAVE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Heads ``heads`` of one token's row as float32 tiles: the two rotary halves and the pass-through dims, with their offsets and masks."""
+def _norm_weight_tiles(
+    w_ptr,
+    heads,
+    num_heads,
+    head_dim,
+    rot_half,
+    FULL_NORM: tl.constexpr,
+    HEAD_NORM: tl.constexpr,
+    INTERLEAVE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """The norm weight as float32 tiles shaped like ``_head_tiles``' (zeros without a norm): loaded before the PDL wait,
+    as weights, so that no memory round trip follows the sum of squares."""
+    dim1, dim2, offs_p, m1, mp = _tile_dims(heads, num_heads, head_dim, rot_half, INTERLEAVE, BLOCK_R, BLOCK_P)
+    # the full norm's weight spans every head; the per-head norm's is one head long
+    row = heads[:, None] * (head_dim if FULL_NORM else 0)
+    w1 = tl.zeros([heads.shape[0], BLOCK_R], dtype=tl.float32)
+    w2 = tl.zeros([heads.shape[0], BLOCK_R], dtype=tl.float32)
+    wp = tl.zeros([heads.shape[0], BLOCK_P], dtype=tl.float32)
+    if FULL_NORM or HEAD_NORM:
+        w1 = tl.load(w_ptr + row + dim1[None, :], mask=m1, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + row + dim2[None, :], mask=m1, other=0.0).to(tl.float32)
+        wp = tl.load(w_ptr + row + offs_p[None, :], mask=mp, other=0.0).to(tl.float32)
+    return w1, w2, wp
+
+
+@triton.jit
+def _tile_dims(heads, num_heads, head_dim, rot_half, INTERLEAVE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The dims of a head's three tiles (rotary halves, pass-through) and the tiles' masks over ``heads``."""
     offs_r = tl.arange(0, BLOCK_R)
     offs_p = 2 * rot_half + tl.arange(0, BLOCK_P)
     if INTERLEAVE:
@@ -71,11 +96,19 @@ def _head_tiles(src_ptr, heads, num_heads, head_dim, rot_half, INTERLEAVE: tl.co
     head_ok = heads < num_heads
     m1 = head_ok[:, None] & (offs_r < rot_half)[None, :]
     mp = head_ok[:, None] & (offs_p < head_dim)[None, :]
+    return dim1, dim2, offs_p, m1, mp
+
+
+@triton.jit
+def _head_tiles(src_ptr, heads, num_heads, head_dim, rot_half, INTERLEAVE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Heads ``heads`` of one token's row as float32 tiles: the two rotary halves and the pass-through dims, with the
+    pass-through offsets and the masks."""
+    dim1, dim2, offs_p, m1, mp = _tile_dims(heads, num_heads, head_dim, rot_half, INTERLEAVE, BLOCK_R, BLOCK_P)
     row = heads[:, None] * head_dim
     x1 = tl.load(src_ptr + row + dim1[None, :], mask=m1, other=0.0).to(tl.float32)
     x2 = tl.load(src_ptr + row + dim2[None, :], mask=m1, other=0.0).to(tl.float32)
     xp = tl.load(src_ptr + row + offs_p[None, :], mask=mp, other=0.0).to(tl.float32)
-    return x1, x2, xp, dim1, dim2, offs_p, m1, mp, row
+    return x1, x2, xp, offs_p, m1, mp
 
 
 @triton.jit
@@ -88,7 +121,9 @@ def _rotate_heads(
     src_ptr,
     dst_ptr,
     stride_dst_h,
-    w_ptr,
+    norm_w1,
+    norm_w2,
+    norm_wp,
     cos,
     sin,
     head0,
@@ -105,26 +140,23 @@ def _rotate_heads(
     BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Heads [head0, head0 + BLOCK_H) of one token's row at src_ptr -> dst_ptr + head * stride_dst_h."""
+    """Heads [head0, head0 + BLOCK_H) of one token's row at src_ptr -> dst_ptr + head * stride_dst_h.
+
+    ``norm_w1``, ``norm_w2``, ``norm_wp``: the norm weight's tiles for these heads (``_norm_weight_tiles``).
+    """
     dtype = src_ptr.dtype.element_ty
     heads = head0 + tl.arange(0, BLOCK_H)
     offs_r = tl.arange(0, BLOCK_R)
-    x1, x2, xp, dim1, dim2, offs_p, m1, mp, row = _head_tiles(
+    x1, x2, xp, offs_p, m1, mp = _head_tiles(
         src_ptr, heads, num_heads, head_dim, rot_half, INTERLEAVE, BLOCK_R, BLOCK_P
     )
     # The order of Attention.forward: full norm, clip, per-head norm, rotary.
     if FULL_NORM:
-        x1, x2, xp = _rms_scale(
-            x1, x2, xp, src_ptr, w_ptr, row + dim1[None, :], row + dim2[None, :], row + offs_p[None, :],
-            m1, mp, num_heads, head_dim, eps, True,
-        )  # fmt: skip
+        x1, x2, xp = _rms_scale(x1, x2, xp, src_ptr, norm_w1, norm_w2, norm_wp, num_heads, head_dim, eps, True)
     if HAS_CLIP:
         x1, x2, xp = _clamp(x1, clip), _clamp(x2, clip), _clamp(xp, clip)
     if HEAD_NORM:
-        x1, x2, xp = _rms_scale(
-            x1, x2, xp, src_ptr, w_ptr, dim1[None, :], dim2[None, :], offs_p[None, :],
-            m1, mp, num_heads, head_dim, eps, False,
-        )  # fmt: skip
+        x1, x2, xp = _rms_scale(x1, x2, xp, src_ptr, norm_w1, norm_w2, norm_wp, num_heads, head_dim, eps, False)
     c = cos[None, :]
     s = sin[None, :]
     out1 = (x1 * c - x2 * s).to(dtype).to(dst_ptr.dtype.element_ty)
@@ -178,24 +210,37 @@ def qkv_prologue_kernel(
     BLOCK_DV: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    pdl_wait(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
     r_ok = offs_r < rot_half
-    cos = tl.load(cos_ptr + token * stride_cos + offs_r, mask=r_ok, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + token * stride_sin + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    # Each branch loads its norm weight (a weight) before the wait, the activations after it.
     if part < q_blocks:
+        head0 = part * BLOCK_HQ
+        w1, w2, wp = _norm_weight_tiles(
+            q_weight_ptr, head0 + tl.arange(0, BLOCK_HQ), num_q_heads, head_dim, rot_half,
+            FULL_NORM, HEAD_NORM, INTERLEAVE, BLOCK_R, BLOCK_P,
+        )  # fmt: skip
+        pdl_wait(USE_PDL)
+        cos = tl.load(cos_ptr + token * stride_cos + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+        sin = tl.load(sin_ptr + token * stride_sin + offs_r, mask=r_ok, other=0.0).to(tl.float32)
         _rotate_heads(
-            q_ptr + token * stride_q, q_out_ptr + token * stride_qo_n, stride_qo_h, q_weight_ptr, cos, sin,
-            part * BLOCK_HQ, num_q_heads, head_dim, rot_half, eps, clip,
+            q_ptr + token * stride_q, q_out_ptr + token * stride_qo_n, stride_qo_h, w1, w2, wp, cos, sin,
+            head0, num_q_heads, head_dim, rot_half, eps, clip,
             FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE, BLOCK_HQ, BLOCK_R, BLOCK_P,
         )  # fmt: skip
     else:
-        slot = tl.load(slots_ptr + token).to(tl.int64)
         head0 = (part - q_blocks) * BLOCK_HK
+        w1, w2, wp = _norm_weight_tiles(
+            k_weight_ptr, head0 + tl.arange(0, BLOCK_HK), num_kv_heads, head_dim, rot_half,
+            FULL_NORM, HEAD_NORM, INTERLEAVE, BLOCK_R, BLOCK_P,
+        )  # fmt: skip
+        pdl_wait(USE_PDL)
+        cos = tl.load(cos_ptr + token * stride_cos + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+        sin = tl.load(sin_ptr + token * stride_sin + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+        slot = tl.load(slots_ptr + token).to(tl.int64)
         _rotate_heads(
-            k_ptr + token * stride_k, k_cache_ptr + slot * stride_kc_s, stride_kc_h, k_weight_ptr, cos, sin,
+            k_ptr + token * stride_k, k_cache_ptr + slot * stride_kc_s, stride_kc_h, w1, w2, wp, cos, sin,
             head0, num_kv_heads, head_dim, rot_half, eps, clip,
             FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE, BLOCK_HK, BLOCK_R, BLOCK_P,
         )  # fmt: skip

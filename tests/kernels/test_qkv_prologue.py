@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sm90_compile import compile_for_sm90
 
 from moeframe.attention.batch import ForwardBatch
 from moeframe.attention.qkv_prologue import prepare_qkv
@@ -185,3 +186,35 @@ def test_prologue_matches_an_attention_layers_cpu_path(device, qk_norm):
         )  # fmt: skip
     expected = tuple(t.to(device) for t in (seen["q"], k_ref, v_ref))
     assert_matches((q_out, k_cache, v_cache), expected, torch.float32, device)
+
+
+COMPILE_FOR_SM90 = """
+import re
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from moeframe.attention._qkv_prologue_kernels import qkv_prologue_kernel as kernel
+def arg_type(name):
+    if name.endswith("_ptr"):
+        return "*i64" if name == "slots_ptr" else "*bf16"
+    return "constexpr" if name.isupper() else "fp32" if name in ("eps", "clip") else "i32"
+norm = sys.argv[1]
+constexprs = dict(FULL_NORM=norm == "full", HEAD_NORM=norm == "per_head", HAS_CLIP=False, INTERLEAVE=False,
+                  BLOCK_HQ=16, BLOCK_HK=16, BLOCK_R=64, BLOCK_P=1, BLOCK_DV=128, USE_PDL=True)
+src = ASTSource(fn=kernel, signature={n: arg_type(n) for n in kernel.arg_names}, constexprs=constexprs)
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 4}).asm["ptx"]
+events = []
+for op in re.findall(r"(ld\\.global|st\\.global|griddepcontrol\\.wait)", ptx):
+    if not events or events[-1] != op:
+        events.append(op)
+print(" ".join(e.split(".")[0] if e != "griddepcontrol.wait" else "wait" for e in events))
+"""
+
+
+@pytest.mark.parametrize("norm", ["full", "per_head"])
+def test_each_branch_loads_its_norm_weight_before_the_pdl_wait(norm):
+    # the q heads' program and the k heads' program: weight loads, wait, activation loads and stores
+    events = compile_for_sm90(COMPILE_FOR_SM90, norm).split()
+    assert events[:6] == ["ld", "wait", "ld", "st", "ld", "wait"], events
+    assert events.count("wait") == 2
