@@ -23,7 +23,7 @@ from moeframe.engine.model_runner import ModelRunner
 from moeframe.engine.policies import SCHEDULERS
 from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
-from moeframe.gpu.l2_prefetch import set_l2_prefetch
+from moeframe.gpu.l2_prefetch import set_gemv_tail_prefetch, set_l2_prefetch
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.early_norm import set_early_launch_norm
@@ -105,6 +105,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_decode_attention_prologue(cfg.runner.decode_attention_prologue)
     set_early_launch_norm(cfg.runner.early_launch_norm)
     set_l2_prefetch(cfg.runner.l2_prefetch)
+    set_gemv_tail_prefetch(cfg.runner.gemv_tail_prefetch)
     path, spec, hf_config = model_source(cfg)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)

@@ -22,22 +22,27 @@ def share_of_lines(num_bytes, part, num_parts):
 
 
 @triton.jit
-def prefetch_lines_to_l2(base_ptr, num_bytes, part, num_parts, LINES: tl.constexpr):
-    """Issue ``prefetch.global.L2::evict_last`` for this part's lines of [base_ptr, base_ptr + num_bytes).
+def prefetch_lines_to_l2(base_ptr, num_bytes, part, num_parts, LINES: tl.constexpr, EVICT_LAST: tl.constexpr = True):
+    """Issue ``prefetch.global.L2`` for this part's lines of [base_ptr, base_ptr + num_bytes).
 
-    Fire and forget: the instruction waits for nothing, so the program goes on
-    (to its PDL wait) while the lines stream in.
+    ``EVICT_LAST``: with the ``L2::evict_last`` priority (lines that must
+    outlive a weight stream); else the normal one (lines read within the same
+    launch). Parts at or past ``num_parts`` prefetch nothing. Fire and
+    forget: the instruction waits for nothing, so the program goes on (to its
+    PDL wait) while the lines stream in.
     """
     lo, hi = share_of_lines(num_bytes, part, num_parts)
     base = base_ptr.to(tl.pointer_type(tl.int8))
     for start in range(lo, hi, LINES):
         # lanes past the share prefetch its last line again: harmless, and no mask is needed
         line = tl.minimum(start + tl.arange(0, LINES), hi - 1)
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;",
-            "=r,l",
-            [base + line.to(tl.int64) * LINE_BYTES],
-            dtype=tl.int32,
-            is_pure=False,
-            pack=1,
-        )
+        address = base + line.to(tl.int64) * LINE_BYTES
+        if EVICT_LAST:
+            tl.inline_asm_elementwise(
+                "prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;", "=r,l", [address], dtype=tl.int32,
+                is_pure=False, pack=1,
+            )  # fmt: skip
+        else:
+            tl.inline_asm_elementwise(
+                "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [address], dtype=tl.int32, is_pure=False, pack=1
+            )

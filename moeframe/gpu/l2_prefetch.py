@@ -15,8 +15,15 @@ from L2. This is the hardware's L2 eviction-priority control (CUDA C++
 Programming Guide, "L2 cache access management"; PTX ISA, ``prefetch`` and
 ``createpolicy``), driven per load instead of by an access-policy window.
 
+``runner.gemv_tail_prefetch`` (also an experiment) is a narrower use of the
+same instruction: a prefetching GEMV whose weight outgrows the registers of
+one wave of its programs (OLMoE's 25 MB qkv weight against ~21 MB an H100's
+register files hold at a 32 KB tile) has its first wave prefetch the rest,
+with the normal priority, while it waits on the kernel before; the second
+wave then reads L2 instead of starting a memory round trip after the wait.
+
 On the CPU and under Triton's interpreter (which cannot run inline PTX) the
-switch changes nothing; outputs never depend on it.
+switches change nothing; outputs never depend on them.
 """
 
 from __future__ import annotations
@@ -26,6 +33,18 @@ import os
 import torch
 
 _enabled = False
+_tail_enabled = False
+
+
+def set_gemv_tail_prefetch(enabled: bool) -> None:
+    """Let prefetching GEMVs pull the weight rows past their first wave into L2 (``runner.gemv_tail_prefetch``)."""
+    global _tail_enabled
+    _tail_enabled = enabled
+
+
+def tail_prefetch(tensor: torch.Tensor) -> bool:
+    """Whether a prefetching GEMV on ``tensor``'s device prefetches its second wave's rows: on, and compiled for CUDA."""
+    return _tail_enabled and tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def set_l2_prefetch(enabled: bool) -> None:

@@ -89,9 +89,14 @@ BATCH1_SWITCHES = [
     ("runner.decode_attention_prologue=fused",),
     ("experts.one_launch_gemv=true",),
     ("runner.early_launch_norm=true",),
+    ("runner.gemv_tail_prefetch=true",),
 ]
 # Switches whose kernels compute the same numbers as the defaults (hints, or the same ops in one launch).
-SAME_NUMBERS = {("runner.l2_prefetch=true",), ("runner.decode_attention_prologue=fused",)}
+SAME_NUMBERS = {
+    ("runner.l2_prefetch=true",),
+    ("runner.decode_attention_prologue=fused",),
+    ("runner.gemv_tail_prefetch=true",),
+}
 
 
 @pytest.mark.parametrize("switch", BATCH1_SWITCHES, ids=lambda s: s[0] if s else "defaults")

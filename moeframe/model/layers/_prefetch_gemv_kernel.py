@@ -14,7 +14,9 @@ the whole tile because Triton's software pipeline cannot start before the
 wait. One program computes each output in one fixed reduction order.
 Under ``runner.l2_prefetch`` the weight loads carry an evict-first L2 policy
 and the programs may prefetch a later kernel's weight into L2 before their
-wait (moeframe/gpu/l2_prefetch.py).
+wait (moeframe/gpu/l2_prefetch.py). Under ``runner.gemv_tail_prefetch`` the
+first wave's programs prefetch the rows of the programs that cannot be
+resident with them (the second wave), so that those read L2 when they start.
 
 Imported lazily (see small_gemv.py): Triton decides at decoration time
 whether to compile or interpret a kernel.
@@ -47,11 +49,13 @@ def prefetch_gemv_kernel(
     stride_ot,
     l2_ptr,
     l2_bytes,
+    l2_parts,
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     WEIGHT_EVICT: tl.constexpr,
     L2_PREFETCH: tl.constexpr,
+    L2_EVICT_LAST: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -66,8 +70,9 @@ def prefetch_gemv_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     if L2_PREFETCH:
-        # a later kernel's weight (moeframe/gpu/l2_prefetch.py), behind this program's own tile
-        prefetch_lines_to_l2(l2_ptr, l2_bytes, pid, tl.num_programs(0), PREFETCH_LINES)
+        # a later kernel's weight (moeframe/gpu/l2_prefetch.py) or this weight's rows past the first wave,
+        # shared by programs [0, l2_parts), behind this program's own tile
+        prefetch_lines_to_l2(l2_ptr, l2_bytes, pid, l2_parts, PREFETCH_LINES, L2_EVICT_LAST)
     pdl_wait(USE_PDL)
     for t in range(num_tokens):
         x = tl.load(x_ptr + t * stride_xt + cols * stride_xk, mask=col_ok, other=0.0).to(tl.float32)

@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moeframe.gpu.l2_prefetch import l2_hints, weight_eviction
+from moeframe.gpu.l2_prefetch import l2_hints, tail_prefetch, weight_eviction
+from moeframe.gpu.occupancy import resident_programs
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
 from moeframe.model.layers.norm import RMSNorm
@@ -89,6 +90,12 @@ PREFETCH_NUM_WARPS = 4
 # wait; at 8 tokens it tied cuBLAS on an H100 (batch-8 decode 1,978 vs 1,997 tok/s), so in the
 # "prefetch" mode batches of more tokens than this run F.linear (cuBLAS).
 MAX_PREFETCH_TOKENS = 2
+# runner.gemv_tail_prefetch: a prefetching GEMV whose grid outgrows one wave by at most this many bytes
+# of weight has its first wave prefetch them into L2 (moeframe/gpu/l2_prefetch.py); a grid of many
+# waves (the lm_head) streams anyway and is left alone.
+MAX_TAIL_PREFETCH_BYTES = 16 * 1024 * 1024
+# The first wave of each prefetching GEMV launch configuration, learnt from its first launch (gpu/occupancy.py).
+_first_waves: dict[tuple, int | None] = {}
 _mode = DEFAULT_DECODE_GEMV
 
 
@@ -243,18 +250,35 @@ def prefetch_gemv(
     if num_tokens == 0 or n == 0:
         return out
     block_k = _next_power_of_2(k)
+    num_programs = _cdiv(n, block_n)
     prefetches = l2_prefetch is not None and l2_hints(x)
     if prefetches and not l2_prefetch.is_contiguous():
         raise ValueError(f"prefetch_gemv prefetches a contiguous tensor into L2, got strides {tuple(l2_prefetch.stride())}")
-    l2_target = l2_prefetch if prefetches else weight
-    _prefetch_kernels().prefetch_gemv_kernel[(_cdiv(n, block_n),)](
+    # The L2 prefetch: a later kernel's weight (kept past the experts' stream), or this weight's second wave
+    # (read within the launch), shared by the first wave's programs.
+    l2_target, l2_parts, evict_last = (l2_prefetch if prefetches else weight), num_programs, True
+    wave_key = (x.device, weight.dtype, block_n, block_k, bias is not None)
+    first_wave = _first_waves.get(wave_key)
+    tail = not prefetches and tail_prefetch(x) and first_wave is not None and _tail_rows(n, block_n, k, weight, first_wave)
+    if tail:
+        l2_target, l2_parts, evict_last = weight[first_wave * block_n :], first_wave, False
+    compiled = _prefetch_kernels().prefetch_gemv_kernel[(num_programs,)](
         x, weight, weight if bias is None else bias, out, num_tokens, n, k,
         x.stride(0), x.stride(1), weight.stride(0), out.stride(0),
-        l2_target, l2_target.numel() * l2_target.element_size() if prefetches else 0,
+        l2_target, l2_target.numel() * l2_target.element_size() if prefetches or tail else 0, l2_parts,
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(x),
-        L2_PREFETCH=prefetches, num_warps=PREFETCH_NUM_WARPS, **pdl_args(x),
+        L2_PREFETCH=prefetches or tail, L2_EVICT_LAST=evict_last, num_warps=PREFETCH_NUM_WARPS, **pdl_args(x),
     )  # fmt: skip
+    if x.is_cuda and (first_wave is None or tail):
+        # learnt from the first launch, then from the prefetching variant, which may hold more registers
+        _first_waves[wave_key] = resident_programs(compiled, x.device)
     return out
+
+
+def _tail_rows(n: int, block_n: int, k: int, weight: torch.Tensor, first_wave: int) -> bool:
+    """Whether rows past the first wave exist and are few enough (``MAX_TAIL_PREFETCH_BYTES``) to prefetch into L2."""
+    tail_rows = n - first_wave * block_n
+    return 0 < tail_rows and tail_rows * k * weight.element_size() <= MAX_TAIL_PREFETCH_BYTES
 
 
 def norm_gemv(
