@@ -14,6 +14,10 @@ root=$PWD
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > /dev/null 2>&1
 fi
+# a missing package fails every variant the same way: stop before the first (tools/device_wheels.sh makes them)
+if ! PYTHONPATH=/tmp/site:$root python3 -c "import moeframe.engine.builder" 2> /tmp/ab_import.log; then
+    echo "the engine does not import (carry the wheels of tools/device_wheels.sh in .whl/):"; tail -3 /tmp/ab_import.log; exit 1
+fi
 export PYTHONUNBUFFERED=1
 batch=${BATCH:-1}
 

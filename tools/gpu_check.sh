@@ -26,6 +26,10 @@ else
     export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1
+# a missing package fails every step the same way: stop before the first (tools/device_wheels.sh makes them)
+if ! python3 -c "import moeframe.engine.builder" 2> "$out/import.log"; then
+    echo "the engine does not import (carry the wheels of tools/device_wheels.sh in .whl/):"; tail -3 "$out/import.log"; exit 1
+fi
 
 if [ "$steps" != bench ]; then
     # -o addopts= drops the project's -q so that pytest prints its summary line
