@@ -214,33 +214,32 @@ def qkv_prologue_kernel(
     part = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
     r_ok = offs_r < rot_half
-    # Each branch loads its norm weight (a weight) before the wait, the activations after it.
-    if part < q_blocks:
-        head0 = part * BLOCK_HQ
-        w1, w2, wp = _norm_weight_tiles(
-            q_weight_ptr, head0 + tl.arange(0, BLOCK_HQ), num_q_heads, head_dim, rot_half,
-            FULL_NORM, HEAD_NORM, INTERLEAVE, BLOCK_R, BLOCK_P,
-        )  # fmt: skip
-        pdl_wait(USE_PDL)
-        cos = tl.load(cos_ptr + token * stride_cos + offs_r, mask=r_ok, other=0.0).to(tl.float32)
-        sin = tl.load(sin_ptr + token * stride_sin + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    # The norm weights are weights: loaded before the wait, the q heads' tiles by the q programs and the k heads'
+    # by the KV programs (a head count of 0 masks the other's loads off).
+    is_q = part < q_blocks
+    q_head0 = part * BLOCK_HQ
+    head0 = (part - q_blocks) * BLOCK_HK
+    wq1, wq2, wqp = _norm_weight_tiles(
+        q_weight_ptr, q_head0 + tl.arange(0, BLOCK_HQ), tl.where(is_q, num_q_heads, 0), head_dim, rot_half,
+        FULL_NORM, HEAD_NORM, INTERLEAVE, BLOCK_R, BLOCK_P,
+    )  # fmt: skip
+    wk1, wk2, wkp = _norm_weight_tiles(
+        k_weight_ptr, head0 + tl.arange(0, BLOCK_HK), tl.where(is_q, 0, num_kv_heads), head_dim, rot_half,
+        FULL_NORM, HEAD_NORM, INTERLEAVE, BLOCK_R, BLOCK_P,
+    )  # fmt: skip
+    pdl_wait(USE_PDL)
+    cos = tl.load(cos_ptr + token * stride_cos + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + token * stride_sin + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    if is_q:
         _rotate_heads(
-            q_ptr + token * stride_q, q_out_ptr + token * stride_qo_n, stride_qo_h, w1, w2, wp, cos, sin,
-            head0, num_q_heads, head_dim, rot_half, eps, clip,
+            q_ptr + token * stride_q, q_out_ptr + token * stride_qo_n, stride_qo_h, wq1, wq2, wqp, cos, sin,
+            q_head0, num_q_heads, head_dim, rot_half, eps, clip,
             FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE, BLOCK_HQ, BLOCK_R, BLOCK_P,
         )  # fmt: skip
     else:
-        head0 = (part - q_blocks) * BLOCK_HK
-        w1, w2, wp = _norm_weight_tiles(
-            k_weight_ptr, head0 + tl.arange(0, BLOCK_HK), num_kv_heads, head_dim, rot_half,
-            FULL_NORM, HEAD_NORM, INTERLEAVE, BLOCK_R, BLOCK_P,
-        )  # fmt: skip
-        pdl_wait(USE_PDL)
-        cos = tl.load(cos_ptr + token * stride_cos + offs_r, mask=r_ok, other=0.0).to(tl.float32)
-        sin = tl.load(sin_ptr + token * stride_sin + offs_r, mask=r_ok, other=0.0).to(tl.float32)
         slot = tl.load(slots_ptr + token).to(tl.int64)
         _rotate_heads(
-            k_ptr + token * stride_k, k_cache_ptr + slot * stride_kc_s, stride_kc_h, w1, w2, wp, cos, sin,
+            k_ptr + token * stride_k, k_cache_ptr + slot * stride_kc_s, stride_kc_h, wk1, wk2, wkp, cos, sin,
             head0, num_kv_heads, head_dim, rot_half, eps, clip,
             FULL_NORM, HEAD_NORM, HAS_CLIP, INTERLEAVE, BLOCK_HK, BLOCK_R, BLOCK_P,
         )  # fmt: skip

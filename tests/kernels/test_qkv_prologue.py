@@ -213,8 +213,7 @@ print(" ".join(e.split(".")[0] if e != "griddepcontrol.wait" else "wait" for e i
 
 
 @pytest.mark.parametrize("norm", ["full", "per_head"])
-def test_each_branch_loads_its_norm_weight_before_the_pdl_wait(norm):
-    # the q heads' program and the k heads' program: weight loads, wait, activation loads and stores
+def test_the_norm_weights_load_before_the_pdl_wait_and_the_activations_after(norm):
     events = compile_for_sm90(COMPILE_FOR_SM90, norm).split()
-    assert events[:6] == ["ld", "wait", "ld", "st", "ld", "wait"], events
-    assert events.count("wait") == 2
+    assert events[:3] == ["ld", "wait", "ld"], events
+    assert events.count("wait") == 1
