@@ -351,3 +351,26 @@ def test_fused_norm_gate_topk_replays_in_a_cuda_graph():
         assert torch.equal(static_plan.topk_ids, expected.topk_ids)
         torch.testing.assert_close(static_plan.topk_weights, expected.topk_weights, rtol=1e-5, atol=1e-6)
     assert not counts.any()
+
+
+# OLMoE's batch-1 launch (one token, 64 experts, k = 8, two warps): the last program's top-k ranks the experts in
+# one count (_topk_kernel.py) instead of k rounds of reductions, each a few barriers.
+RANK_TOPK_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from moeframe.routers._gate_topk_kernel import gate_softmax_topk_kernel as kernel
+pointers = ["*bf16"] * 5 + ["*fp32", "*fp32", "*fp32", "*i32", "*i64", "*fp32"]
+types = pointers + ["i32"] * 7 + ["fp32"] * 2 + ["constexpr"] * 9
+constexprs = {"NORM": True, "ROW_IN_TILE": True, "HAS_BIAS": False, "RENORMALIZE": True, "BLOCK_T": 1,
+              "BLOCK_H": 2048, "BLOCK_E": 64, "BLOCK_K": 8, "USE_PDL": True}
+src = ASTSource(fn=kernel, signature=dict(zip(kernel.arg_names, types)), constexprs=constexprs)
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 2}).asm["ptx"]
+routing = ptx[ptx.index("atom.global.gpu.acq_rel.add"):]
+print(routing.count("bar.sync"), "Loop Header" in routing)
+"""
+
+
+def test_the_last_program_routes_one_token_without_a_loop_of_reductions() -> None:
+    barriers, loops = compile_for_sm90(RANK_TOPK_FOR_SM90).split()
+    assert loops == "False" and int(barriers) <= 10
