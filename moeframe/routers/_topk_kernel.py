@@ -73,63 +73,33 @@ def softmax_topk_rows(
     keys = tl.where(col_ok[None, :], keys, TAKEN)
 
     if BLOCK_T * BLOCK_E * BLOCK_E <= RANK_TILE:
-        _store_ranked(
-            keys, exp, denom, topk_ids_ptr, topk_weights_ptr, rows, row_ok, cols, k, scale, RENORMALIZE, BLOCK_T,
-        )  # fmt: skip
+        ids, picked_exp, slot, picked = _ranked_picks(keys, exp, row_ok, cols, k, BLOCK_T)
     else:
-        _store_rounds(
-            keys, exp, denom, topk_ids_ptr, topk_weights_ptr, rows, row_ok, cols, k, scale, RENORMALIZE, BLOCK_T,
-            BLOCK_E, BLOCK_K,
-        )  # fmt: skip
-
-
-@triton.jit
-def _store_ranked(
-    keys,
-    exp,
-    denom,
-    topk_ids_ptr,
-    topk_weights_ptr,
-    rows,
-    row_ok,
-    cols,
-    k,
-    scale,
-    RENORMALIZE: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-):
-    """Each column's rank among its row's (distinct) keys; the k best store themselves at slot ``rank``."""
-    # [t, j, i] = key j above key i, summed over j: Triton keeps that axis in a thread (sm_90 PTX at one token of 64
-    # experts: 7 barriers and 12 shuffles from the count to the stores; summed over the last axis, 17 and 76)
-    rank = tl.sum((keys[:, :, None] > keys[:, None, :]).to(tl.int32), axis=1)
-    picked = row_ok[:, None] & (rank < k)
-    weights = exp / denom[:, None]
+        ids, picked_exp, slot, picked = _round_picks(keys, exp, row_ok, cols, k, BLOCK_T, BLOCK_E, BLOCK_K)
+    weights = picked_exp / denom[:, None]
     if RENORMALIZE:
         weights = weights / tl.where(row_ok, tl.sum(tl.where(picked, weights, 0.0), axis=1), 1.0)[:, None]
     weights = weights * scale
-    out = rows.to(tl.int64)[:, None] * k + rank
-    tl.store(topk_ids_ptr + out, tl.broadcast_to(cols.to(tl.int64)[None, :], [BLOCK_T, cols.shape[0]]), mask=picked)
+    out = rows.to(tl.int64)[:, None] * k + slot
+    tl.store(topk_ids_ptr + out, ids, mask=picked)
     tl.store(topk_weights_ptr + out, weights, mask=picked)
 
 
 @triton.jit
-def _store_rounds(
-    keys,
-    exp,
-    denom,
-    topk_ids_ptr,
-    topk_weights_ptr,
-    rows,
-    row_ok,
-    cols,
-    k,
-    scale,
-    RENORMALIZE: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """k rounds of argmax over the keys, the picked column's key dropped to TAKEN after each."""
+def _ranked_picks(keys, exp, row_ok, cols, k, BLOCK_T: tl.constexpr):
+    """(ids, exps, slots, picked) over the columns: each column's rank among its row's (distinct) keys is its slot,
+    and the columns ranked below k are the picks."""
+    # [t, j, i] = key j above key i, summed over j: Triton keeps that axis in a thread (sm_90 PTX at one token of 64
+    # experts: 7 barriers and 12 shuffles from the count to the stores; summed over the last axis, 17 and 76)
+    rank = tl.sum((keys[:, :, None] > keys[:, None, :]).to(tl.int32), axis=1)
+    ids = tl.broadcast_to(cols.to(tl.int64)[None, :], [BLOCK_T, cols.shape[0]])
+    return ids, exp, rank, row_ok[:, None] & (rank < k)
+
+
+@triton.jit
+def _round_picks(keys, exp, row_ok, cols, k, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(ids, exps, slots, picked) over BLOCK_K slots: k rounds of argmax over the keys, the picked column's key
+    dropped to TAKEN after each."""
     slots = tl.arange(0, BLOCK_K)
     topk_ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int64)
     # the unbiased probability of each pick: its exp taken from the registers (a sum of it and zeros), not
@@ -142,15 +112,8 @@ def _store_rounds(
         topk_ids = tl.where(slots[None, :] == i, picked[:, None], topk_ids)
         picked_exp = tl.where(slots[None, :] == i, tl.sum(tl.where(is_picked, exp, 0.0), axis=1)[:, None], picked_exp)
         keys = tl.where(is_picked, TAKEN, keys)
-
-    slot_ok = row_ok[:, None] & (slots < k)[None, :]
-    weights = picked_exp / denom[:, None]
-    if RENORMALIZE:
-        weights = weights / tl.where(row_ok, tl.sum(weights, axis=1), 1.0)[:, None]
-    weights = weights * scale
-    out = rows.to(tl.int64)[:, None] * k + slots[None, :]
-    tl.store(topk_ids_ptr + out, topk_ids, mask=slot_ok)
-    tl.store(topk_weights_ptr + out, weights, mask=slot_ok)
+    slot = tl.broadcast_to(slots[None, :], [BLOCK_T, BLOCK_K])
+    return topk_ids, picked_exp, slot, row_ok[:, None] & (slots < k)[None, :]
 
 
 @triton.jit
