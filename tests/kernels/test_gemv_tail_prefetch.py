@@ -52,7 +52,7 @@ def test_a_gemv_past_one_wave_prefetching_its_tail_gives_the_same_bits() -> None
     probe = torch.randn(64, k, generator=generator).to("cuda", torch.bfloat16)
     prefetch_gemv(x, probe)  # learns the first wave of this launch configuration
     block_n = prefetch_tile_rows(k, torch.bfloat16)
-    first_wave = small_gemv._first_waves[(x.device, torch.bfloat16, block_n, k, False)]
+    first_wave = small_gemv._first_waves[(x.device, torch.bfloat16, block_n, k, False, False)]
     assert first_wave is not None and first_wave > 0
     weight = torch.randn(first_wave * block_n + 1000, k, generator=generator).to("cuda", torch.bfloat16)
     plain = prefetch_gemv(x, weight)

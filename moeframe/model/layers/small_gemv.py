@@ -94,7 +94,8 @@ MAX_PREFETCH_TOKENS = 2
 # of weight has its first wave prefetch them into L2 (moeframe/gpu/l2_prefetch.py); a grid of many
 # waves (the lm_head) streams anyway and is left alone.
 MAX_TAIL_PREFETCH_BYTES = 16 * 1024 * 1024
-# The first wave of each prefetching GEMV launch configuration, learnt from its first launch (gpu/occupancy.py).
+# The first wave of each prefetching GEMV launch configuration (with or without the tail prefetch), learnt once
+# from its first launch (gpu/occupancy.py).
 _first_waves: dict[tuple, int | None] = {}
 _mode = DEFAULT_DECODE_GEMV
 
@@ -258,7 +259,8 @@ def prefetch_gemv(
     # (read within the launch), shared by the first wave's programs.
     l2_target, l2_parts, evict_last = (l2_prefetch if prefetches else weight), num_programs, True
     wave_key = (x.device, weight.dtype, block_n, block_k, bias is not None)
-    first_wave = _first_waves.get(wave_key)
+    # the prefetching variant's wave once it has run (it may hold more registers), else the plain one's
+    first_wave = _first_waves.get((*wave_key, True), _first_waves.get((*wave_key, False)))
     tail = not prefetches and tail_prefetch(x) and first_wave is not None and _tail_rows(n, block_n, k, weight, first_wave)
     if tail:
         l2_target, l2_parts, evict_last = weight[first_wave * block_n :], first_wave, False
@@ -269,9 +271,8 @@ def prefetch_gemv(
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(x),
         L2_PREFETCH=prefetches or tail, L2_EVICT_LAST=evict_last, num_warps=PREFETCH_NUM_WARPS, **pdl_args(x),
     )  # fmt: skip
-    if x.is_cuda and (first_wave is None or tail):
-        # learnt from the first launch, then from the prefetching variant, which may hold more registers
-        _first_waves[wave_key] = resident_programs(compiled, x.device)
+    if x.is_cuda and (*wave_key, tail) not in _first_waves:
+        _first_waves[(*wave_key, tail)] = resident_programs(compiled, x.device)
     return out
 
 
