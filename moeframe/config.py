@@ -42,7 +42,7 @@ class RunnerConfig:
     moe_norm_in_router: bool = True  # the residual add + RMSNorm before an MoE block inside the gate top-k launch (routers/gate_topk.py)
     decode_kv_splits: int = 0  # chunks of each context in the Triton decode attention (0: by batch size and SMs)
     decode_attention_merge: str = "fused"  # fused | separate: the decode attention's split merge in the split launch or its own
-    decode_attention_prologue: str = "separate"  # fused | separate: q/k norm, rotary and the KV write in the decode attention's split launch or their own (attention/triton_decode.py)
+    decode_attention_prologue: str = "fused"  # fused | separate: q/k norm, rotary and the KV write in the decode attention's split launch or their own (attention/triton_decode.py)
     overlap: bool = True  # launch a greedy decode step before reading the last one's tokens (engine/core.py)
     batched_load_record: bool = True  # count a forward's expert load in one launch at its last MoE layer, not one per layer (telemetry/expert_load.py)
     early_launch_norm: bool = False  # the add + top-k sum + RMSNorm before qkv as a Triton kernel letting qkv launch first (model/layers/early_norm.py; slower)

@@ -29,7 +29,7 @@ DECODE_PROLOGUES = ("fused", "separate")
 
 _decode_kv_splits = 0  # runner.decode_kv_splits: 0 lets triton_decode.default_num_kv_splits choose
 _decode_fused_merge = True  # runner.decode_attention_merge == "fused"
-_decode_fused_prologue = False  # runner.decode_attention_prologue == "fused"
+_decode_fused_prologue = True  # runner.decode_attention_prologue == "fused"
 
 
 @runtime_checkable
@@ -81,7 +81,7 @@ def set_decode_attention_prologue(mode: str) -> None:
 
 class TritonAttention:
     """The Triton decode (triton_decode.py) and extend (triton_extend.py) kernels; fuses the prologue at decode
-    under ``runner.decode_attention_prologue=fused``."""
+    unless ``runner.decode_attention_prologue=separate``."""
 
     def __init__(self) -> None:
         # Imported on first use: Triton decides between compiling and interpreting

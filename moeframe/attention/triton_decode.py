@@ -11,7 +11,7 @@ KV head (grouped-query attention), so each K/V row is gathered once through
 The number of splits depends only on the batch size, the KV head count and the
 device, never on the context lengths (which the kernels read from
 ``kv_indptr``), so a captured CUDA graph stays valid as contexts grow. Inside
-that fixed grid a split takes at least one key block (``MIN_SPLIT_TOKENS``):
+that fixed grid a split takes at least one tile of keys (``SPLIT_TILE_KEYS``):
 a short context keeps only the first few splits busy, the rest write nothing,
 and the merge reads the busy ones only (FlashInfer's split-KV planner likewise
 bounds the chunk size from below). On an H100 at batch 1 (OLMoE: 16 KV heads,
@@ -37,7 +37,10 @@ q from the raw projection after the PDL wait (a full norm's statistics over
 the whole 4 KB row included), the split that holds the newest key computes
 its k and v row into registers, attends with it in place of the cache row,
 and writes it to the cache at ``out_slots`` for the steps after. The old keys
-still load before the wait. Off by default (``runner.decode_attention_prologue``).
+of the first tile still load before the wait. The engine's default
+(``runner.decode_attention_prologue=fused``): with tiles of 32 keys it took an
+H100's batch-1 OLMoE step span from 1,080 to 1,053 us (with tiles of 64 it
+lost, 896 against 918 tok/s: its registers left fewer programs resident).
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ from moeframe.gpu._pdl_jit import pdl_wait
 from moeframe.gpu.pdl import pdl_args
 
 LOG2_E = 1.4426950408889634
+# Keys of a split's tiles, the first of which loads before the PDL wait; also the fewest keys a busy split
+# takes. On an H100 at OLMoE's batch 1 (contexts of 129-192 keys, the prologue fused) tiles of 64 / 32 keys
+# gave 896 / 938 tok/s, and 16 keys beat 32 by 17 tok/s in another run: more splits busy, each a shorter
+# chain after the wait, and fewer registers (sm_90, Triton 3.9: 224 / 168 / 128 a thread).
+SPLIT_TILE_KEYS = 16
 
 _merge_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
 
@@ -439,7 +447,7 @@ def _decode(
     out = q.new_empty(num_reqs, num_q_heads, v_dim)
     counts = merge_counts(q.device, num_reqs * num_kv_heads) if fused_merge else part_lse
     block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
-    block_n, block_s = 64 if block_dk <= 128 else 32, triton.next_power_of_2(splits)
+    block_n, block_s = SPLIT_TILE_KEYS, triton.next_power_of_2(splits)
     _decode_split_kernel[(num_reqs, num_kv_heads, splits)](
         q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, part_out, part_lse,
         scale * LOG2_E, q.stride(0), stride_qh, k_cache.stride(0), k_cache.stride(1),

@@ -86,7 +86,7 @@ def test_bfloat16_error_no_worse_than_transformers_bfloat16(preset: str, checkpo
 BATCH1_SWITCHES = [
     (),
     ("runner.l2_prefetch=true",),
-    ("runner.decode_attention_prologue=fused",),
+    ("runner.decode_attention_prologue=separate",),
     ("experts.one_launch_gemv=true",),
     ("runner.early_launch_norm=true",),
     ("runner.gemv_tail_prefetch=true",),
@@ -94,7 +94,7 @@ BATCH1_SWITCHES = [
 # Switches whose kernels compute the same numbers as the defaults (hints, or the same ops in one launch).
 SAME_NUMBERS = {
     ("runner.l2_prefetch=true",),
-    ("runner.decode_attention_prologue=fused",),
+    ("runner.decode_attention_prologue=separate",),
     ("runner.gemv_tail_prefetch=true",),
 }
 

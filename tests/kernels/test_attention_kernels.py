@@ -82,7 +82,7 @@ def test_a_negative_decode_split_count_is_refused() -> None:
 
 @pytest.mark.parametrize("splits", [1, 3, 8, 32])
 def test_decode_matches_reference_when_short_contexts_leave_splits_idle(device, splits):
-    """Each split takes at least one 64-key block: 1, 37, 130 and 300 keys keep 1, 1, <=3 and <=5 splits busy."""
+    """Each split takes at least one 16-key tile: 1, 37, 130 and 300 keys keep 1, <=3, <=9 and <=19 splits busy."""
     from moeframe.attention.triton_decode import decode_attention
 
     gen = torch.Generator().manual_seed(splits)
@@ -111,7 +111,7 @@ pointers = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "kv_indptr_ptr
             "cos_ptr": "*bf16", "sin_ptr": "*bf16", "out_slots_ptr": "*i64", "kv_indices_ptr": "*i64"}
 floats = ("scale_log2", "eps", "clip")
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-consts = dict(MIN_SPLIT_TOKENS=64, GROUP=1, BLOCK_H=16, BLOCK_N=64, BLOCK_DK=128, BLOCK_DV=128, FUSED_MERGE=True,
+consts = dict(MIN_SPLIT_TOKENS=16, GROUP=1, BLOCK_H=16, BLOCK_N=16, BLOCK_DK=128, BLOCK_DV=128, FUSED_MERGE=True,
               BLOCK_S=4, PROLOGUE=True, FULL_NORM=True, HEAD_NORM=False, HAS_CLIP=False, INTERLEAVE=False,
               BLOCK_HQ=16, BLOCK_HK=16, BLOCK_R=64, BLOCK_P=1, USE_PDL=True)
 sig = {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n in floats else "i32") for n in kernel.arg_names}

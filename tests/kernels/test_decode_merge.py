@@ -1,8 +1,9 @@
 """The decode attention's merge inside the split launch (last program of each group) against its separate merge launch.
 
-A split takes at least one 64-key block here (k_dim <= 128), so with 4 splits
-a context of 1, 64 or 65 keys keeps 1, 1 or 2 splits busy, 129 keeps 3 and
-300 all 4: the cases cross the split boundaries and leave some splits idle.
+A split takes at least one tile of 16 keys (triton_decode.SPLIT_TILE_KEYS), so
+with 4 splits a context of 1, 17 or 33 keys keeps 1, 2 or 3 splits busy and
+64 or more all 4 (65: 17 keys a split, 300: 75): the cases cross the split
+boundaries and leave some splits idle.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def counts_after_launch(num_reqs: int, device: torch.device) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(
     ("kv_lens", "group"),
-    [([1], 1), ([65], 4), ([1, 64, 65, 129, 300], 2), ([300, 1, 200], 1), ([129, 63, 128], 4)],
+    [([1], 1), ([65], 4), ([1, 17, 33, 64, 65, 129, 300], 2), ([300, 1, 200], 1), ([129, 63, 128, 33], 4)],
 )
 def test_fused_merge_equals_the_separate_merge_bit_for_bit(device, dtype, kv_lens, group):
     fused, separate = both_merges(kv_lens, group, dtype, device, splits=4, seed=len(kv_lens) + group)
