@@ -111,14 +111,20 @@ def accumulate_layers_kernel(
     CLAMP_TOTAL: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    SETTLED: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """Plan ``program_id(1)`` of the tuple ``topk_ids_ptrs``, into recorder row ``layers[program_id(1)]``.
 
     The plans share their shape, strides and budget; ``counts_ptr`` is the
-    recorder's [L, E] counts, the other three its [L] counters.
+    recorder's [L, E] counts, the other three its [L] counters. ``SETTLED``:
+    no plan comes from the launch just before this one (the recorder flushes
+    after the last MoE layer's experts), so the counting runs before the PDL
+    wait, beside that launch, and the wait only keeps this launch's end after
+    its end; otherwise the counting waits.
     """
-    pdl_wait(USE_PDL)
+    if not SETTLED:
+        pdl_wait(USE_PDL)
     plan = tl.program_id(1)
     # a tuple is indexed by constants only: pick this program's entry with a select per plan
     topk_ids_ptr = topk_ids_ptrs[0]
@@ -130,3 +136,5 @@ def accumulate_layers_kernel(
         topk_ids_ptr, counts_ptr + layer * stride_counts, dropped_ptr + layer, tokens_ptr + layer,
         unrouted_ptr + layer, num_tokens, num_columns, stride_t, stride_c, budget_k, CLAMP_TOTAL, BLOCK_T, BLOCK_C,
     )  # fmt: skip
+    if SETTLED:
+        pdl_wait(USE_PDL)

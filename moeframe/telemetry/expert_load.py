@@ -172,12 +172,14 @@ def accumulate_layers_fused(
     dropped: torch.Tensor,
     tokens: torch.Tensor,
     unrouted: torch.Tensor,
+    settled: bool = False,
 ) -> None:
     """Add many layers' plans to the recorder's counters ([L, E] and [L]) in one Triton launch.
 
     Plans of another shape, dtype or budget than the rest (a forward's
     layers share theirs) take a launch of their own; so do plans past
-    MAX_PLANS_PER_LAUNCH.
+    MAX_PLANS_PER_LAUNCH. ``settled``: no plan was written by the launch just
+    before, so the kernel counts before its PDL wait (_expert_load_kernel.py).
     """
     for group in _launch_groups(plans):
         ids = group[0].topk_ids
@@ -187,7 +189,7 @@ def accumulate_layers_fused(
             tuple(plan.topk_ids for plan in group), tuple(plan.layer_idx for plan in group),
             counts, dropped, tokens, unrouted, num_tokens, num_columns, *ids.stride(), counts.stride(0), budget_k,
             NUM_PLANS=len(group), CLAMP_TOTAL=tiles.clamp_total, BLOCK_T=tiles.block_t, BLOCK_C=tiles.block_c,
-            num_warps=tiles.num_warps, **pdl_args(ids),
+            SETTLED=settled, num_warps=tiles.num_warps, **pdl_args(ids),
         )  # fmt: skip
 
 
@@ -197,10 +199,11 @@ def accumulate_layers(
     dropped: torch.Tensor,
     tokens: torch.Tensor,
     unrouted: torch.Tensor,
+    settled: bool = False,
 ) -> None:
     """Add many layers' plans to the recorder's counters: one Triton launch on CUDA, ``accumulate`` per plan elsewhere."""
     if counts.is_cuda:
-        accumulate_layers_fused(plans, counts, dropped, tokens, unrouted)
+        accumulate_layers_fused(plans, counts, dropped, tokens, unrouted, settled)
         return
     for plan in plans:
         row = slice(plan.layer_idx, plan.layer_idx + 1)
@@ -273,10 +276,15 @@ class ExpertLoadRecorder:
         self.pending.append(LayerPlan(layer_idx, plan.topk_ids, budget_k))
         self.pending_captured = captured
         if layer_idx == self.last_moe_layer:
-            self.flush()
+            self.flush(settled=True)
 
-    def flush(self) -> None:
-        """Count the pending plans: one launch on CUDA (see the class docstring for the plans it drops)."""
+    def flush(self, settled: bool = False) -> None:
+        """Count the pending plans: one launch on CUDA (see the class docstring for the plans it drops).
+
+        ``settled``: the last plan's experts have run since it was recorded,
+        so no plan comes from the launch just before (the MoE block records
+        after its experts), and the launch counts beside the one before it.
+        """
         if not self.pending:
             return
         capturing = _capturing(self.pending[0].topk_ids)
@@ -288,7 +296,7 @@ class ExpertLoadRecorder:
         plans, self.pending = self.pending, []
         if self.pending_captured and not capturing:
             return
-        accumulate_layers(plans, self.counts, self.dropped, self.tokens, self.unrouted)
+        accumulate_layers(plans, self.counts, self.dropped, self.tokens, self.unrouted, settled)
 
     def _settle_unfinished_forward(self) -> None:
         """Plans of a forward that never reached its last MoE layer: counted if they ran eagerly.

@@ -114,15 +114,16 @@ plans = 16
 sig = {"topk_ids_ptrs": ("*i64",) * plans, "layers": ("i32",) * plans}
 sig |= {n: "*i64" for n in ("counts_ptr", "dropped_ptr", "tokens_ptr", "unrouted_ptr")}
 sig |= {n: "i32" for n in ("num_tokens", "num_columns", "stride_t", "stride_c", "stride_counts", "budget_k")}
-sig |= {n: "constexpr" for n in ("NUM_PLANS", "CLAMP_TOTAL", "BLOCK_T", "BLOCK_C", "USE_PDL")}
-for use_pdl in (False, True):
-    constexprs = {"NUM_PLANS": plans, "CLAMP_TOTAL": False, "BLOCK_T": 1, "BLOCK_C": 8, "USE_PDL": use_pdl}
+sig |= {n: "constexpr" for n in ("NUM_PLANS", "CLAMP_TOTAL", "BLOCK_T", "BLOCK_C", "SETTLED", "USE_PDL")}
+for use_pdl, settled in ((False, False), (True, False), (True, True)):
+    constexprs = {"NUM_PLANS": plans, "CLAMP_TOTAL": False, "BLOCK_T": 1, "BLOCK_C": 8, "SETTLED": settled, "USE_PDL": use_pdl}
     src = ASTSource(fn=accumulate_layers_kernel, signature=sig, constexprs=constexprs)
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": use_pdl}).asm["ptx"]
-    print(use_pdl, "griddepcontrol.wait" in ptx, "red.global.gpu.relaxed.add.u64" in ptx)
+    adds = ptx.find("red.global.gpu.relaxed.add.u64")
+    print(use_pdl, settled, "griddepcontrol.wait" in ptx, adds >= 0, ptx.find("griddepcontrol.wait") > adds)
 """
 
 
-def test_layers_kernel_compiles_for_sm90_with_and_without_pdl():
+def test_layers_kernel_compiles_for_sm90_with_and_without_pdl_counting_before_the_wait_when_settled():
     stdout = compile_for_sm90(COMPILE_LAYERS_KERNEL)
-    assert stdout.split("\n")[:2] == ["False False True", "True True True"]
+    assert stdout.split("\n")[:3] == ["False False False True False", "True False True True False", "True True True True True"]

@@ -99,12 +99,14 @@ class MoEBlock(nn.Module):
         return RouteContext(token_ids=token_ids, correction_bias=bias)
 
     def _run(self, x: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
-        if self.observer is not None:
-            self.observer.record(self.layer_idx, plan)
         out = self.runner.run_experts(x, self.w13, self.w2, plan, self.kernel)
         if self.shared_experts is not None:
             shared = self.shared_experts(x)
             if self.shared_expert_gate is not None:
                 shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
             out = plus(out, shared)
+        # recorded after the experts: the batched recorder's launch at the last MoE layer then reads ids that
+        # no longer come from the launch just before it, and counts beside the expert launches, off their path
+        if self.observer is not None:
+            self.observer.record(self.layer_idx, plan)
         return out
