@@ -59,11 +59,15 @@ from moeframe.gpu._pdl_jit import pdl_wait
 from moeframe.gpu.pdl import pdl_args
 
 LOG2_E = 1.4426950408889634
-# Keys of a split's tiles, the first of which loads before the PDL wait; also the fewest keys a busy split
-# takes. On an H100 at OLMoE's batch 1 (contexts of 129-192 keys, the prologue fused) tiles of 64 / 32 keys
-# gave 896 / 938 tok/s, and 16 keys beat 32 by 17 tok/s in another run: more splits busy, each a shorter
-# chain after the wait, and fewer registers (sm_90, Triton 3.9: 224 / 168 / 128 a thread).
+# Keys of a split's tiles where a context is cut into several splits (small batches), the first of which
+# loads before the PDL wait; also the fewest keys a busy split takes. On an H100 at OLMoE's batch 1 (17
+# splits, contexts of 129-192 keys, the prologue fused) tiles of 64 / 32 keys gave 896 / 938 tok/s, and 16
+# keys 945-946 (937 with 32 in the same run): more splits busy, each a shorter chain after the wait, and
+# fewer registers (sm_90, Triton 3.9: 224 / 168 / 128 a thread). A batch whose contexts take one split each
+# walks them in tiles of WHOLE_CONTEXT_TILE_KEYS: fewer, longer steps (at batch 128 the 16-key tiles read
+# 17,475 tok/s against 18,293 with 64 in an earlier session: not measured apart from the other changes).
 SPLIT_TILE_KEYS = 16
+WHOLE_CONTEXT_TILE_KEYS = 64
 
 _merge_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
 
@@ -360,6 +364,14 @@ def _decode_merge_kernel(
     )  # fmt: skip
 
 
+def tile_keys(num_splits: int, block_dk: int) -> int:
+    """Keys of the split kernel's tiles: SPLIT_TILE_KEYS where contexts are split, else WHOLE_CONTEXT_TILE_KEYS
+    (half of it past 128 key dims, whose tiles take twice the registers)."""
+    if num_splits > 1:
+        return SPLIT_TILE_KEYS
+    return WHOLE_CONTEXT_TILE_KEYS if block_dk <= 128 else WHOLE_CONTEXT_TILE_KEYS // 2
+
+
 def default_num_kv_splits(batch_size: int, num_kv_heads: int, device: torch.device) -> int:
     """Enough (request, KV head, split) programs for about two waves over the GPU's SMs, at most 32 splits."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -447,7 +459,7 @@ def _decode(
     out = q.new_empty(num_reqs, num_q_heads, v_dim)
     counts = merge_counts(q.device, num_reqs * num_kv_heads) if fused_merge else part_lse
     block_dk, block_dv = max(16, triton.next_power_of_2(k_dim)), max(16, triton.next_power_of_2(v_dim))
-    block_n, block_s = SPLIT_TILE_KEYS, triton.next_power_of_2(splits)
+    block_n, block_s = tile_keys(splits, block_dk), triton.next_power_of_2(splits)
     _decode_split_kernel[(num_reqs, num_kv_heads, splits)](
         q, k_cache, v_cache, batch.kv_indptr, batch.kv_indices, part_out, part_lse,
         scale * LOG2_E, q.stride(0), stride_qh, k_cache.stride(0), k_cache.stride(1),

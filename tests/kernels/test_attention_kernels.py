@@ -80,6 +80,13 @@ def test_a_negative_decode_split_count_is_refused() -> None:
         set_decode_kv_splits(-1)
 
 
+def test_split_contexts_take_short_tiles_and_whole_contexts_long_ones():
+    from moeframe.attention.triton_decode import SPLIT_TILE_KEYS, WHOLE_CONTEXT_TILE_KEYS, tile_keys
+
+    assert [tile_keys(splits, 128) for splits in (1, 2, 17)] == [WHOLE_CONTEXT_TILE_KEYS] + [SPLIT_TILE_KEYS] * 2
+    assert tile_keys(1, 256) == WHOLE_CONTEXT_TILE_KEYS // 2 and tile_keys(4, 256) == SPLIT_TILE_KEYS
+
+
 @pytest.mark.parametrize("splits", [1, 3, 8, 32])
 def test_decode_matches_reference_when_short_contexts_leave_splits_idle(device, splits):
     """Each split takes at least one 16-key tile: 1, 37, 130 and 300 keys keep 1, <=3, <=9 and <=19 splits busy."""

@@ -6,7 +6,7 @@ bit. The cache rows the step writes start as noise, so a fused kernel that
 read the newest key back from the cache instead of its registers would differ.
 A split takes at least one tile of SPLIT_TILE_KEYS (16) keys: with 4 splits a
 context of 300 keys gives the last split 75 keys, its newest in its fifth
-tile; one split over 130 keys holds the newest in its ninth.
+tile; one split over 130 keys (tiles of 64 then) holds the newest in its third.
 
 The steps are built on the CPU, for the interpreter, where the bits are the
 same; compiled for a GPU the two kernels may contract their products
