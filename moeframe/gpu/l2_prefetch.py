@@ -23,8 +23,9 @@ with the normal priority, while it waits on the kernel before; the second
 wave then reads L2 instead of starting a memory round trip after the wait.
 
 Both lost on an H100 at OLMoE's batch 1 (920 tok/s without, 860 with
-``l2_prefetch``, 904 with ``gemv_tail_prefetch``): a prefetch stream keeps
-HBM busy while the latency-bound kernels beside it wait on their own loads.
+``l2_prefetch``, 904 with ``gemv_tail_prefetch``); not measured apart, the
+likely cost is a prefetch stream keeping HBM busy while the latency-bound
+kernels beside it wait on their own loads.
 
 On the CPU and under Triton's interpreter (which cannot run inline PTX) the
 switches change nothing; outputs never depend on them.

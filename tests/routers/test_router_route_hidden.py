@@ -115,6 +115,30 @@ def test_moe_block_hands_its_hidden_states_and_gate_weight_to_route_hidden():
     assert ctx.token_ids is token_ids and ctx.correction_bias is block.e_score_correction_bias
 
 
+class OrderLog:
+    """An expert runner and a routing observer writing one shared log of their calls."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, RoutingPlan]] = []
+
+    def run_experts(self, hidden, w13, w2, plan, kernel):
+        self.events.append(("experts", plan))
+        return kernel.forward_unreduced(hidden, w13, w2, plan)
+
+    def record(self, layer_idx: int, plan: RoutingPlan) -> None:
+        self.events.append(("record", plan))
+
+
+def test_moe_block_records_its_plan_after_its_experts_ran():
+    # the batched load recorder's launch at the last MoE layer reads the ids before its PDL wait: they must not
+    # come from the launch just before it, so the block records only once its experts are enqueued
+    log = OrderLog()
+    block = MoEBlock(DEEPSEEK, HIDDEN, 0, RecordingRouter(), EXPERTS.build({"name": "reference"}), log, log)
+    block(torch.randn(2, HIDDEN))
+    (first, plan), (second, recorded) = log.events
+    assert (first, second) == ("experts", "record") and recorded is plan
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("num_tokens", [1, 3, 64])

@@ -18,10 +18,12 @@ def zero_counters(num_layers: int, num_experts: int, device: torch.device | str)
     ]
 
 
-def run_fused(plans: list[LayerPlan], num_layers: int, num_experts: int, device: torch.device) -> list[torch.Tensor]:
+def run_fused(
+    plans: list[LayerPlan], num_layers: int, num_experts: int, device: torch.device, settled: bool = False
+) -> list[torch.Tensor]:
     counters = zero_counters(num_layers, num_experts, device)
     on_device = [LayerPlan(p.layer_idx, p.topk_ids.to(device), p.budget_k) for p in plans]
-    accumulate_layers_fused(on_device, *counters)
+    accumulate_layers_fused(on_device, *counters, settled=settled)
     return [c.cpu() for c in counters]
 
 
@@ -47,6 +49,8 @@ def test_layers_kernel_counts_top_k_plans_as_brute_force(num_experts, k, num_tok
     got = run_fused(plans, 5, num_experts, device)
     assert_counters_equal(got, brute_force_counters(plans, 5, num_experts))
     assert_counters_equal(got, per_layer(plans, 5, num_experts))
+    # counting before the PDL wait (the recorder's flush after the last MoE layer's experts) counts the same
+    assert_counters_equal(run_fused(plans, 5, num_experts, device, settled=True), got)
 
 
 @pytest.mark.parametrize("num_tokens", [3, 37])
