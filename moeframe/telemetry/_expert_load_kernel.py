@@ -29,6 +29,29 @@ from moeframe.gpu._pdl_jit import pdl_wait
 
 
 @triton.jit
+def _block_ids(topk_ids_ptr, start, num_tokens, num_columns, stride_t, stride_c, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The ids of rows ``start ..`` (-1 past the plan) and which of those rows exist."""
+    cols = tl.arange(0, BLOCK_C)
+    rows = start + tl.arange(0, BLOCK_T)
+    row_ok = rows < num_tokens
+    mask = row_ok[:, None] & (cols < num_columns)[None, :]
+    offsets = rows.to(tl.int64)[:, None] * stride_t + cols[None, :] * stride_c
+    return tl.load(topk_ids_ptr + offsets, mask=mask, other=-1), row_ok
+
+
+@triton.jit
+def _count_block(ids, row_ok, counts_ptr, num_kept, num_rows, num_unrouted):
+    """One block's kept ids added to the counts; the three running totals with its rows added."""
+    kept = ids >= 0
+    tl.atomic_add(counts_ptr + ids, tl.full(ids.shape, 1, dtype=tl.int64), mask=kept, sem="relaxed")
+    kept_per_row = tl.sum(kept.to(tl.int32), axis=1)
+    num_kept += tl.sum(kept_per_row).to(tl.int64)
+    num_rows += tl.sum(row_ok.to(tl.int32)).to(tl.int64)
+    num_unrouted += tl.sum((row_ok & (kept_per_row == 0)).to(tl.int32)).to(tl.int64)
+    return num_kept, num_rows, num_unrouted
+
+
+@triton.jit
 def _accumulate_rows(
     topk_ids_ptr,
     counts_ptr,
@@ -40,28 +63,26 @@ def _accumulate_rows(
     stride_t,
     stride_c,
     budget_k,
+    first_ids,
+    first_ok,
     CLAMP_TOTAL: tl.constexpr,
+    HAS_FIRST: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """This program's share (axis 0) of one plan's rows, added to one layer's counters."""
-    cols = tl.arange(0, BLOCK_C)
-    ones = tl.full([BLOCK_T, BLOCK_C], 1, dtype=tl.int64)
+    """This program's share (axis 0) of one plan's rows, added to one layer's counters; with ``HAS_FIRST`` its first
+    block's ids were read already (``first_ids``, ``first_ok``)."""
     num_kept = tl.zeros([], dtype=tl.int64)
     num_rows = tl.zeros([], dtype=tl.int64)
     num_unrouted = tl.zeros([], dtype=tl.int64)
-    for start in range(tl.program_id(0) * BLOCK_T, num_tokens, tl.num_programs(0) * BLOCK_T):
-        rows = start + tl.arange(0, BLOCK_T)
-        row_ok = rows < num_tokens
-        mask = row_ok[:, None] & (cols < num_columns)[None, :]
-        offsets = rows.to(tl.int64)[:, None] * stride_t + cols[None, :] * stride_c
-        ids = tl.load(topk_ids_ptr + offsets, mask=mask, other=-1)
-        kept = ids >= 0
-        tl.atomic_add(counts_ptr + ids, ones, mask=kept, sem="relaxed")
-        kept_per_row = tl.sum(kept.to(tl.int32), axis=1)
-        num_kept += tl.sum(kept_per_row).to(tl.int64)
-        num_rows += tl.sum(row_ok.to(tl.int32)).to(tl.int64)
-        num_unrouted += tl.sum((row_ok & (kept_per_row == 0)).to(tl.int32)).to(tl.int64)
+    first = tl.program_id(0) * BLOCK_T
+    step = tl.num_programs(0) * BLOCK_T
+    if HAS_FIRST:
+        num_kept, num_rows, num_unrouted = _count_block(first_ids, first_ok, counts_ptr, num_kept, num_rows, num_unrouted)
+        first += step
+    for start in range(first, num_tokens, step):
+        ids, row_ok = _block_ids(topk_ids_ptr, start, num_tokens, num_columns, stride_t, stride_c, BLOCK_T, BLOCK_C)
+        num_kept, num_rows, num_unrouted = _count_block(ids, row_ok, counts_ptr, num_kept, num_rows, num_unrouted)
     short = num_rows * budget_k - num_kept
     if CLAMP_TOTAL:
         short = tl.maximum(short, 0)
@@ -89,7 +110,7 @@ def accumulate_kernel(
     pdl_wait(USE_PDL)
     _accumulate_rows(
         topk_ids_ptr, counts_ptr, dropped_ptr, tokens_ptr, unrouted_ptr, num_tokens, num_columns, stride_ids, 1,
-        budget_k, CLAMP_TOTAL, BLOCK_T, BLOCK_C,
+        budget_k, 0, 0, CLAMP_TOTAL, False, BLOCK_T, BLOCK_C,
     )  # fmt: skip
 
 
@@ -119,12 +140,10 @@ def accumulate_layers_kernel(
     The plans share their shape, strides and budget; ``counts_ptr`` is the
     recorder's [L, E] counts, the other three its [L] counters. ``SETTLED``:
     no plan comes from the launch just before this one (the recorder flushes
-    after the last MoE layer's experts), so the counting runs before the PDL
-    wait, beside that launch, and the wait only keeps this launch's end after
-    its end; otherwise the counting waits.
+    after the last MoE layer's experts), so each program reads its first
+    block of ids before the PDL wait, beside that launch, and only adds them
+    after it (no write before the wait).
     """
-    if not SETTLED:
-        pdl_wait(USE_PDL)
     plan = tl.program_id(1)
     # a tuple is indexed by constants only: pick this program's entry with a select per plan
     topk_ids_ptr = topk_ids_ptrs[0]
@@ -132,9 +151,13 @@ def accumulate_layers_kernel(
     for i in tl.static_range(1, NUM_PLANS):
         topk_ids_ptr = tl.where(plan == i, topk_ids_ptrs[i], topk_ids_ptr)
         layer = tl.where(plan == i, layers[i], layer)
+    first_ids, first_ok = _block_ids(
+        topk_ids_ptr, tl.program_id(0) * BLOCK_T, tl.where(SETTLED, num_tokens, 0), num_columns, stride_t, stride_c,
+        BLOCK_T, BLOCK_C,
+    )  # fmt: skip
+    pdl_wait(USE_PDL)
     _accumulate_rows(
         topk_ids_ptr, counts_ptr + layer * stride_counts, dropped_ptr + layer, tokens_ptr + layer,
-        unrouted_ptr + layer, num_tokens, num_columns, stride_t, stride_c, budget_k, CLAMP_TOTAL, BLOCK_T, BLOCK_C,
+        unrouted_ptr + layer, num_tokens, num_columns, stride_t, stride_c, budget_k, first_ids, first_ok, CLAMP_TOTAL,
+        SETTLED, BLOCK_T, BLOCK_C,
     )  # fmt: skip
-    if SETTLED:
-        pdl_wait(USE_PDL)

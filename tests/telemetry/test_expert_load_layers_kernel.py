@@ -122,12 +122,15 @@ sig |= {n: "constexpr" for n in ("NUM_PLANS", "CLAMP_TOTAL", "BLOCK_T", "BLOCK_C
 for use_pdl, settled in ((False, False), (True, False), (True, True)):
     constexprs = {"NUM_PLANS": plans, "CLAMP_TOTAL": False, "BLOCK_T": 1, "BLOCK_C": 8, "SETTLED": settled, "USE_PDL": use_pdl}
     src = ASTSource(fn=accumulate_layers_kernel, signature=sig, constexprs=constexprs)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": use_pdl}).asm["ptx"]
-    adds = ptx.find("red.global.gpu.relaxed.add.u64")
-    print(use_pdl, settled, "griddepcontrol.wait" in ptx, adds >= 0, ptx.find("griddepcontrol.wait") > adds)
+    lines = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": use_pdl}).asm["ptx"].splitlines()
+    wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), 0)
+    adds = [i for i, line in enumerate(lines) if "red.global.gpu.relaxed.add.u64" in line]
+    id_loads = [i for i, line in enumerate(lines) if "ld.global" in line and ".b64" in line]
+    print(use_pdl, settled, wait > 0, bool(adds) and min(adds) > wait, any(i < wait for i in id_loads))
 """
 
 
-def test_layers_kernel_compiles_for_sm90_with_and_without_pdl_counting_before_the_wait_when_settled():
+def test_layers_kernel_compiles_for_sm90_with_and_without_pdl_reading_ids_before_the_wait_when_settled():
     stdout = compile_for_sm90(COMPILE_LAYERS_KERNEL)
+    # every count after the wait; settled (the recorder's flush after the last experts), the ids read before it
     assert stdout.split("\n")[:3] == ["False False False True False", "True False True True False", "True True True True True"]
