@@ -67,10 +67,7 @@ def softmax_topk_rows(
     if HAS_BIAS:
         choice += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
 
-    bits = choice.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-    keys = (ordered << ID_BITS) | (BLOCK_E - 1 - cols).to(tl.int64)[None, :]
-    keys = tl.where(col_ok[None, :], keys, TAKEN)
+    keys = tl.where(col_ok[None, :], _choice_keys(choice, cols, BLOCK_E), TAKEN)
 
     if BLOCK_T * BLOCK_E * BLOCK_E <= RANK_TILE:
         ids, picked_exp, slot, picked = _ranked_picks(keys, exp, row_ok, cols, k, BLOCK_T)
@@ -83,6 +80,38 @@ def softmax_topk_rows(
     out = rows.to(tl.int64)[:, None] * k + slot
     tl.store(topk_ids_ptr + out, ids, mask=picked)
     tl.store(topk_weights_ptr + out, weights, mask=picked)
+
+
+@triton.jit
+def _choice_keys(choice, cols, BLOCK_E: tl.constexpr):
+    """Each choice score and its column packed into one int64 whose integer order is (score, then lower id) order."""
+    bits = choice.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    return (ordered << ID_BITS) | (BLOCK_E - 1 - cols).to(tl.int64)
+
+
+@triton.jit
+def routed_slot(logits_row, slot, num_experts, k, scale, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr):
+    """(expert, weight) of one token's assignment ``slot`` from its float32 gate logits at ``logits_row``.
+
+    The expert ranked ``slot`` by softmax_topk_rows's order and its weight, by
+    the same operations (no choice bias), so that a kernel running the
+    experts can route its own assignment instead of waiting for a routing
+    launch (experts.rank_topk; its sums may round in another order).
+    """
+    cols = tl.arange(0, BLOCK_E)
+    col_ok = cols < num_experts
+    logits = tl.load(logits_row + cols, mask=col_ok, other=float("-inf"))
+    exp = tl.exp(logits - tl.max(logits, axis=0))
+    denom = tl.sum(exp, axis=0)
+    keys = tl.where(col_ok, _choice_keys(exp / denom, cols, BLOCK_E), TAKEN)
+    rank = tl.sum((keys[:, None] > keys[None, :]).to(tl.int32), axis=0)
+    hit = col_ok & (rank == slot)
+    expert = tl.sum(tl.where(hit, cols, 0), axis=0)
+    weight = tl.sum(tl.where(hit, exp, 0.0), axis=0) / denom
+    if RENORMALIZE:
+        weight = weight / tl.sum(tl.where(col_ok & (rank < k), exp / denom, 0.0), axis=0)
+    return expert, weight * scale
 
 
 @triton.jit
