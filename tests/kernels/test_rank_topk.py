@@ -15,11 +15,15 @@ import pytest
 import torch
 from kernel_inputs import random_experts
 
+from moeframe.experts import EXPERTS
 from moeframe.experts.pending_topk import MAX_RANKED_EXPERTS
 from moeframe.experts.triton_moe import TritonFusedMoE, TritonMoEParams, fused_moe_unreduced, ranks_pending_topk
+from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.topk_sum import reduced
+from moeframe.model.spec import MoESpec
+from moeframe.routers import ROUTERS
 from moeframe.routers.fused_topk import fused_softmax_topk
-from moeframe.routers.gate_topk import new_counts, norm_gate_softmax_topk
+from moeframe.routers.gate_topk import GateTopK, new_counts, norm_gate_softmax_topk
 from moeframe.routers.plan import PendingTopk
 
 HIDDEN, INTER = 64, 32
@@ -87,3 +91,34 @@ def test_a_router_launch_with_a_choice_bias_routes_itself(device):
     bias = torch.randn(16, generator=gen).to(device)
     plan, _, _ = norm_gate_softmax_topk(h, residual, norm_weight, 1e-6, gate, 4, True, 1.0, new_counts(device), bias, defer=True)
     assert plan.pending is None and bool((plan.topk_ids >= 0).all())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="forces the fused router launch on CPU tensors (the interpreter)")
+@pytest.mark.parametrize("router", [{"name": "native"}, {"name": "top_k", "k": 2, "renormalize": False}])
+@pytest.mark.parametrize("num_tokens", [1, 2])
+def test_a_moe_block_whose_experts_rank_the_logits_computes_what_the_routed_block_does(router, num_tokens, monkeypatch):
+    monkeypatch.setattr(GateTopK, "applies", staticmethod(lambda hidden_states, weight: True))
+    spec = MoESpec(num_experts=16, top_k=4, intermediate_size=INTER, norm_topk_prob=True)
+    outputs, recorded = [], []
+    for rank_topk in (False, True):
+        torch.manual_seed(0)
+        block = MoEBlock(spec, HIDDEN, 0, ROUTERS.build(router, moe=spec, layer_idx=0),
+                         EXPERTS.build({"name": "triton", "rank_topk": rank_topk}), observer=PlanLog(recorded))  # fmt: skip
+        for weight in (block.gate.weight, block.w13, block.w2):
+            torch.nn.init.normal_(weight, std=HIDDEN**-0.5)
+        outputs.append(block(torch.randn(num_tokens, HIDDEN, generator=torch.Generator().manual_seed(1))))
+    (routed, ranked), (routed_plan, ranked_plan) = outputs, recorded
+    assert routed_plan.pending is None and ranked_plan.pending is not None
+    assert torch.equal(ranked_plan.topk_ids, routed_plan.topk_ids)  # written by the gate/up launch
+    torch.testing.assert_close(ranked_plan.topk_weights, routed_plan.topk_weights, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ranked, routed, rtol=1e-5, atol=1e-6)
+
+
+class PlanLog:
+    """A routing observer keeping every plan it is shown."""
+
+    def __init__(self, plans: list) -> None:
+        self.plans = plans
+
+    def record(self, layer_idx: int, plan) -> None:
+        self.plans.append(plan)
