@@ -37,8 +37,8 @@ from moeframe.experts.down_prefetch import down_prefetch_rows, run_down_prefetch
 from moeframe.experts.gate_up_gemv import gate_up_gemv_rows, run_gate_up_gemv
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
-from moeframe.experts.pending_topk import MAX_RANKED_EXPERTS
 from moeframe.experts.moe_gemv_one_launch import OneLaunchCounters, counter_elements, one_launch_fits, run_moe_gemv_one_launch
+from moeframe.experts.pending_topk import MAX_RANKED_EXPERTS
 from moeframe.gpu.pdl import pdl_args
 from moeframe.model.layers.topk_sum import DEFERRABLE_DTYPES, MoEOutput, PendingTopkSum, reduced, sum_assignments
 from moeframe.routers.plan import PendingTopk, RoutingPlan
