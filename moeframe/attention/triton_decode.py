@@ -68,6 +68,10 @@ LOG2_E = 1.4426950408889634
 # 17,475 tok/s against 18,293 with 64 in an earlier session: not measured apart from the other changes).
 SPLIT_TILE_KEYS = 16
 WHOLE_CONTEXT_TILE_KEYS = 64
+# Keys of a split's later tiles (contexts past num_splits * SPLIT_TILE_KEYS keys), which load after the wait:
+# as short as the first by default; longer ones take fewer loop steps on long contexts but more registers
+# (16 then 64 keys: 188 a thread against 128, sm_90, Triton 3.9). Neither timed on a long context yet.
+LOOP_TILE_KEYS = 16
 
 _merge_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
 
@@ -172,6 +176,7 @@ def _decode_split_kernel(
     GROUP: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    LOOP_N: tl.constexpr,
     BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     FUSED_MERGE: tl.constexpr,
@@ -291,21 +296,22 @@ def _decode_split_kernel(
     acc = tl.zeros((BLOCK_H, BLOCK_DV), dtype=tl.float32)
     if lo < hi:
         m_i, l_i, acc = _attend_tile(q, k, v, n_ok, m_i, l_i, acc, scale_log2)
-    for start in range(lo + BLOCK_N, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < hi
+    for start in range(lo + BLOCK_N, hi, LOOP_N):
+        # later tiles (LOOP_N keys) under their own names: a loop-carried value keeps its first tile's shape
+        offs_t = start + tl.arange(0, LOOP_N)
+        t_ok = offs_t < hi
         # Fused, the newest key comes from registers: its cache row is written by this launch.
-        old = n_ok
+        t_old = t_ok
         if PROLOGUE:
-            old = n_ok & (offs_n != newest)
-        slot = tl.load(kv_indices_ptr + kv_start + offs_n, mask=old, other=0).to(tl.int64)
-        k = tl.load(k_ptr + slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & old[None, :], other=0.0)
-        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=old[:, None] & dv_ok[None, :], other=0.0)
+            t_old = t_ok & (offs_t != newest)
+        t_slot = tl.load(kv_indices_ptr + kv_start + offs_t, mask=t_old, other=0).to(tl.int64)
+        k_t = tl.load(k_ptr + t_slot[None, :] * stride_ks + kv_head * stride_kh + offs_dk[:, None], mask=dk_ok[:, None] & t_old[None, :], other=0.0)
+        v_t = tl.load(v_ptr + t_slot[:, None] * stride_vs + kv_head * stride_vh + offs_dv[None, :], mask=t_old[:, None] & dv_ok[None, :], other=0.0)
         if PROLOGUE:
-            is_new = n_ok & (offs_n == newest)
-            k = tl.where(is_new[None, :], k_new[:, None], k)
-            v = tl.where(is_new[:, None], v_new[None, :], v)
-        m_i, l_i, acc = _attend_tile(q, k, v, n_ok, m_i, l_i, acc, scale_log2)
+            t_new = t_ok & (offs_t == newest)
+            k_t = tl.where(t_new[None, :], k_new[:, None], k_t)
+            v_t = tl.where(t_new[:, None], v_new[None, :], v_t)
+        m_i, l_i, acc = _attend_tile(q, k_t, v_t, t_ok, m_i, l_i, acc, scale_log2)
 
     # Splits past the active ones hold no keys and write nothing: the merge reads the active ones only.
     has_keys = l_i > 0
@@ -370,6 +376,11 @@ def tile_keys(num_splits: int, block_dk: int) -> int:
     if num_splits > 1:
         return SPLIT_TILE_KEYS
     return WHOLE_CONTEXT_TILE_KEYS if block_dk <= 128 else WHOLE_CONTEXT_TILE_KEYS // 2
+
+
+def loop_tile_keys(first_tile_keys: int) -> int:
+    """Keys of the tiles after a split's first: LOOP_TILE_KEYS where split tiles are short, else the first's."""
+    return LOOP_TILE_KEYS if first_tile_keys == SPLIT_TILE_KEYS else first_tile_keys
 
 
 def default_num_kv_splits(batch_size: int, num_kv_heads: int, device: torch.device) -> int:
@@ -466,6 +477,7 @@ def _decode(
         v_cache.stride(0), v_cache.stride(1), num_q_heads, k_dim, v_dim, splits,
         out, out.stride(0), out.stride(1), counts, *_prologue_args(q, num_kv_heads, k_dim, batch, fused),
         MIN_SPLIT_TOKENS=block_n, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        LOOP_N=loop_tile_keys(block_n),
         BLOCK_DK=block_dk, BLOCK_DV=block_dv, FUSED_MERGE=fused_merge, BLOCK_S=block_s,
         **_prologue_constexprs(num_q_heads, num_kv_heads, k_dim, fused),
         num_warps=4, num_stages=2, **pdl_args(q),

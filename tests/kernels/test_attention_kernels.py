@@ -81,10 +81,26 @@ def test_a_negative_decode_split_count_is_refused() -> None:
 
 
 def test_split_contexts_take_short_tiles_and_whole_contexts_long_ones():
-    from moeframe.attention.triton_decode import SPLIT_TILE_KEYS, WHOLE_CONTEXT_TILE_KEYS, tile_keys
+    from moeframe.attention.triton_decode import LOOP_TILE_KEYS, SPLIT_TILE_KEYS, WHOLE_CONTEXT_TILE_KEYS, loop_tile_keys, tile_keys
 
     assert [tile_keys(splits, 128) for splits in (1, 2, 17)] == [WHOLE_CONTEXT_TILE_KEYS] + [SPLIT_TILE_KEYS] * 2
     assert tile_keys(1, 256) == WHOLE_CONTEXT_TILE_KEYS // 2 and tile_keys(4, 256) == SPLIT_TILE_KEYS
+    assert loop_tile_keys(SPLIT_TILE_KEYS) == LOOP_TILE_KEYS and loop_tile_keys(WHOLE_CONTEXT_TILE_KEYS) == WHOLE_CONTEXT_TILE_KEYS
+
+
+@pytest.mark.parametrize("loop_keys", [16, 32, 64])
+def test_decode_with_longer_later_tiles_matches_reference(device, loop_keys, monkeypatch):
+    # split tiles of 16 keys, the later ones of each split longer: 200 keys over 2 splits walk 16 + 64 + 20 keys
+    # a split (the three contexts fit the pool's 300 slots)
+    from moeframe.attention import triton_decode
+
+    monkeypatch.setattr(triton_decode, "LOOP_TILE_KEYS", loop_keys)
+    gen = torch.Generator().manual_seed(loop_keys)
+    k_cache, v_cache = kv_pool(2, 32, 32, torch.float32, device, gen)
+    batch = random_kv_batch([1, 1, 1], [200, 17, 80], NUM_SLOTS, device, gen)
+    q = torch.randn(3, 4, 32, generator=gen).to(device)
+    out = triton_decode.decode_attention(q, k_cache, v_cache, batch, 32**-0.5, num_kv_splits=2)
+    torch.testing.assert_close(out, attend_reference(q, k_cache, v_cache, batch, 32**-0.5), **tolerance(torch.float32, device))
 
 
 @pytest.mark.parametrize("splits", [1, 3, 8, 32])
@@ -118,7 +134,7 @@ pointers = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "kv_indptr_ptr
             "cos_ptr": "*bf16", "sin_ptr": "*bf16", "out_slots_ptr": "*i64", "kv_indices_ptr": "*i64"}
 floats = ("scale_log2", "eps", "clip")
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-consts = dict(MIN_SPLIT_TOKENS=16, GROUP=1, BLOCK_H=16, BLOCK_N=16, BLOCK_DK=128, BLOCK_DV=128, FUSED_MERGE=True,
+consts = dict(MIN_SPLIT_TOKENS=16, GROUP=1, BLOCK_H=16, BLOCK_N=16, LOOP_N=16, BLOCK_DK=128, BLOCK_DV=128, FUSED_MERGE=True,
               BLOCK_S=4, PROLOGUE=True, FULL_NORM=True, HEAD_NORM=False, HAS_CLIP=False, INTERLEAVE=False,
               BLOCK_HQ=16, BLOCK_HK=16, BLOCK_R=64, BLOCK_P=1, USE_PDL=True)
 sig = {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n in floats else "i32") for n in kernel.arg_names}
