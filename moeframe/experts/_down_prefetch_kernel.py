@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
-from moeframe.routers._topk_kernel import routed_slot
+from moeframe.routers._topk_kernel import routed_assignment
 
 
 @triton.jit
@@ -110,15 +110,12 @@ def down_prefetch_kernel(
     BLOCK_E: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """``RANK``: the assignment's expert and weight come from its token's gate logits (routed_slot), which the
+    """``RANK``: the assignment's expert and weight come from its token's gate logits (routed_assignment), which the
     router wrote before gate/up, so before the wait too; otherwise from ``topk_ids`` and ``weights``."""
     assignment = tl.program_id(0)
     tile_n = tl.program_id(1)
     if RANK:
-        expert, weight = routed_slot(
-            logits_ptr + (assignment // top_k) * num_experts, assignment % top_k, num_experts, top_k, scale,
-            RENORMALIZE, BLOCK_E,
-        )  # fmt: skip
+        expert, weight = routed_assignment(logits_ptr, assignment, num_experts, top_k, scale, RENORMALIZE, BLOCK_E)
     else:
         expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
     w, routed = down_weight_tile(

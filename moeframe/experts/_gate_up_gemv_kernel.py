@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
-from moeframe.routers._topk_kernel import routed_slot
+from moeframe.routers._topk_kernel import routed_assignment
 
 
 @triton.jit
@@ -95,17 +95,14 @@ def gate_up_gemv_kernel(
     BLOCK_E: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """``RANK``: the assignment's expert comes from its token's gate logits (routers/_topk_kernel.routed_slot),
+    """``RANK``: the assignment's expert comes from its token's gate logits (routers/_topk_kernel.routed_assignment),
     and the programs of the first row tile write it and its weight to ``topk_ids`` and ``weights`` for the
     launches after; otherwise it is read from ``topk_ids``."""
     assignment = tl.program_id(0)
     tile_n = tl.program_id(1)
     pdl_wait(USE_PDL)
     if RANK:
-        expert, weight = routed_slot(
-            logits_ptr + (assignment // top_k) * num_experts, assignment % top_k, num_experts, top_k, scale,
-            RENORMALIZE, BLOCK_E,
-        )  # fmt: skip
+        expert, weight = routed_assignment(logits_ptr, assignment, num_experts, top_k, scale, RENORMALIZE, BLOCK_E)
         if tile_n == 0:
             tl.store(topk_ids_ptr + assignment, expert.to(tl.int64))
             tl.store(weights_ptr + assignment, weight)

@@ -3,7 +3,7 @@
 Under ``experts.rank_topk`` the router's launch stops at the gate logits
 (routers/gate_topk.py, plan.PendingTopk) and each program of gate/up and down
 ranks its token's logits for its own assignment (routers/_topk_kernel.py's
-routed_slot): the routing launch then ends without its last-program count
+routed_assignment): the routing launch then ends without its last-program count
 and top-k, a memory round trip and a reduction on a batch-1 step's path.
 """
 
@@ -13,7 +13,7 @@ import torch
 
 from moeframe.routers.plan import PendingTopk
 
-# Experts a program ranks at once: routed_slot compares every pair of a token's E scores (E * E in registers),
+# Experts a program ranks at once: routed_assignment compares every pair of a token's E scores (E * E in registers),
 # as softmax_topk_rows does up to its RANK_TILE of 16,384 comparisons.
 MAX_RANKED_EXPERTS = 128
 

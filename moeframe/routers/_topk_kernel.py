@@ -58,11 +58,7 @@ def softmax_topk_rows(
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < num_tokens
     col_ok = cols < num_experts
-    row_ptr = logits_ptr + rows.to(tl.int64) * stride_logits
-    logits = tl.load(row_ptr[:, None] + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=float("-inf"))
-    row_max = tl.where(row_ok, tl.max(logits, axis=1), 0.0)
-    exp = tl.exp(logits - row_max[:, None])
-    denom = tl.where(row_ok, tl.sum(exp, axis=1), 1.0)  # padding rows: no 0 / 0
+    exp, denom = _softmax_rows(logits_ptr, rows, row_ok, cols, col_ok, stride_logits)
     choice = exp / denom[:, None]
     if HAS_BIAS:
         choice += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -91,26 +87,39 @@ def _choice_keys(choice, cols, BLOCK_E: tl.constexpr):
 
 
 @triton.jit
-def routed_slot(logits_row, slot, num_experts, k, scale, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr):
-    """(expert, weight) of one token's assignment ``slot`` from its float32 gate logits at ``logits_row``.
+def _softmax_rows(logits_ptr, rows, row_ok, cols, col_ok, stride_logits):
+    """(exp, denom) of a block of rows' float32 logits: exp(logit - row max), and its row sums (1 on padding rows)."""
+    row_ptr = logits_ptr + rows.to(tl.int64) * stride_logits
+    logits = tl.load(row_ptr[:, None] + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=float("-inf"))
+    row_max = tl.where(row_ok, tl.max(logits, axis=1), 0.0)
+    exp = tl.exp(logits - row_max[:, None])
+    denom = tl.where(row_ok, tl.sum(exp, axis=1), 1.0)  # padding rows: no 0 / 0
+    return exp, denom
 
-    The expert ranked ``slot`` by softmax_topk_rows's order and its weight, by
-    the same operations (no choice bias), so that a kernel running the
-    experts can route its own assignment instead of waiting for a routing
-    launch (experts.rank_topk; its sums may round in another order).
+
+@triton.jit
+def routed_assignment(logits_ptr, assignment, num_experts, k, scale, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr):
+    """(expert, weight) of ``assignment`` (slot ``assignment % k`` of token ``assignment // k``) from the float32
+    gate logits [T, num_experts] at ``logits_ptr``.
+
+    softmax_topk_rows's pick for that slot (no choice bias), through its own
+    softmax and rank, so that a kernel running the experts can route its own
+    assignment instead of waiting for a routing launch (experts.rank_topk;
+    its sums may round in another order).
     """
     cols = tl.arange(0, BLOCK_E)
     col_ok = cols < num_experts
-    logits = tl.load(logits_row + cols, mask=col_ok, other=float("-inf"))
-    exp = tl.exp(logits - tl.max(logits, axis=0))
-    denom = tl.sum(exp, axis=0)
-    keys = tl.where(col_ok, _choice_keys(exp / denom, cols, BLOCK_E), TAKEN)
-    rank = tl.sum((keys[:, None] > keys[None, :]).to(tl.int32), axis=0)
-    hit = col_ok & (rank == slot)
-    expert = tl.sum(tl.where(hit, cols, 0), axis=0)
-    weight = tl.sum(tl.where(hit, exp, 0.0), axis=0) / denom
+    rows = assignment // k + tl.arange(0, 1)
+    row_ok = rows >= 0
+    exp, denom = _softmax_rows(logits_ptr, rows, row_ok, cols, col_ok, num_experts)
+    weights = exp / denom[:, None]
+    keys = tl.where(col_ok[None, :], _choice_keys(weights, cols, BLOCK_E), TAKEN)
+    _, _, rank, picked = _ranked_picks(keys, exp, row_ok, cols, k, 1)
+    hit = picked & (rank == assignment % k)
+    expert = tl.sum(tl.sum(tl.where(hit, cols[None, :], 0), axis=1), axis=0)
+    weight = tl.sum(tl.sum(tl.where(hit, weights, 0.0), axis=1), axis=0)
     if RENORMALIZE:
-        weight = weight / tl.sum(tl.where(col_ok & (rank < k), exp / denom, 0.0), axis=0)
+        weight = weight / tl.sum(tl.sum(tl.where(picked, weights, 0.0), axis=1), axis=0)
     return expert, weight * scale
 
 

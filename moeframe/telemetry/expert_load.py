@@ -179,7 +179,8 @@ def accumulate_layers_fused(
     Plans of another shape, dtype or budget than the rest (a forward's
     layers share theirs) take a launch of their own; so do plans past
     MAX_PLANS_PER_LAUNCH. ``settled``: no plan was written by the launch just
-    before, so the kernel counts before its PDL wait (_expert_load_kernel.py).
+    before, so the kernel reads its first ids before its PDL wait and counts
+    after it (_expert_load_kernel.py).
     """
     for group in _launch_groups(plans):
         ids = group[0].topk_ids
@@ -283,7 +284,7 @@ class ExpertLoadRecorder:
 
         ``settled``: the last plan's experts have run since it was recorded,
         so no plan comes from the launch just before (the MoE block records
-        after its experts), and the launch counts beside the one before it.
+        after its experts), and the launch reads the ids beside the one before it.
         """
         if not self.pending:
             return

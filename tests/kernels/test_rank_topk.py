@@ -2,7 +2,7 @@
 
 The router's fused launch can stop at the gate logits (routers/gate_topk.py,
 ``defer``); the two GEMV kernels then rank each token's logits for their
-assignment (routers/_topk_kernel.routed_slot) and gate/up writes the plan's
+assignment (routers/_topk_kernel.routed_assignment) and gate/up writes the plan's
 ids and weights. Checked against the fused softmax top-k kernel the router
 runs otherwise (same picks in the same slots; weights to float32 rounding,
 their sums may run in another order) and the experts' output through that

@@ -108,7 +108,7 @@ class MoEBlock(nn.Module):
                 shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
             out = plus(out, shared)
         # recorded after the experts: the batched recorder's launch at the last MoE layer then reads ids that
-        # no longer come from the launch just before it, and counts beside the expert launches, off their path
+        # no longer come from the launch just before it, so it reads them beside the expert launches, off their path
         if self.observer is not None:
             self.observer.record(self.layer_idx, plan)
         return out
