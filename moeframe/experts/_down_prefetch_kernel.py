@@ -25,13 +25,13 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
-from moeframe.routers._topk_kernel import routed_assignment
 
 
 @triton.jit
 def down_weight_tile(
     w2_ptr,
-    expert,
+    topk_ids_ptr,
+    assignment,
     tile_n,
     hidden,
     inter,
@@ -42,14 +42,14 @@ def down_weight_tile(
     BLOCK_K: tl.constexpr,
     WEIGHT_EVICT: tl.constexpr,
 ):
-    """The ``[BLOCK_N, BLOCK_K]`` weight tile of one assignment's ``expert`` (an int32): (tile, routed); no weight
-    loaded if dropped (-1).
+    """The expert id and ``[BLOCK_N, BLOCK_K]`` weight tile of one assignment: (tile, routed); no weight loaded if dropped.
 
     ``WEIGHT_EVICT``: the weight loads' L2 eviction policy (moeframe/gpu/l2_prefetch.py; "" for the default).
     """
     rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     col_ok = cols < inter
+    expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
     routed = (expert >= 0) & (expert < num_experts)
     expert = tl.where(routed, expert, 0)
     w_ptrs = w2_ptr + expert.to(tl.int64) * stride_we + rows.to(tl.int64)[:, None] * stride_wn + cols[None, :]
@@ -63,7 +63,7 @@ def down_weight_tile(
 def down_store_tile(
     act_ptr,
     out_ptr,
-    weight,
+    weights_ptr,
     w,
     routed,
     assignment,
@@ -75,11 +75,12 @@ def down_store_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """out rows of one assignment from its loaded weight tile, its act row and its routing ``weight``; zeros if dropped."""
+    """out rows of one assignment from its loaded weight tile, its act row and routing weight; zeros if dropped."""
     rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     col_ok = cols < inter
     x = tl.load(act_ptr + assignment.to(tl.int64) * stride_am + cols, mask=col_ok, other=0.0).to(tl.float32)
+    weight = tl.load(weights_ptr + assignment)
     acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * weight
     acc = tl.where(routed, acc, 0.0)
     tl.store(out_ptr + assignment.to(tl.int64) * stride_om + rows, acc.to(out_ptr.dtype.element_ty), mask=rows < hidden)
@@ -99,31 +100,18 @@ def down_prefetch_kernel(
     stride_we,
     stride_wn,
     stride_om,
-    logits_ptr,
-    top_k,
-    scale,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     WEIGHT_EVICT: tl.constexpr,
-    RANK: tl.constexpr,
-    RENORMALIZE: tl.constexpr,
-    BLOCK_E: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """``RANK``: the assignment's expert and weight come from its token's gate logits (routed_assignment), which the
-    router wrote before gate/up, so before the wait too; otherwise from ``topk_ids`` and ``weights``."""
     assignment = tl.program_id(0)
     tile_n = tl.program_id(1)
-    if RANK:
-        expert, weight = routed_assignment(logits_ptr, assignment, num_experts, top_k, scale, RENORMALIZE, BLOCK_E)
-    else:
-        expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
     w, routed = down_weight_tile(
-        w2_ptr, expert, tile_n, hidden, inter, num_experts, stride_we, stride_wn, BLOCK_N, BLOCK_K, WEIGHT_EVICT
-    )
+        w2_ptr, topk_ids_ptr, assignment, tile_n, hidden, inter, num_experts, stride_we, stride_wn, BLOCK_N, BLOCK_K,
+        WEIGHT_EVICT,
+    )  # fmt: skip
     pdl_wait(USE_PDL)
-    if not RANK:
-        weight = tl.load(weights_ptr + assignment)
     down_store_tile(
-        act_ptr, out_ptr, weight, w, routed, assignment, tile_n, hidden, inter, stride_am, stride_om, BLOCK_N, BLOCK_K
+        act_ptr, out_ptr, weights_ptr, w, routed, assignment, tile_n, hidden, inter, stride_am, stride_om, BLOCK_N, BLOCK_K
     )

@@ -25,7 +25,6 @@ import triton
 import triton.language as tl
 
 from moeframe.gpu._pdl_jit import pdl_wait
-from moeframe.routers._topk_kernel import routed_assignment
 
 
 @triton.jit
@@ -33,7 +32,7 @@ def gate_up_gemv_tile(
     x_ptr,
     w13_ptr,
     act_ptr,
-    expert,
+    topk_ids_ptr,
     assignment,
     tile_n,
     top_k,
@@ -48,13 +47,13 @@ def gate_up_gemv_tile(
     BLOCK_K: tl.constexpr,
     WEIGHT_EVICT: tl.constexpr,
 ):
-    """Rows ``tile_n * BLOCK_N ..`` of act for one assignment through ``expert`` (an int32); nothing where it is
-    dropped (-1). Also the one-launch kernel's gate/up tile.
+    """Rows ``tile_n * BLOCK_N ..`` of act for one assignment; nothing where it is dropped (also the one-launch kernel's gate/up tile).
 
     ``WEIGHT_EVICT``: the weight loads' L2 eviction policy (moeframe/gpu/l2_prefetch.py; "" for the default).
     """
     rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
+    expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
     if (expert >= 0) & (expert < num_experts):
         row_ok = rows < inter
         col_ok = cols < hidden
@@ -84,31 +83,13 @@ def gate_up_gemv_kernel(
     stride_we,
     stride_wn,
     stride_am,
-    logits_ptr,
-    weights_ptr,
-    scale,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     WEIGHT_EVICT: tl.constexpr,
-    RANK: tl.constexpr,
-    RENORMALIZE: tl.constexpr,
-    BLOCK_E: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """``RANK``: the assignment's expert comes from its token's gate logits (routers/_topk_kernel.routed_assignment),
-    and the programs of the first row tile write it and its weight to ``topk_ids`` and ``weights`` for the
-    launches after; otherwise it is read from ``topk_ids``."""
-    assignment = tl.program_id(0)
-    tile_n = tl.program_id(1)
     pdl_wait(USE_PDL)
-    if RANK:
-        expert, weight = routed_assignment(logits_ptr, assignment, num_experts, top_k, scale, RENORMALIZE, BLOCK_E)
-        if tile_n == 0:
-            tl.store(topk_ids_ptr + assignment, expert.to(tl.int64))
-            tl.store(weights_ptr + assignment, weight)
-    else:
-        expert = tl.load(topk_ids_ptr + assignment).to(tl.int32)
     gate_up_gemv_tile(
-        x_ptr, w13_ptr, act_ptr, expert, assignment, tile_n, top_k, hidden, inter, num_experts,
+        x_ptr, w13_ptr, act_ptr, topk_ids_ptr, tl.program_id(0), tl.program_id(1), top_k, hidden, inter, num_experts,
         stride_xm, stride_we, stride_wn, stride_am, BLOCK_N, BLOCK_K, WEIGHT_EVICT,
     )  # fmt: skip

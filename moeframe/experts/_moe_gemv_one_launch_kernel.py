@@ -83,8 +83,7 @@ def moe_gemv_one_launch_kernel(
     if tile < all_gate_tiles:
         assignment = tile // gate_tiles
         gate_up_gemv_tile(
-            x_ptr, w13_ptr, act_ptr, tl.load(topk_ids_ptr + assignment).to(tl.int32), assignment, tile % gate_tiles,
-            top_k, hidden, inter, num_experts,
+            x_ptr, w13_ptr, act_ptr, topk_ids_ptr, assignment, tile % gate_tiles, top_k, hidden, inter, num_experts,
             stride_xm, stride_w13e, stride_w13n, stride_am, BLOCK_N_GATE, BLOCK_K_GATE, WEIGHT_EVICT,
         )  # fmt: skip
         # every thread's act stores come before the release below
@@ -94,15 +93,15 @@ def moe_gemv_one_launch_kernel(
         assignment = (tile - all_gate_tiles) // down_tiles
         tile_n = (tile - all_gate_tiles) % down_tiles
         w, routed = down_weight_tile(
-            w2_ptr, tl.load(topk_ids_ptr + assignment).to(tl.int32), tile_n, hidden, inter, num_experts, stride_w2e,
-            stride_w2n, BLOCK_N_DOWN, BLOCK_K_DOWN, WEIGHT_EVICT,
+            w2_ptr, topk_ids_ptr, assignment, tile_n, hidden, inter, num_experts, stride_w2e, stride_w2n,
+            BLOCK_N_DOWN, BLOCK_K_DOWN, WEIGHT_EVICT,
         )  # fmt: skip
         ready = tl.atomic_add(ready_ptr + assignment, 0, sem="acquire", scope="gpu")
         while ready < gate_tiles:
             ready = tl.atomic_add(ready_ptr + assignment, 0, sem="acquire", scope="gpu")
         down_store_tile(
-            act_ptr, out_ptr, tl.load(weights_ptr + assignment), w, routed, assignment, tile_n, hidden, inter,
-            stride_am, stride_om, BLOCK_N_DOWN, BLOCK_K_DOWN,
+            act_ptr, out_ptr, weights_ptr, w, routed, assignment, tile_n, hidden, inter, stride_am, stride_om,
+            BLOCK_N_DOWN, BLOCK_K_DOWN,
         )  # fmt: skip
         taken_before = tl.atomic_add(taken_ptr + assignment, 1, sem="acq_rel", scope="gpu")
         if taken_before == down_tiles - 1:

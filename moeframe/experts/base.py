@@ -32,8 +32,3 @@ class ExpertsKernel(ABC):
         output on (moeframe/parallel) call ``forward``. The default sums.
         """
         return self.forward(hidden, w13, w2, plan)
-
-    def ranks_logits(self, num_tokens: int, w13: torch.Tensor, w2: torch.Tensor) -> bool:
-        """Whether this kernel routes a plan whose softmax top-k is pending (plan.PendingTopk) for ``num_tokens``
-        tokens through these weights: its own launches rank the gate logits. None does by default."""
-        return False

@@ -16,11 +16,9 @@ from types import ModuleType
 import torch
 import triton
 
-from moeframe.experts.pending_topk import pending_args
 from moeframe.gpu.l2_prefetch import weight_eviction
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
-from moeframe.routers.plan import PendingTopk
 
 # Bytes of weight one program holds in registers: 16 rows of OLMoE's I = 1024 in bf16.
 TILE_BYTES = 32 * 1024
@@ -39,20 +37,11 @@ def down_prefetch_rows(inter: int, dtype: torch.dtype) -> int | None:
     return whole_rows(inter, dtype, TILE_BYTES)
 
 
-def run_down_prefetch(
-    act: torch.Tensor,
-    w2: torch.Tensor,
-    weights: torch.Tensor,
-    flat_ids: torch.Tensor,
-    out: torch.Tensor,
-    pending: PendingTopk | None = None,
-) -> None:
+def run_down_prefetch(act: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor, flat_ids: torch.Tensor, out: torch.Tensor) -> None:
     """out[a] = weights[a] * (act[a] @ w2[flat_ids[a]]^T) for each assignment a; zeros where flat_ids[a] is -1.
 
     ``flat_ids`` [A] and ``weights`` [A] (float32) are contiguous; ``act`` [A, I]
-    and ``out`` [A, H] have unit stride along their last dim. With ``pending``
-    each assignment routes itself from the pending logits before the PDL wait
-    (gate/up, the launch before, writes ``flat_ids`` and ``weights``).
+    and ``out`` [A, H] have unit stride along their last dim.
     """
     num_experts, hidden, inter = w2.shape
     block_n = down_prefetch_rows(inter, w2.dtype)
@@ -63,12 +52,9 @@ def run_down_prefetch(
         return
     block_k = triton.next_power_of_2(inter)
     grid = (num_assignments, -(-hidden // block_n))
-    top_k = 1 if pending is None else pending.k
-    logits, _, scale, renormalize = pending_args(pending, top_k, num_experts, flat_ids, weights)
     _kernels().down_prefetch_kernel[grid](
         act, w2, out, weights, flat_ids, hidden, inter, num_experts,
-        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0), logits, top_k, scale,
-        BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(act), RANK=pending is not None,
-        RENORMALIZE=renormalize, BLOCK_E=triton.next_power_of_2(num_experts),
-        num_warps=8 if block_n * block_k >= 8192 else 4, **pdl_args(act),
+        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(act), num_warps=8 if block_n * block_k >= 8192 else 4,
+        **pdl_args(act),
     )  # fmt: skip

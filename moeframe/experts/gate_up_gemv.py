@@ -14,11 +14,9 @@ from types import ModuleType
 import torch
 import triton
 
-from moeframe.experts.pending_topk import pending_args
 from moeframe.gpu.l2_prefetch import weight_eviction
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
-from moeframe.routers.plan import PendingTopk
 
 # Bytes of w13 one program holds in registers (gate and up rows together): 8 + 8 rows of OLMoE's H = 2048 in bf16.
 TILE_BYTES = 64 * 1024
@@ -52,21 +50,11 @@ def gate_up_gemv_warps(block_n: int, block_k: int) -> int:
     return tile_warps(2 * block_n * block_k)
 
 
-def run_gate_up_gemv(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    flat_ids: torch.Tensor,
-    act: torch.Tensor,
-    top_k: int,
-    pending: PendingTopk | None = None,
-    flat_weights: torch.Tensor | None = None,
-) -> None:
+def run_gate_up_gemv(x: torch.Tensor, w13: torch.Tensor, flat_ids: torch.Tensor, act: torch.Tensor, top_k: int) -> None:
     """act[a] = silu(x[a // k] @ w_gate^T) * (x[a // k] @ w_up^T) through expert flat_ids[a]; dropped rows untouched.
 
     ``x`` [T, H] and ``act`` [T * k, I] have unit stride along their last dim;
-    ``flat_ids`` [T * k] is contiguous. With ``pending`` (k = top_k) each
-    assignment routes itself from the pending logits, and the launch writes
-    the ids to ``flat_ids`` and the weights to ``flat_weights`` [T * k] float32.
+    ``flat_ids`` [T * k] is contiguous.
     """
     num_experts, two_inter, hidden = w13.shape
     inter = two_inter // 2
@@ -77,12 +65,9 @@ def run_gate_up_gemv(
         return
     block_k = triton.next_power_of_2(hidden)
     grid = (flat_ids.numel(), -(-inter // block_n))
-    logits, weights, scale, renormalize = pending_args(pending, top_k, num_experts, flat_ids, flat_weights)
     _kernels().gate_up_gemv_kernel[grid](
         x, w13, act, flat_ids, top_k, hidden, inter, num_experts,
-        x.stride(0), w13.stride(0), w13.stride(1), act.stride(0), logits, weights, scale,
-        BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(x), RANK=pending is not None,
-        RENORMALIZE=renormalize, BLOCK_E=triton.next_power_of_2(num_experts), num_warps=gate_up_gemv_warps(block_n, block_k),
+        x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
+        BLOCK_N=block_n, BLOCK_K=block_k, WEIGHT_EVICT=weight_eviction(x), num_warps=gate_up_gemv_warps(block_n, block_k),
         **pdl_args(x),
     )  # fmt: skip
-

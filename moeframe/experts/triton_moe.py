@@ -38,10 +38,9 @@ from moeframe.experts.gate_up_gemv import gate_up_gemv_rows, run_gate_up_gemv
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
 from moeframe.experts.moe_gemv_one_launch import OneLaunchCounters, counter_elements, one_launch_fits, run_moe_gemv_one_launch
-from moeframe.experts.pending_topk import MAX_RANKED_EXPERTS
 from moeframe.gpu.pdl import pdl_args
 from moeframe.model.layers.topk_sum import DEFERRABLE_DTYPES, MoEOutput, PendingTopkSum, reduced, sum_assignments
-from moeframe.routers.plan import PendingTopk, RoutingPlan
+from moeframe.routers.plan import RoutingPlan
 
 
 def _kernels() -> ModuleType:
@@ -232,7 +231,6 @@ def fused_moe_unreduced(
     gemv_gate_up: bool = True,
     one_launch_gemv: bool = False,
     counters: torch.Tensor | None = None,
-    pending: PendingTopk | None = None,
 ) -> MoEOutput:
     """``fused_moe``, but where it would sum the k assignment rows in a generated kernel of their own, the rows unsummed.
 
@@ -244,25 +242,12 @@ def fused_moe_unreduced(
     GEMVs are one launch (moe_gemv_one_launch.py), whichever the other two
     say, waiting on each other through ``counters`` (int32, zero, left at
     zero; moe_gemv_one_launch.OneLaunchCounters), fresh ones if None.
-    ``pending``: the router left its softmax top-k to these launches
-    (``ranks_pending_topk`` must hold): the gate/up GEMV and the prefetching
-    down kernel rank the logits for their assignments, whatever the other
-    switches say, and gate/up fills ``topk_ids`` and ``topk_weights``.
     """
     check_shapes(hidden, w13, w2, topk_ids)
     num_tokens, top_k = topk_ids.shape
     num_experts, two_inter, hidden_size = w13.shape
     if num_tokens == 0:
         return torch.empty_like(hidden)
-    if pending is not None:
-        if not ranks_pending_topk(num_tokens, w13, w2):
-            raise ValueError(f"a pending top-k over {num_tokens} tokens, experts {list(w13.shape)}: no ranking GEMV path")
-        flat_ids, flat_weights = topk_ids.view(-1), topk_weights.view(-1)
-        act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
-        out = hidden.new_empty(num_tokens * top_k, hidden_size)
-        run_gate_up_gemv(hidden.contiguous(), w13.contiguous(), flat_ids, act, top_k, pending, flat_weights)
-        run_down_prefetch(act, w2.contiguous(), flat_weights, flat_ids, out, pending)
-        return _deferred_sum(out.view(num_tokens, top_k, hidden_size))
     if num_tokens <= single_pass_tokens:
         return run_single_pass(hidden.contiguous(), w13.contiguous(), w2.contiguous(), topk_ids, topk_weights).to(hidden.dtype)
     if config is None:
@@ -299,17 +284,6 @@ def fused_moe_unreduced(
     return _deferred_sum(out.view(num_tokens, top_k, hidden_size))
 
 
-def ranks_pending_topk(num_tokens: int, w13: torch.Tensor, w2: torch.Tensor) -> bool:
-    """Where the two GEMV kernels can route a pending top-k: a block per assignment (T <= 2), their whole-row tiles."""
-    num_experts, two_inter, hidden_size = w13.shape
-    return (
-        1 <= num_tokens <= MAX_ONE_PER_BLOCK_TOKENS
-        and num_experts <= MAX_RANKED_EXPERTS
-        and gate_up_gemv_rows(hidden_size, w13.dtype) is not None
-        and down_prefetch_rows(two_inter // 2, w2.dtype) is not None
-    )
-
-
 def _deferred_sum(out: torch.Tensor) -> MoEOutput:
     """The [T, k, H] assignment rows summed over k, or left to the next norm where it can sum them."""
     if out.shape[0] > MAX_GENERATED_SUM_TOKENS:
@@ -342,10 +316,6 @@ class TritonMoEParams:
     # tiles wait on their assignment's gate/up tiles (moe_gemv_one_launch.py), whatever
     # gemv_gate_up and prefetch_down say; false keeps two launches
     one_launch_gemv: bool = False
-    # batches with a block per assignment (T <= 2): a softmax top-k router's launch stops at the gate
-    # logits and the gate/up and down GEMVs rank them for their own assignments (pending_topk.py),
-    # whatever the three switches above say; untimed, so off
-    rank_topk: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.single_pass_tokens <= MAX_SINGLE_PASS_TOKENS:
@@ -364,7 +334,6 @@ class TritonFusedMoE(ExpertsKernel):
         self.prefetch_down = params.prefetch_down
         self.gemv_gate_up = params.gemv_gate_up
         self.one_launch_gemv = params.one_launch_gemv
-        self.rank_topk = params.rank_topk
         self._counters = OneLaunchCounters()
 
     def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
@@ -373,9 +342,6 @@ class TritonFusedMoE(ExpertsKernel):
     def forward_unreduced(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
         out = self._run(hidden, w13, w2, plan)
         return out if self.defer_topk_sum else reduced(out)
-
-    def ranks_logits(self, num_tokens: int, w13: torch.Tensor, w2: torch.Tensor) -> bool:
-        return self.rank_topk and ranks_pending_topk(num_tokens, w13, w2)
 
     def _run(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
         num_tokens, top_k = plan.topk_ids.shape
@@ -388,5 +354,4 @@ class TritonFusedMoE(ExpertsKernel):
             single_pass_tokens=self.single_pass_tokens, down_topk_sum_tokens=self.down_topk_sum_tokens,
             prefetch_down=self.prefetch_down, gemv_gate_up=self.gemv_gate_up, one_launch_gemv=self.one_launch_gemv,
             counters=self._counters.on(hidden.device, MAX_ONE_PER_BLOCK_TOKENS * top_k) if self.one_launch_gemv else None,
-            pending=plan.pending,
         )  # fmt: skip

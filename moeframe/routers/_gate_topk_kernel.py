@@ -25,10 +25,6 @@ between them they write the summed and normed rows once. Those writes come
 after the PDL wait; the launches that read them (the experts kernel, the next
 layer's norm) come later in the stream.
 
-Without ``TOPK`` the launch ends at the logits, and the experts' GEMV
-kernels rank them for their own assignments (experts.rank_topk): no count,
-no last program.
-
 This module is imported lazily (see gate_topk.py): Triton decides at
 decoration time whether to compile or interpret a kernel.
 """
@@ -73,7 +69,6 @@ def gate_softmax_topk_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    TOPK: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     expert = tl.program_id(0)
@@ -99,14 +94,13 @@ def gate_softmax_topk_kernel(
             x_ptr, w_ptr, logits_ptr, expert, token_block, num_tokens, hidden, stride_x, stride_w, num_experts,
             BLOCK_T, BLOCK_H,
         )  # fmt: skip
-    if TOPK:
-        # every thread's logit stores come before the release below
-        tl.debug_barrier()
-        finished_before = tl.atomic_add(counts_ptr + token_block, 1, sem="acq_rel", scope="gpu")
-        if finished_before == num_experts - 1:
-            rows = token_block * BLOCK_T + tl.arange(0, BLOCK_T)
-            softmax_topk_rows(
-                logits_ptr, bias_ptr, topk_ids_ptr, topk_weights_ptr, rows, num_tokens, num_experts, k, num_experts,
-                scale, HAS_BIAS, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K,
-            )  # fmt: skip
-            tl.store(counts_ptr + token_block, 0)
+    # every thread's logit stores come before the release below
+    tl.debug_barrier()
+    finished_before = tl.atomic_add(counts_ptr + token_block, 1, sem="acq_rel", scope="gpu")
+    if finished_before == num_experts - 1:
+        rows = token_block * BLOCK_T + tl.arange(0, BLOCK_T)
+        softmax_topk_rows(
+            logits_ptr, bias_ptr, topk_ids_ptr, topk_weights_ptr, rows, num_tokens, num_experts, k, num_experts, scale,
+            HAS_BIAS, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K,
+        )  # fmt: skip
+        tl.store(counts_ptr + token_block, 0)

@@ -58,12 +58,19 @@ def softmax_topk_rows(
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < num_tokens
     col_ok = cols < num_experts
-    exp, denom = _softmax_rows(logits_ptr, rows, row_ok, cols, col_ok, stride_logits)
+    row_ptr = logits_ptr + rows.to(tl.int64) * stride_logits
+    logits = tl.load(row_ptr[:, None] + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=float("-inf"))
+    row_max = tl.where(row_ok, tl.max(logits, axis=1), 0.0)
+    exp = tl.exp(logits - row_max[:, None])
+    denom = tl.where(row_ok, tl.sum(exp, axis=1), 1.0)  # padding rows: no 0 / 0
     choice = exp / denom[:, None]
     if HAS_BIAS:
         choice += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
 
-    keys = tl.where(col_ok[None, :], _choice_keys(choice, cols, BLOCK_E), TAKEN)
+    bits = choice.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    keys = (ordered << ID_BITS) | (BLOCK_E - 1 - cols).to(tl.int64)[None, :]
+    keys = tl.where(col_ok[None, :], keys, TAKEN)
 
     if BLOCK_T * BLOCK_E * BLOCK_E <= RANK_TILE:
         ids, picked_exp, slot, picked = _ranked_picks(keys, exp, row_ok, cols, k, BLOCK_T)
@@ -76,51 +83,6 @@ def softmax_topk_rows(
     out = rows.to(tl.int64)[:, None] * k + slot
     tl.store(topk_ids_ptr + out, ids, mask=picked)
     tl.store(topk_weights_ptr + out, weights, mask=picked)
-
-
-@triton.jit
-def _choice_keys(choice, cols, BLOCK_E: tl.constexpr):
-    """Each choice score and its column packed into one int64 whose integer order is (score, then lower id) order."""
-    bits = choice.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-    return (ordered << ID_BITS) | (BLOCK_E - 1 - cols).to(tl.int64)
-
-
-@triton.jit
-def _softmax_rows(logits_ptr, rows, row_ok, cols, col_ok, stride_logits):
-    """(exp, denom) of a block of rows' float32 logits: exp(logit - row max), and its row sums (1 on padding rows)."""
-    row_ptr = logits_ptr + rows.to(tl.int64) * stride_logits
-    logits = tl.load(row_ptr[:, None] + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=float("-inf"))
-    row_max = tl.where(row_ok, tl.max(logits, axis=1), 0.0)
-    exp = tl.exp(logits - row_max[:, None])
-    denom = tl.where(row_ok, tl.sum(exp, axis=1), 1.0)  # padding rows: no 0 / 0
-    return exp, denom
-
-
-@triton.jit
-def routed_assignment(logits_ptr, assignment, num_experts, k, scale, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr):
-    """(expert, weight) of ``assignment`` (slot ``assignment % k`` of token ``assignment // k``) from the float32
-    gate logits [T, num_experts] at ``logits_ptr``.
-
-    softmax_topk_rows's pick for that slot (no choice bias), through its own
-    softmax and rank, so that a kernel running the experts can route its own
-    assignment instead of waiting for a routing launch (experts.rank_topk;
-    its sums may round in another order).
-    """
-    cols = tl.arange(0, BLOCK_E)
-    col_ok = cols < num_experts
-    rows = assignment // k + tl.arange(0, 1)
-    row_ok = rows >= 0
-    exp, denom = _softmax_rows(logits_ptr, rows, row_ok, cols, col_ok, num_experts)
-    weights = exp / denom[:, None]
-    keys = tl.where(col_ok[None, :], _choice_keys(weights, cols, BLOCK_E), TAKEN)
-    _, _, rank, picked = _ranked_picks(keys, exp, row_ok, cols, k, 1)
-    hit = picked & (rank == assignment % k)
-    expert = tl.sum(tl.sum(tl.where(hit, cols[None, :], 0), axis=1), axis=0)
-    weight = tl.sum(tl.sum(tl.where(hit, weights, 0.0), axis=1), axis=0)
-    if RENORMALIZE:
-        weight = weight / tl.sum(tl.sum(tl.where(picked, weights, 0.0), axis=1), axis=0)
-    return expert, weight * scale
 
 
 @triton.jit

@@ -33,9 +33,6 @@ class RouteContext:
 
     token_ids: torch.Tensor | None = None
     correction_bias: torch.Tensor | None = None
-    # the experts kernel can route from the gate logits itself (experts.rank_topk): a softmax top-k router
-    # whose launch computes the logits may leave its top-k to it (plan.PendingTopk)
-    defer_topk: bool = False
 
 
 class NormedRouting(NamedTuple):

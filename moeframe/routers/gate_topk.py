@@ -32,7 +32,7 @@ from moeframe.model.layers.norm import RMSNorm
 from moeframe.routers.base import NormedRouting, RouteContext, Router
 from moeframe.routers.fused_topk import MAX_EXPERTS
 from moeframe.routers.gate import MAX_BLOCK_T, MAX_GEMV_TOKENS, TILE_ELEMENTS
-from moeframe.routers.plan import PendingTopk, RoutingPlan
+from moeframe.routers.plan import RoutingPlan
 
 # The gate GEMV's decode sizes. The last program of a token block routes up to
 # MAX_BLOCK_T tokens after its own GEMV tile; past this bound the separate
@@ -94,20 +94,17 @@ def _launch(
     bias: torch.Tensor | None,
     summed: torch.Tensor | None,
     normed: torch.Tensor | None,
-    defer: bool,
 ) -> RoutingPlan:
     num_tokens, hidden = x.shape
     num_experts = weight.shape[0]
     device = x.device
     topk_ids = torch.empty(num_tokens, k, dtype=torch.int64, device=device)
     topk_weights = torch.empty(num_tokens, k, dtype=torch.float32, device=device)
-    logits = torch.empty(num_tokens, num_experts, dtype=torch.float32, device=device)
-    # deferred: the launch stops at the logits and the experts' kernels route (a bias would need the choice scores)
-    pending = PendingTopk(logits, k, renormalize, scale) if defer and bias is None else None
     if num_tokens == 0:
         return RoutingPlan(topk_ids, topk_weights)
     w = _row_contiguous(weight)
     res = x if residual is None else residual
+    logits = torch.empty(num_tokens, num_experts, dtype=torch.float32, device=device)
     block_t = min(triton.next_power_of_2(num_tokens), MAX_BLOCK_T)
     block_h = min(triton.next_power_of_2(hidden), TILE_ELEMENTS // block_t)
     _kernels().gate_softmax_topk_kernel[(num_experts, -(-num_tokens // block_t))](
@@ -117,10 +114,9 @@ def _launch(
         float(eps), float(scale),
         NORM=norm_weight is not None, ROW_IN_TILE=hidden <= block_h, HAS_BIAS=bias is not None, RENORMALIZE=renormalize,
         BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_E=triton.next_power_of_2(num_experts),
-        BLOCK_K=triton.next_power_of_2(k), TOPK=pending is None,
-        num_warps=ONE_TOKEN_NUM_WARPS if block_t == 1 else 4, **pdl_args(x),
+        BLOCK_K=triton.next_power_of_2(k), num_warps=ONE_TOKEN_NUM_WARPS if block_t == 1 else 4, **pdl_args(x),
     )  # fmt: skip
-    return RoutingPlan(topk_ids, topk_weights, pending)
+    return RoutingPlan(topk_ids, topk_weights)
 
 
 def gate_softmax_topk(
@@ -131,18 +127,16 @@ def gate_softmax_topk(
     scale: float,
     counts: torch.Tensor,
     bias: torch.Tensor | None = None,
-    defer: bool = False,
 ) -> RoutingPlan:
     """``softmax_topk(gate_logits(hidden_states, weight), k, renormalize, scale, bias)`` in one launch.
 
     hidden_states [T, H] (any float dtype, T <= MAX_FUSED_TOKENS), weight [E, H],
     bias [E] or None; ``counts`` from ``new_counts``, zero between launches and
-    used by one stream at a time. ``defer`` (no bias): the launch stops at the
-    logits and the plan's top-k is pending (plan.PendingTopk), for the experts.
+    used by one stream at a time.
     """
     _check_routing(hidden_states.shape[0], weight.shape[0], k)
     x = _row_contiguous(hidden_states)
-    return _launch(x, None, None, 0.0, weight, k, renormalize, scale, counts, bias, None, None, defer)
+    return _launch(x, None, None, 0.0, weight, k, renormalize, scale, counts, bias, None, None)
 
 
 def norm_gate_softmax_topk(
@@ -156,14 +150,13 @@ def norm_gate_softmax_topk(
     scale: float,
     counts: torch.Tensor,
     bias: torch.Tensor | None = None,
-    defer: bool = False,
 ) -> tuple[RoutingPlan, torch.Tensor, torch.Tensor]:
     """(plan, normed, summed) of norm.py's add_rms_norm then ``gate_softmax_topk``, in one launch.
 
     ``normed, summed = add_rms_norm(hidden_states, residual, norm_weight, eps)``
     with its rounding (the sum and the normed row in hidden_states' dtype, which
     ``residual`` and ``norm_weight`` [H] share; a half type or float32), and the
-    plan routes ``normed`` as ``gate_softmax_topk`` would (``defer`` as there).
+    plan routes ``normed`` as ``gate_softmax_topk`` would.
     """
     num_tokens, hidden = hidden_states.shape
     _check_routing(num_tokens, weight.shape[0], k)
@@ -178,7 +171,7 @@ def norm_gate_softmax_topk(
     summed = torch.empty(num_tokens, hidden, dtype=dtype, device=device)
     normed = torch.empty(num_tokens, hidden, dtype=dtype, device=device)
     x, res = _row_contiguous(hidden_states), _row_contiguous(residual)
-    plan = _launch(x, res, norm_weight.contiguous(), eps, weight, k, renormalize, scale, counts, bias, summed, normed, defer)
+    plan = _launch(x, res, norm_weight.contiguous(), eps, weight, k, renormalize, scale, counts, bias, summed, normed)
     return plan, normed, summed
 
 
@@ -233,10 +226,9 @@ class GateTopK:
         renormalize: bool,
         scale: float,
         bias: torch.Tensor | None = None,
-        defer: bool = False,
     ) -> RoutingPlan:
         counts = self._counts_on(hidden_states.device)
-        return gate_softmax_topk(hidden_states, weight, k, renormalize, scale, counts, bias, defer)
+        return gate_softmax_topk(hidden_states, weight, k, renormalize, scale, counts, bias)
 
     def norm_and_route(
         self,
@@ -248,12 +240,11 @@ class GateTopK:
         renormalize: bool,
         scale: float,
         bias: torch.Tensor | None = None,
-        defer: bool = False,
     ) -> NormedRouting:
         """``norm.add_forward(hidden_states, residual)`` and the routing of its normed rows, in the one launch."""
         counts = self._counts_on(hidden_states.device)
         plan, normed, summed = norm_gate_softmax_topk(
-            hidden_states, residual, norm.weight, norm.eps, weight, k, renormalize, scale, counts, bias, defer
+            hidden_states, residual, norm.weight, norm.eps, weight, k, renormalize, scale, counts, bias
         )
         return NormedRouting(plan, normed, summed)
 
@@ -275,7 +266,7 @@ class FusedSoftmaxTopKRouter(Router):
     def route_hidden(self, hidden_states: torch.Tensor, gate_weight: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         args = self.softmax_topk_args()
         if args is not None and self.gate_topk.applies(hidden_states, gate_weight):
-            return self.gate_topk(hidden_states, gate_weight, *args, defer=ctx.defer_topk)
+            return self.gate_topk(hidden_states, gate_weight, *args)
         return super().route_hidden(hidden_states, gate_weight, ctx)
 
     def route_residual(
@@ -283,5 +274,5 @@ class FusedSoftmaxTopKRouter(Router):
     ) -> NormedRouting:
         args = self.softmax_topk_args()
         if args is not None and self.gate_topk.fuses_norm(h, residual, norm, gate_weight):
-            return self.gate_topk.norm_and_route(h, residual, norm, gate_weight, *args, defer=ctx.defer_topk)
+            return self.gate_topk.norm_and_route(h, residual, norm, gate_weight, *args)
         return super().route_residual(h, residual, norm, gate_weight, ctx)

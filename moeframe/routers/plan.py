@@ -7,21 +7,6 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
-class PendingTopk:
-    """A softmax top-k the routing launch left to the experts' kernels (experts.rank_topk).
-
-    ``logits`` [T, E] float32 are the gate logits; the plan's ids and weights
-    are those of softmax top-k ``k`` of them (renormalised over the k when
-    ``renormalize``, times ``scale``), written by the experts' first launch.
-    """
-
-    logits: torch.Tensor
-    k: int
-    renormalize: bool
-    scale: float
-
-
 @dataclass
 class RoutingPlan:
     """Assignments of T tokens to experts, k columns per token.
@@ -29,15 +14,11 @@ class RoutingPlan:
     ``topk_ids`` [T, k] int64 holds an expert id, or -1 where the assignment
     was dropped (capacity overflow, or an expert-choice column a token did not
     get); ``topk_weights`` [T, k] float32 is 0 wherever ``topk_ids`` is -1.
-    Expert kernels skip dropped assignments. With ``pending`` the two are
-    filled on the device by the experts' first launch, which routes from the
-    pending logits (only for an experts kernel that asked for it, through
-    RouteContext.defer_topk); read them after the experts ran.
+    Expert kernels skip dropped assignments.
     """
 
     topk_ids: torch.Tensor
     topk_weights: torch.Tensor
-    pending: PendingTopk | None = None
 
     @property
     def kept(self) -> torch.Tensor:

@@ -90,7 +90,6 @@ BATCH1_SWITCHES = [
     ("experts.one_launch_gemv=true",),
     ("runner.early_launch_norm=true",),
     ("runner.gemv_tail_prefetch=true",),
-    ("experts.rank_topk=true",),
 ]
 # Switches whose kernels compute the same numbers as the defaults (hints, or the same ops in one launch).
 SAME_NUMBERS = {

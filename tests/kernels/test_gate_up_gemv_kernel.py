@@ -64,12 +64,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from moeframe.experts._gate_up_gemv_kernel import gate_up_gemv_kernel as kernel
 names = kernel.arg_names
-types = {"x_ptr": "*bf16", "w13_ptr": "*bf16", "act_ptr": "*bf16", "topk_ids_ptr": "*i32", "logits_ptr": "*fp32",
-         "weights_ptr": "*fp32", "scale": "fp32"}
-consts = dict(BLOCK_N=8, BLOCK_K=2048, WEIGHT_EVICT="", RANK=False, RENORMALIZE=False, BLOCK_E=64, USE_PDL=True)
-sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
+types = {"x_ptr": "*bf16", "w13_ptr": "*bf16", "act_ptr": "*bf16", "topk_ids_ptr": "*i32"}
+sig = {n: types.get(n, "i32") for n in names[:12]} | {n: "constexpr" for n in names[12:]}
 aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ("hidden", "inter", "stride_xm", "stride_we", "stride_wn", "stride_am")]
-src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+src = ASTSource(fn=kernel, signature=sig, constexprs=dict(BLOCK_N=8, BLOCK_K=2048, WEIGHT_EVICT="", USE_PDL=True),
+                attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
 ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": 8}).asm["ptx"]
 print("griddepcontrol.wait" in ptx, ptx.count("ld.global"))
 """

@@ -58,9 +58,9 @@ from triton.compiler import ASTSource
 from moeframe.experts._down_prefetch_kernel import down_prefetch_kernel
 from moeframe.experts._gate_up_gemv_kernel import gate_up_gemv_kernel
 for kernel, consts, warps in ((gate_up_gemv_kernel, dict(BLOCK_N=8, BLOCK_K=2048), 16), (down_prefetch_kernel, dict(BLOCK_N=16, BLOCK_K=1024), 8)):
-    consts |= dict(WEIGHT_EVICT="evict_first", RANK=False, RENORMALIZE=False, BLOCK_E=64, USE_PDL=True)
+    consts |= dict(WEIGHT_EVICT="evict_first", USE_PDL=True)
     sig = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "i32" for n in kernel.arg_names}
-    sig |= {"topk_ids_ptr": "*i32", "logits_ptr": "*fp32", "weights_ptr": "*fp32", "scale": "fp32"}
+    sig["topk_ids_ptr"] = "*i32"
     aligned = [i for i, n in enumerate(kernel.arg_names) if n.endswith("_ptr") or n in ("hidden", "inter") or n.startswith("stride")]
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": True, "num_warps": warps}).asm["ptx"]

@@ -68,7 +68,7 @@ def test_softmax_top_k_routers_take_the_fused_launch_and_route_alike(config, moe
     launches = []
     fused_call = GateTopK.__call__
     monkeypatch.setattr(GateTopK, "applies", staticmethod(lambda hidden_states, weight: True))
-    monkeypatch.setattr(GateTopK, "__call__", lambda self, *args, **kw: launches.append(args) or fused_call(self, *args, **kw))
+    monkeypatch.setattr(GateTopK, "__call__", lambda self, *args: launches.append(args) or fused_call(self, *args))
     plan = build(config, moe).route_hidden(hidden, gate, context(moe, 3))
     assert len(launches) == 1
     assert torch.equal(plan.topk_ids, expected.topk_ids)
@@ -77,7 +77,7 @@ def test_softmax_top_k_routers_take_the_fused_launch_and_route_alike(config, moe
 
 @pytest.mark.parametrize(("config", "moe"), UNFUSED_ROUTERS)
 def test_group_limited_and_capacity_routing_never_take_the_fused_launch(config, moe, monkeypatch):
-    def refuse(*args, **kwargs):
+    def refuse(*args):
         raise AssertionError("the fused softmax top-k launch ran")
 
     monkeypatch.setattr(GateTopK, "applies", staticmethod(lambda hidden_states, weight: True))
@@ -113,17 +113,6 @@ def test_moe_block_hands_its_hidden_states_and_gate_weight_to_route_hidden():
     (seen_hidden, seen_weight, ctx), = router.calls
     assert seen_hidden is hidden and seen_weight is block.gate.weight
     assert ctx.token_ids is token_ids and ctx.correction_bias is block.e_score_correction_bias
-
-
-@pytest.mark.parametrize("rank_topk", [False, True])
-def test_moe_block_asks_for_a_pending_top_k_only_where_its_experts_rank_the_logits(rank_topk):
-    router = RecordingRouter()
-    kernel = EXPERTS.build({"name": "triton", "rank_topk": rank_topk})
-    block = MoEBlock(DEEPSEEK, HIDDEN, 0, router, kernel)
-    assert block._route_context(None, 1).defer_topk == rank_topk  # a block per assignment: the GEMV path
-    assert not block._route_context(None, 3).defer_topk
-    remote = MoEBlock(DEEPSEEK, HIDDEN, 0, router, kernel, runner=OrderLog())
-    assert not remote._route_context(None, 1).defer_topk  # experts run elsewhere: the router routes
 
 
 class OrderLog:

@@ -79,7 +79,7 @@ def test_softmax_top_k_routers_norm_and_route_in_the_fused_launch(config, moe, m
     fused_call = GateTopK.norm_and_route
     monkeypatch.setattr(GateTopK, "applies", staticmethod(lambda hidden_states, weight: True))
     monkeypatch.setattr(
-        GateTopK, "norm_and_route", lambda self, *args, **kw: launches.append(args) or fused_call(self, *args, **kw)
+        GateTopK, "norm_and_route", lambda self, *args: launches.append(args) or fused_call(self, *args)
     )
     routed = build(config, moe).route_residual(h, residual, norm, gate, RouteContext())
     assert len(launches) == 1
@@ -91,7 +91,7 @@ def test_softmax_top_k_routers_norm_and_route_in_the_fused_launch(config, moe, m
 
 @pytest.mark.parametrize(("config", "moe"), UNFUSED_ROUTERS)
 def test_group_limited_capacity_and_batch_routing_never_norm_in_the_fused_launch(config, moe, monkeypatch):
-    def refuse(*args, **kwargs):
+    def refuse(*args):
         raise AssertionError("the fused norm + gate top-k launch ran")
 
     monkeypatch.setattr(GateTopK, "applies", staticmethod(lambda hidden_states, weight: True))

@@ -78,7 +78,7 @@ class MoEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The block's output for normed hidden states x [T, H]."""
-        plan = self.router.route_hidden(x, self.gate.weight, self._route_context(token_ids, x.shape[0]))
+        plan = self.router.route_hidden(x, self.gate.weight, self._route_context(token_ids))
         return reduced(self._run(x, plan))
 
     def forward_residual(
@@ -91,14 +91,12 @@ class MoEBlock(nn.Module):
         elsewhere it is ``norm.add_forward`` then ``forward``, number for number.
         The output's top-k sum may be pending: ``RMSNorm.add_forward`` takes it.
         """
-        routed = self.router.route_residual(h, residual, norm, self.gate.weight, self._route_context(token_ids, h.shape[0]))
+        routed = self.router.route_residual(h, residual, norm, self.gate.weight, self._route_context(token_ids))
         return self._run(routed.hidden_states, routed.plan), routed.residual
 
-    def _route_context(self, token_ids: torch.Tensor | None, num_tokens: int) -> RouteContext:
+    def _route_context(self, token_ids: torch.Tensor | None) -> RouteContext:
         bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
-        # the experts may rank the gate logits themselves where they run here (experts.rank_topk)
-        defer = isinstance(self.runner, LocalExperts) and self.kernel.ranks_logits(num_tokens, self.w13, self.w2)
-        return RouteContext(token_ids=token_ids, correction_bias=bias, defer_topk=defer)
+        return RouteContext(token_ids=token_ids, correction_bias=bias)
 
     def _run(self, x: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
         out = self.runner.run_experts(x, self.w13, self.w2, plan, self.kernel)
