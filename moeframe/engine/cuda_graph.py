@@ -19,6 +19,13 @@ and launched while the stream still runs the last one. Two pinned buffers
 take turns, and a buffer is rewritten only once the event recorded after
 its last copy has passed (vLLM's and SGLang's overlap schedulers likewise
 keep their staged inputs alive until the copy is done).
+
+Each graph writes its greedy choice (the argmax of its logits) into the
+token-id input itself, so a greedy overlapped step, whose next inputs are
+exactly those ids, uploads everything but the ids and copies nothing on
+the device: between two replays the stream runs one upload, not an upload
+and a copy (SGLang's overlap scheduler likewise resolves the next step's
+ids on the device).
 """
 
 from __future__ import annotations
@@ -163,7 +170,7 @@ class CudaGraphRunner:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
                     self.outputs[bs] = self.forward_static(bs)
-                    self.argmax[bs] = argmax_rows(self.outputs[bs])
+                    self.argmax[bs] = argmax_rows(self.outputs[bs], out=self.static.input_ids[:bs])
                 pool = graph.pool()
                 self.graphs[bs] = graph
         torch.cuda.current_stream().wait_stream(stream)
@@ -187,20 +194,24 @@ class CudaGraphRunner:
 
         One upload, one replay, and the greedy choice without a launch of its
         own (gpt-fast compiles sampling into the step the same way). The
-        returned tensors are the graph's own outputs: the next replay of the
-        same size rewrites them. ``input_ids`` (a device tensor [b]) replaces
-        the host's token ids after the upload, so a step can take the last
-        step's sampled ids without reading them back. No autograd op runs here, so
-        it skips entering inference mode.
+        returned tensors are the graph's own outputs: the next replay of any
+        size rewrites them (the argmax is the token-id input's first rows).
+        ``input_ids`` (a device tensor [b]) replaces the host's token ids, so
+        a step can take the last step's sampled ids without reading them back;
+        where it is that argmax (or rows of it sampled over in place) the ids
+        are in place already and the upload leaves them out. No autograd op
+        runs here, so it skips entering inference mode.
         """
         b = len(token_ids)
         bs = self.padded_size(b)
         turn, self.turn = self.turn, 1 - self.turn
         self.uploaded[turn].synchronize()
         used = self.layout.pack(self.staged[turn], token_ids, contexts, bs, self.scratch_slot)
-        self.packed[:used].copy_(self.staging[turn][:used], non_blocking=True)
+        in_place = input_ids is not None and input_ids.data_ptr() == self.static.input_ids.data_ptr()
+        start = self.layout.positions if in_place else 0
+        self.packed[start:used].copy_(self.staging[turn][start:used], non_blocking=True)
         self.uploaded[turn].record()
-        if input_ids is not None:
+        if input_ids is not None and not in_place:
             self.static.input_ids[:b].copy_(input_ids)
         self.graphs[bs].replay()
         return self.outputs[bs][:b], self.argmax[bs][:b]

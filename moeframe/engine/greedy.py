@@ -31,14 +31,17 @@ def _kernels() -> ModuleType:
     return _argmax_kernels
 
 
-def argmax_rows(logits: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
-    """int64 [B]: ``logits.argmax(-1)`` of float logits [B, V]; Triton on CUDA, torch elsewhere."""
+def argmax_rows(logits: torch.Tensor, chunk: int = CHUNK, out: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 [B]: ``logits.argmax(-1)`` of float logits [B, V]; Triton on CUDA, torch elsewhere.
+
+    ``out``: an int64 [B] tensor (contiguous) to write the answer into, and return.
+    """
     if not logits.is_cuda or logits.dim() != 2 or logits.shape[1] == 0:
-        return logits.argmax(dim=-1)
-    return triton_argmax_rows(logits, chunk)
+        return logits.argmax(dim=-1) if out is None else torch.argmax(logits, dim=-1, out=out)
+    return triton_argmax_rows(logits, chunk, out)
 
 
-def triton_argmax_rows(logits: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+def triton_argmax_rows(logits: torch.Tensor, chunk: int = CHUNK, out: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton path of ``argmax_rows`` on any device the kernels run on (the interpreter in tests)."""
     rows, vocab = logits.shape
     x = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -46,7 +49,10 @@ def triton_argmax_rows(logits: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor
     part_val = torch.empty(rows, num_chunks, dtype=torch.float32, device=x.device)
     part_idx = torch.empty(rows, num_chunks, dtype=torch.int32, device=x.device)
     part_nan = torch.empty(rows, num_chunks, dtype=torch.int32, device=x.device)
-    out = torch.empty(rows, dtype=torch.int64, device=x.device)
+    if out is None:
+        out = torch.empty(rows, dtype=torch.int64, device=x.device)
+    elif out.shape != (rows,) or out.dtype != torch.int64 or out.stride(0) != 1 or out.device != x.device:
+        raise ValueError(f"out must be a contiguous int64 [{rows}] tensor on {x.device}, got {out.dtype} {list(out.shape)}")
     if rows == 0:
         return out
     kernels, pdl = _kernels(), pdl_args(x)

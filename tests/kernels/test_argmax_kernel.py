@@ -50,3 +50,18 @@ def test_strided_rows_and_half_precision(device: torch.device, low_precision: to
 def test_the_cpu_takes_torch() -> None:
     logits = torch.randn(2, 10)
     assert torch.equal(argmax_rows(logits), logits.argmax(-1))
+
+
+def test_out_takes_the_answer_in_place(device: torch.device) -> None:
+    """The CUDA graphs write their greedy ids into the token-id input: a view of a larger int64 buffer."""
+    logits = torch.randn(3, 700, generator=torch.Generator().manual_seed(2)).to(device)
+    buffer = torch.full((8,), -5, dtype=torch.int64, device=device)
+    got = triton_argmax_rows(logits, 128, out=buffer[:3])
+    assert got.data_ptr() == buffer.data_ptr()
+    assert buffer.cpu().tolist() == [*logits.argmax(-1).cpu().tolist(), -5, -5, -5, -5, -5]
+    with pytest.raises(ValueError, match="contiguous int64"):
+        triton_argmax_rows(logits, 128, out=buffer[:6:2].view(3))
+    with pytest.raises(ValueError, match="contiguous int64"):
+        triton_argmax_rows(logits, 128, out=torch.empty(3, dtype=torch.int32, device=device))
+    cpu_out = torch.empty(3, dtype=torch.int64)
+    assert argmax_rows(logits.cpu(), out=cpu_out) is cpu_out and torch.equal(cpu_out, logits.cpu().argmax(-1))
