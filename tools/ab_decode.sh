@@ -27,7 +27,7 @@ run() {
     (cd "$dir" && PYTHONPATH=/tmp/site:$dir timeout 110 python3 tools/bench_decode.py --batches $batch --skip-hf --profile $batch \
         --out "/tmp/ab_$name" "$@" > "/tmp/ab_$name.log" 2>&1)
     local rc=$? md="/tmp/ab_$name/decode_olmoe-1b-7b.md" prof="/tmp/ab_$name/profile_olmoe-1b-7b_b$batch.txt"
-    echo "== $name rc $rc |$(grep "decode, batch $batch " "$md" 2> /dev/null | cut -d'|' -f3,7)|$(head -1 "$prof" 2> /dev/null | cut -d: -f2) | $(grep 'last step' "$prof" 2> /dev/null)"
+    echo "== $name rc $rc |$(grep "decode, batch $batch " "$md" 2> /dev/null | cut -d'|' -f3,7)|$(head -1 "$prof" 2> /dev/null | cut -d: -f2) | $(grep 'last step' "$prof" 2> /dev/null) |$(grep 'between steps' "$prof" 2> /dev/null | cut -d: -f2 | cut -d' ' -f1-3)"
     [ $rc -ne 0 ] && tail -5 "/tmp/ab_$name.log"
 }
 
