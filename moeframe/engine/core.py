@@ -4,7 +4,8 @@
 asynchronous loop drive. Finished requests hand their KV to the cache.
 
 Overlapped decode (SGLang's overlap scheduler, vLLM v1's async scheduling):
-when the step just launched is a decode of every running request whose next
+when the step just launched leaves every running request ready to decode (a
+decode step, or one that ends their prompts) and their next
 tokens the device can choose alone (greedy or sampled, no constraint mask,
 no logprobs) and nothing waits, ``step`` samples this step on the device and
 schedules and launches the next step before it reads this one's tokens. Each
@@ -146,16 +147,19 @@ class EngineCore:
     def ahead_rows(self, scheduled: ScheduledBatch, ready: list[int]) -> list[int] | None:
         """Rows of the requests the next step may decode before this step's tokens are read; None if it may not.
 
-        Only a decode of every running request, with nothing waiting, whose
-        tokens the device chooses alone (``device_only``) goes ahead: the next
-        schedule is known without them. A request this step ends by length
-        stays out, as do the dropped rows of requests that ended before the
-        step ran.
+        Only a step that leaves every running request ready to decode (a
+        decode, or the last chunks of their prompts), with nothing waiting,
+        whose tokens the device chooses alone (``device_only``) goes ahead:
+        the next schedule is known without them. So the first decode step
+        queues behind the prefill, not behind the host's read of its tokens
+        (SGLang's overlap scheduler runs prefill batches ahead too). A request
+        this step ends by length stays out, as do the dropped rows of requests
+        that ended before the step ran.
         """
         if not self.runner.overlap or self.scheduler.waiting or len(self.scheduler.running) != len(ready):
             return None
         reqs = [scheduled.requests[i] for i in ready]
-        if any(scheduled.num_new_tokens[i] != 1 for i in ready) or not all(self.device_only(r) for r in reqs):
+        if not all(self.device_only(r) for r in reqs):
             return None
         rows = [i for i, req in zip(ready, reqs) if not self.ends_by_length(req)]
         return rows or None

@@ -170,8 +170,8 @@ def test_greedy_batch_of_one_launches_every_decode_step_after_the_first_ahead(ma
     params = SamplingParams(max_new_tokens=64, ignore_eos=True)
     on, off = (make_engine("cache=radix", f"runner.overlap={o}") for o in ("true", "false"))
     assert on.generate([[5, 9, 14, 3]], params)[0].token_ids == off.generate([[5, 9, 14, 3]], params)[0].token_ids
-    # Step 1 prefills and step 2 decodes the first token from the host; steps 3..64 each go ahead.
-    assert on.core.stats.ahead_steps == on.stats()["ahead_steps"] == 64 - 2
+    # Step 1 prefills; steps 2..64 each go ahead, the first decode launched before the prefill's token is read.
+    assert on.core.stats.ahead_steps == on.stats()["ahead_steps"] == 64 - 1
     assert on.core.stats.forward_steps == off.core.stats.forward_steps == 64
 
 
@@ -227,7 +227,7 @@ def test_a_sampled_batch_of_one_launches_every_decode_step_after_the_first_ahead
     on, off = (fresh_run(make_engine, o, prompt, params) for o in ("true", "false"))
     sampled = on.core.requests[0].output_ids
     assert sampled == off.core.requests[0].output_ids
-    assert on.core.stats.ahead_steps == 64 - 2 and off.core.stats.ahead_steps == 0
+    assert on.core.stats.ahead_steps == 64 - 1 and off.core.stats.ahead_steps == 0
     greedy = make_engine("cache=radix").generate([prompt], SamplingParams(max_new_tokens=64, ignore_eos=True))[0].token_ids
     assert sampled != greedy
 
