@@ -20,12 +20,15 @@ take turns, and a buffer is rewritten only once the event recorded after
 its last copy has passed (vLLM's and SGLang's overlap schedulers likewise
 keep their staged inputs alive until the copy is done).
 
-Each graph writes its greedy choice (the argmax of its logits) into the
-token-id input itself, so a greedy overlapped step, whose next inputs are
-exactly those ids, uploads everything but the ids and copies nothing on
-the device: between two replays the stream runs one upload, not an upload
-and a copy (SGLang's overlap scheduler likewise resolves the next step's
-ids on the device).
+Each batch size has two graphs, one per device input buffer, and each
+writes its greedy choice (the argmax of its logits) into the other buffer's
+token-id input, which the next step reads. A greedy overlapped step, whose
+inputs are exactly those ids, uploads everything else into its buffer on a
+side stream while the step before still runs from the other one, and the
+ids go back to the host on another side stream: the compute stream runs
+replay after replay with no copy between them (SGLang's overlap scheduler
+likewise resolves the next step's ids on the device; vLLM keeps its
+persistent input buffers and copies on separate streams).
 """
 
 from __future__ import annotations
@@ -109,8 +112,24 @@ class DecodeInputLayout:
 
 
 class CudaGraphRunner:
+    """Decode graphs for each batch size, twice: one per input buffer, the two taking turns step by step.
+
+    The graph of buffer s reads its inputs from buffer s and writes its greedy
+    ids into the token-id input of buffer 1 - s, which the next step reads.
+    So while step n replays from one buffer, step n + 1's inputs (all but its
+    ids) upload into the other on a stream of their own, and (ModelRunner.read_back)
+    step n's ids are read back on another while step n + 1 runs: between two
+    greedy replays the compute stream waits on an event, with no copy of its own.
+    """
+
     def __init__(
-        self, model: CausalLM, pool: KVPool, attend: AttendFn, batch_sizes: list[int], max_context: int, device: torch.device
+        self,
+        model: CausalLM,
+        pool: KVPool,
+        attend: AttendFn,
+        batch_sizes: list[int],
+        max_context: int,
+        device: torch.device,
     ) -> None:
         self.model, self.pool, self.attend = model, pool, attend
         self.batch_sizes = sorted(set(batch_sizes))
@@ -120,28 +139,31 @@ class CudaGraphRunner:
             raise RuntimeError("no KV slot free for CUDA-graph padding")
         self.scratch_slot = scratch[0]
         self.layout = DecodeInputLayout(max_bs, max_context)
-        self.packed = torch.zeros(self.layout.size, dtype=torch.int64, device=device)
-        self.static = self.layout.views(self.packed, torch.int32)
-        self.static.out_slots.fill_(self.scratch_slot)
-        self.static.kv_indptr.copy_(torch.arange(max_bs + 1, dtype=torch.int32, device=device))
-        self.static.kv_indices.fill_(self.scratch_slot)
+        self.packed = [torch.zeros(self.layout.size, dtype=torch.int64, device=device) for _ in range(2)]
+        self.static = [self.layout.views(buf, torch.int32) for buf in self.packed]
+        for static in self.static:
+            static.out_slots.fill_(self.scratch_slot)
+            static.kv_indptr.copy_(torch.arange(max_bs + 1, dtype=torch.int32, device=device))
+            static.kv_indices.fill_(self.scratch_slot)
         self.staging = [torch.empty(self.layout.size, dtype=torch.int64, pin_memory=True) for _ in range(2)]
         self.staged = [self.layout.views(buf.numpy(), np.int32) for buf in self.staging]
-        self.uploaded = [torch.cuda.Event() for _ in self.staging]  # each recorded after its buffer's last copy
-        self.turn = 0  # the staging buffer the next step packs into
+        self.upload_stream = torch.cuda.Stream(device)
+        self.uploaded = [torch.cuda.Event() for _ in range(2)]  # after the last upload into each buffer
+        self.replayed = [torch.cuda.Event() for _ in range(2)]  # after the last replay that read each buffer
+        self.side = 0  # the buffer (and staging buffer) the next step uses
         self.q_indptr = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(max_bs, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.argmax: dict[int, torch.Tensor] = {}  # greedy ids of each graph's logits, computed inside it
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.argmax: dict[tuple[int, int], torch.Tensor] = {}  # greedy ids of each graph's logits, computed inside it
         self.capture()
 
     @property
     def max_batch_size(self) -> int:
         return self.batch_sizes[-1]
 
-    def static_batch(self, bs: int) -> ForwardBatch:
-        s = self.static
+    def static_batch(self, bs: int, side: int) -> ForwardBatch:
+        s = self.static[side]
         return ForwardBatch(
             input_ids=s.input_ids[:bs],
             positions=s.positions[:bs],
@@ -154,8 +176,8 @@ class CudaGraphRunner:
             kv_lens=[1] * bs,
         )
 
-    def forward_static(self, bs: int) -> torch.Tensor:
-        ctx = ForwardContext(self.static_batch(bs), self.pool.k, self.pool.v, self.attend)
+    def forward_static(self, bs: int, side: int) -> torch.Tensor:
+        ctx = ForwardContext(self.static_batch(bs, side), self.pool.k, self.pool.v, self.attend)
         return self.model(ctx)
 
     @torch.inference_mode()
@@ -165,63 +187,94 @@ class CudaGraphRunner:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for bs in reversed(self.batch_sizes):
-                for _ in range(2):
-                    self.forward_static(bs)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self.outputs[bs] = self.forward_static(bs)
-                    self.argmax[bs] = argmax_rows(self.outputs[bs], out=self.static.input_ids[:bs])
-                pool = graph.pool()
-                self.graphs[bs] = graph
+                for side in range(2):
+                    for _ in range(2):
+                        # the argmax too: its counters are allocated here, never inside a capture
+                        argmax_rows(self.forward_static(bs, side))
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, stream=stream):
+                        logits = self.outputs[bs, side] = self.forward_static(bs, side)
+                        self.argmax[bs, side] = argmax_rows(logits, out=self.static[1 - side].input_ids[:bs])
+                    pool = graph.pool()
+                    self.graphs[bs, side] = graph
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
 
     def can_run(self, batch: ForwardBatch) -> bool:
         return batch.is_decode and batch.batch_size <= self.max_batch_size
 
+    def _take_side(self) -> int:
+        side, self.side = self.side, 1 - self.side
+        return side
+
+    def _replay(self, bs: int, side: int) -> None:
+        self.graphs[bs, side].replay()
+        self.replayed[side].record()
+
     @torch.inference_mode()
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [b, V] of a decode batch already on the device."""
-        bs = self.padded_size(batch.batch_size)
-        self.load_device(batch, bs)
-        self.graphs[bs].replay()
-        return self.outputs[bs][: batch.batch_size]
+        bs, side = self.padded_size(batch.batch_size), self._take_side()
+        self.load_device(batch, bs, side)
+        self._replay(bs, side)
+        return self.outputs[bs, side][: batch.batch_size]
 
     def replay_decode(
-        self, token_ids: list[int], contexts: Sequence[np.ndarray], input_ids: torch.Tensor | None = None
+        self,
+        token_ids: list[int],
+        contexts: Sequence[np.ndarray],
+        input_ids: torch.Tensor | None = None,
+        ids_read: torch.cuda.Event | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [b, V] and their argmax [b] of a decode step given on the host (see ``DecodeInputLayout.pack``).
 
         One upload, one replay, and the greedy choice without a launch of its
         own (gpt-fast compiles sampling into the step the same way). The
-        returned tensors are the graph's own outputs: the next replay of any
-        size rewrites them (the argmax is the token-id input's first rows).
+        returned tensors are the graph's own outputs: the replay after next
+        rewrites them (the argmax is the other buffer's token-id input).
         ``input_ids`` (a device tensor [b]) replaces the host's token ids, so
         a step can take the last step's sampled ids without reading them back;
         where it is that argmax (or rows of it sampled over in place) the ids
-        are in place already and the upload leaves them out. No autograd op
-        runs here, so it skips entering inference mode.
+        are in place already: the rest uploads on the upload stream, overlapping
+        the step before, and the compute stream only waits for it. Host ids
+        upload on the compute stream, after the step before has written its
+        argmax there; ``ids_read``, the event after the last read-back of
+        ids, comes first, as that read-back may still be reading the argmax
+        these ids overwrite. No autograd op runs here, so it skips entering
+        inference mode.
         """
         b = len(token_ids)
-        bs = self.padded_size(b)
-        turn, self.turn = self.turn, 1 - self.turn
-        self.uploaded[turn].synchronize()
-        used = self.layout.pack(self.staged[turn], token_ids, contexts, bs, self.scratch_slot)
-        in_place = input_ids is not None and input_ids.data_ptr() == self.static.input_ids.data_ptr()
-        start = self.layout.positions if in_place else 0
-        self.packed[start:used].copy_(self.staging[turn][start:used], non_blocking=True)
-        self.uploaded[turn].record()
-        if input_ids is not None and not in_place:
-            self.static.input_ids[:b].copy_(input_ids)
-        self.graphs[bs].replay()
-        return self.outputs[bs][:b], self.argmax[bs][:b]
+        bs, side = self.padded_size(b), self._take_side()
+        static, staging = self.static[side], self.staging[side]
+        self.uploaded[side].synchronize()
+        used = self.layout.pack(self.staged[side], token_ids, contexts, bs, self.scratch_slot)
+        compute = torch.cuda.current_stream()
+        in_place = input_ids is not None and input_ids.data_ptr() == static.input_ids.data_ptr()
+        if not in_place and ids_read is not None:
+            compute.wait_event(ids_read)
+        if input_ids is None:
+            self.packed[side][:used].copy_(staging[:used], non_blocking=True)
+            self.uploaded[side].record()
+        else:
+            # all but the ids: the replay that last read this buffer must be done; the one just before
+            # writes only the ids
+            start = self.layout.positions
+            self.upload_stream.wait_event(self.replayed[side])
+            with torch.cuda.stream(self.upload_stream):
+                self.packed[side][start:used].copy_(staging[start:used], non_blocking=True)
+                self.uploaded[side].record()
+            compute.wait_event(self.uploaded[side])
+            if not in_place:
+                static.input_ids[:b].copy_(input_ids)
+        self._replay(bs, side)
+        return self.outputs[bs, side][:b], self.argmax[bs, side][:b]
 
     def padded_size(self, batch_size: int) -> int:
         return next(size for size in self.batch_sizes if size >= batch_size)
 
-    def load_device(self, batch: ForwardBatch, bs: int) -> None:
-        """Copy a batch that is already on the device into the static inputs, padding rows after it."""
-        s, b = self.static, batch.batch_size
+    def load_device(self, batch: ForwardBatch, bs: int, side: int) -> None:
+        """Copy a batch that is already on the device into buffer ``side``'s inputs, padding rows after it."""
+        s, b = self.static[side], batch.batch_size
         total = batch.kv_indices.shape[0]
         s.input_ids[:b].copy_(batch.input_ids)
         s.positions[:b].copy_(batch.positions)

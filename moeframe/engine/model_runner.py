@@ -7,10 +7,10 @@ uploads them in one copy.
 
 For overlapped decode (``EngineCore.step``) ``run`` also takes the new
 tokens as a device tensor, the previous step's sampled ids, so step n+1 is
-launched before step n's tokens reach the host, and ``read_back`` starts
-copying step n's ids into pinned memory before that launch, so reading them
-waits for step n alone (vLLM v1's async output copy, SGLang's overlap
-scheduler).
+launched before step n's tokens reach the host, and ``read_back`` copies
+step n's ids into pinned memory on a stream of its own, so reading them
+waits for step n alone and step n+1 does not wait for the copy (vLLM v1's
+async output copy, SGLang's overlap scheduler).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class ModelRunner:
         self.overlap = overlap  # whether the engine may launch a decode step before reading the last one's tokens
         self.pinned_ids: torch.Tensor | None = None
         self.ids_copied: torch.cuda.Event | None = None
+        self.readback_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def capture_cuda_graphs(self, batch_sizes: list[int], max_context: int) -> None:
         """Capture decode for these batch sizes (CUDA only); later decode steps replay them.
@@ -97,27 +98,34 @@ class ModelRunner:
         """
         graphs = self.graphs
         if graphs is not None and len(scheduled.requests) <= graphs.max_batch_size and all(n == 1 for n in scheduled.num_new_tokens):
-            return StepLogits(*graphs.replay_decode(*self.decode_inputs(scheduled.requests), input_ids))
+            return StepLogits(*graphs.replay_decode(*self.decode_inputs(scheduled.requests), input_ids, self.ids_copied))
         batch = self.make_batch(scheduled)
         if input_ids is not None:
             batch.input_ids = input_ids
         return StepLogits(self.forward(batch))
 
     def read_back(self, ids: torch.Tensor) -> HostIds:
-        """Start copying ``ids`` [B] to the host, ahead of later launches on the stream.
+        """Start copying ``ids`` [B] to the host once the work queued so far is done, off the compute stream.
 
-        One pinned buffer serves every copy: the engine reads each copy
-        before it starts the next.
+        The copy runs on a stream of its own, so later launches on the compute
+        stream never wait for it; ``ids`` must stay unwritten until it is read
+        (a CUDA graph's argmax is rewritten only by the replay after next,
+        launched after this copy was waited for). One pinned buffer serves
+        every copy: the engine reads each copy before it starts the next.
         """
-        if ids.device.type != "cuda":
+        if ids.device.type != "cuda" or self.readback_stream is None:
             return HostIds(ids)
         n = ids.shape[0]
         if self.pinned_ids is None or self.pinned_ids.shape[0] < n:
             self.pinned_ids = torch.empty(max(n, 256), dtype=torch.int64, pin_memory=True)
             self.ids_copied = torch.cuda.Event()
         host = self.pinned_ids[:n]
-        host.copy_(ids, non_blocking=True)
-        self.ids_copied.record()
+        stream = self.readback_stream
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            host.copy_(ids, non_blocking=True)
+            self.ids_copied.record()
+        ids.record_stream(stream)
         return HostIds(host, self.ids_copied)
 
     @torch.inference_mode()
