@@ -1,12 +1,9 @@
-"""Row-wise argmax of float logits in one Triton launch; see greedy.py for why and for the order of ties.
+"""Row-wise argmax of float logits in two Triton launches; see greedy.py for why and for the order of ties.
 
-Each program of ``argmax_kernel`` takes one BLOCK-wide chunk of one row (a
-single load) and writes its best (value, index, has-NaN) triple; then it
-bumps its row's counter with a gpu-scope acq_rel atomic, and the program that
-finds every other chunk of the row done picks the row's best over the chunks
-and sets the counter back to 0 for the next launch or CUDA-graph replay (the
-"last block" reduction of routers/_gate_topk_kernel.py). The order is the one
-``torch.argmax`` follows: NaN ranks above every number, and among equal
+Each program of ``argmax_partial_kernel`` takes one BLOCK-wide chunk of one row
+(a single load) and writes its best (value, index, has-NaN) triple;
+``argmax_merge_kernel`` picks the row's best over its chunks. The order is the
+one ``torch.argmax`` follows: NaN ranks above every number, and among equal
 values the lowest index wins.
 
 Imported lazily (greedy.py): Triton decides at decoration time whether to
@@ -31,19 +28,8 @@ def _best(values, indices, nan, sentinel):
 
 
 @triton.jit
-def argmax_kernel(
-    logits_ptr,
-    part_val_ptr,
-    part_idx_ptr,
-    part_nan_ptr,
-    counts_ptr,
-    out_ptr,
-    vocab,
-    stride_row,
-    num_chunks,
-    BLOCK: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    USE_PDL: tl.constexpr,
+def argmax_partial_kernel(
+    logits_ptr, part_val_ptr, part_idx_ptr, part_nan_ptr, vocab, stride_row, num_chunks, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
 ):
     pdl_wait(USE_PDL)
     row = tl.program_id(0)
@@ -56,18 +42,21 @@ def argmax_kernel(
     tl.store(part_val_ptr + out, top)
     tl.store(part_idx_ptr + out, best_idx)
     tl.store(part_nan_ptr + out, has_nan)
-    # every thread's stores come before the release below
-    tl.debug_barrier()
-    finished_before = tl.atomic_add(counts_ptr + row, 1, sem="acq_rel", scope="gpu")
-    if finished_before == num_chunks - 1:
-        offs = tl.arange(0, BLOCK_C)
-        in_row = offs < num_chunks
-        at = row * num_chunks + offs
-        values = tl.load(part_val_ptr + at, mask=in_row, other=float("-inf"))
-        indices = tl.load(part_idx_ptr + at, mask=in_row, other=vocab)
-        nan = tl.load(part_nan_ptr + at, mask=in_row, other=0) > 0
-        # a chunk of -inf only still names its first index: the row's answer if every value is -inf
-        values = tl.where(indices < vocab, values, float("-inf"))
-        _, row_best, _ = _best(values, indices, nan, vocab)
-        tl.store(out_ptr + row, row_best.to(tl.int64))
-        tl.store(counts_ptr + row, 0)
+
+
+@triton.jit
+def argmax_merge_kernel(
+    part_val_ptr, part_idx_ptr, part_nan_ptr, out_ptr, vocab, num_chunks, BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr
+):
+    pdl_wait(USE_PDL)
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_C)
+    ok = offs < num_chunks
+    at = row * num_chunks + offs
+    values = tl.load(part_val_ptr + at, mask=ok, other=float("-inf"))
+    indices = tl.load(part_idx_ptr + at, mask=ok, other=vocab)
+    nan = tl.load(part_nan_ptr + at, mask=ok, other=0) > 0
+    # a chunk of -inf only still names its first index: the row's answer if every value is -inf
+    values = tl.where(indices < vocab, values, float("-inf"))
+    _, best_idx, _ = _best(values, indices, nan, vocab)
+    tl.store(out_ptr + row, best_idx.to(tl.int64))
