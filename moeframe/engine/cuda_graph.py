@@ -120,6 +120,8 @@ class CudaGraphRunner:
     ids) upload into the other on a stream of their own, and (ModelRunner.read_back)
     step n's ids are read back on another while step n + 1 runs: between two
     greedy replays the compute stream waits on an event, with no copy of its own.
+    The padding rows of such a step keep the ids the argmax left there (token
+    ids all the same: padding rows touch the scratch slot only).
     """
 
     def __init__(
