@@ -152,7 +152,9 @@ class EngineCore:
         whose tokens the device chooses alone (``device_only``) goes ahead:
         the next schedule is known without them. So the first decode step
         queues behind the prefill, not behind the host's read of its tokens
-        (SGLang's overlap scheduler runs prefill batches ahead too). A request
+        (SGLang's overlap scheduler runs prefill batches ahead too); the host
+        reads the first token after launching that step, whose host time
+        moves into the time to first token. A request
         this step ends by length stays out, as do the dropped rows of requests
         that ended before the step ran.
         """
