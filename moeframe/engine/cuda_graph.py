@@ -8,16 +8,16 @@ capture_cudagraph). A batch of b requests replays the smallest captured size
 owns, so they never touch real KV.
 
 The graphs read their inputs (token ids, positions, output slots, kv indptr,
-kv indices) from views into one packed device buffer. The engine's decode
+kv indices) from views into a packed device buffer (one of two, below). The engine's decode
 step is packed on the host, padding included, into a pinned buffer of the
 same layout and uploaded with one copy, instead of building a device batch
 and then copying or filling each input (SGLang and vLLM likewise stage decode
 inputs in pinned memory).
 
 The upload does not block: with overlapped decode the next step is packed
-and launched while the stream still runs the last one. Two pinned buffers
-take turns, and a buffer is rewritten only once the event recorded after
-its last copy has passed (vLLM's and SGLang's overlap schedulers likewise
+and launched while the GPU still runs the last one. Two pinned buffers
+take turns with the device buffers, and a buffer is rewritten only once the
+event recorded after its last copy has passed (vLLM's and SGLang's overlap schedulers likewise
 keep their staged inputs alive until the copy is done).
 
 Each batch size has two graphs, one per device input buffer, and each
