@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from overlap_runs import Planned, drive
 
 from moeframe import Engine, SamplingParams
 from moeframe.engine.request import Request
@@ -90,17 +91,6 @@ def test_sampling_a_mixed_batch_makes_no_host_sync() -> None:
     assert ids.shape == (len(reqs),) and ids.device.type == "cuda"
 
 
-def staggered_outputs(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], arrivals: list[int]) -> list[list[int]]:
-    """Request i arrives before step ``arrivals[i]``; each request's tokens once the engine runs dry."""
-    reqs, step = [], 0
-    while len(reqs) < len(prompts) or engine.core.has_work():
-        while len(reqs) < len(prompts) and arrivals[len(reqs)] <= step:
-            reqs.append(engine.add_request(prompts[len(reqs)], params[len(reqs)]))
-        engine.step()
-        step += 1
-    return [r.output_ids for r in reqs]
-
-
 def test_arrivals_between_overlapped_graph_steps_give_the_tokens_of_eager_decode(checkpoint_factory) -> None:
     """Arrivals break the run of ahead steps: host-fed replays and ahead replays alternate over both input buffers.
 
@@ -121,7 +111,8 @@ def test_arrivals_between_overlapped_graph_steps_give_the_tokens_of_eager_decode
             f"model.path={path}", "device=cuda", "dtype=bfloat16", "cache.max_tokens=4096", "experts=triton",
             "runner.cuda_graph_batch_sizes=[1,2,3,4,5]", f"runner.cuda_graph={cuda_graph}", "runner.overlap=true",
         ])  # fmt: skip
-        outputs.append(staggered_outputs(made, prompts(made.spec.vocab_size, count), params, arrivals))
+        plan = [Planned(p, q, at) for p, q, at in zip(prompts(made.spec.vocab_size, count), params, arrivals)]
+        outputs.append([r.output_ids for r in drive(made, plan).requests])
         ahead.append(made.core.stats.ahead_steps)
     assert outputs[0] == outputs[1]
     assert ahead[0] == ahead[1] > 0
