@@ -5,9 +5,9 @@ asynchronous loop drive. Finished requests hand their KV to the cache.
 
 Overlapped decode (SGLang's overlap scheduler, vLLM v1's async scheduling):
 when the step just launched leaves every running request ready to decode (a
-decode step, or one that ends their prompts) and their next
-tokens the device can choose alone (greedy or sampled, no constraint mask,
-no logprobs) and nothing waits, ``step`` samples this step on the device and
+decode step, or one that ends their prompts), the device can choose their
+next tokens alone (greedy or sampled, no constraint mask, no logprobs) and
+nothing waits, ``step`` samples this step on the device and
 schedules and launches the next step before it reads this one's tokens. Each
 request gets a placeholder for the token in flight, so the scheduler
 allocates its slot as usual, and the next step takes this step's sampled ids
@@ -154,9 +154,9 @@ class EngineCore:
         queues behind the prefill, not behind the host's read of its tokens
         (SGLang's overlap scheduler runs prefill batches ahead too); the host
         reads the first token after launching that step, whose host time
-        moves into the time to first token. A request
-        this step ends by length stays out, as do the dropped rows of requests
-        that ended before the step ran.
+        moves into the time to first token. A request this step ends by
+        length stays out, as do the dropped rows of requests that ended
+        before the step ran.
         """
         if not self.runner.overlap or self.scheduler.waiting or len(self.scheduler.running) != len(ready):
             return None

@@ -8,17 +8,17 @@ capture_cudagraph). A batch of b requests replays the smallest captured size
 owns, so they never touch real KV.
 
 The graphs read their inputs (token ids, positions, output slots, kv indptr,
-kv indices) from views into a packed device buffer (one of two, below). The engine's decode
-step is packed on the host, padding included, into a pinned buffer of the
-same layout and uploaded with one copy, instead of building a device batch
-and then copying or filling each input (SGLang and vLLM likewise stage decode
-inputs in pinned memory).
+kv indices) from views into a packed device buffer (one of two, below). The
+engine's decode step is packed on the host, padding included, into a pinned
+buffer of the same layout and uploaded with one copy, instead of building a
+device batch and then copying or filling each input (SGLang and vLLM
+likewise stage decode inputs in pinned memory).
 
 The upload does not block: with overlapped decode the next step is packed
-and launched while the GPU still runs the last one. Two pinned buffers
-take turns with the device buffers, and a buffer is rewritten only once the
-event recorded after its last copy has passed (vLLM's and SGLang's overlap schedulers likewise
-keep their staged inputs alive until the copy is done).
+and launched while the GPU still runs the last one. Two pinned buffers take
+turns with the device buffers, and a buffer is rewritten only once the event
+recorded after its last copy has passed (vLLM's and SGLang's overlap
+schedulers likewise keep their staged inputs alive until the copy is done).
 
 Each batch size has two graphs, one per device input buffer, and each
 writes its greedy choice (the argmax of its logits) into the other buffer's
@@ -117,21 +117,15 @@ class CudaGraphRunner:
     The graph of buffer s reads its inputs from buffer s and writes its greedy
     ids into the token-id input of buffer 1 - s, which the next step reads.
     So while step n replays from one buffer, step n + 1's inputs (all but its
-    ids) upload into the other on a stream of their own, and (ModelRunner.read_back)
-    step n's ids are read back on another while step n + 1 runs: between two
-    greedy replays the compute stream waits on an event, with no copy of its own.
+    ids) upload into the other on a stream of their own, and step n's ids are
+    read back on another (ModelRunner.read_back) while step n + 1 runs: between
+    two greedy replays the compute stream waits on an event, with no copy of its own.
     The padding rows of such a step keep the ids the argmax left there (token
     ids all the same: padding rows touch the scratch slot only).
     """
 
     def __init__(
-        self,
-        model: CausalLM,
-        pool: KVPool,
-        attend: AttendFn,
-        batch_sizes: list[int],
-        max_context: int,
-        device: torch.device,
+        self, model: CausalLM, pool: KVPool, attend: AttendFn, batch_sizes: list[int], max_context: int, device: torch.device
     ) -> None:
         self.model, self.pool, self.attend = model, pool, attend
         self.batch_sizes = sorted(set(batch_sizes))
