@@ -9,10 +9,11 @@
 # at 1, 8, 32 and 4,096 tokens and in a stack of layers, tools/bench_kernels.py). If .whl/ holds wheels (hydra-core, omegaconf, ... for a machine
 # without them) they are installed into /tmp/site first. A failing step is logged and the next still runs.
 #
-# The CUDA tests alone took more than 560 s in session 15 (every kernel variant compiles; the run stopped at
-# ~90%), more than fits beside the benchmarks under the device tool's 600 s limit: STEPS=tests gives them their
-# own calls, STEPS=bench the benchmarks theirs. TESTS picks the test paths (default: all of them below), so
-# that two calls can share them, e.g. TESTS=tests/kernels, then TESTS="tests/gpu tests/routers/test_router_cuda.py ...".
+# The CUDA tests alone took more than 560 s in session 15 in one process (every kernel variant compiles; the run
+# stopped at ~90%), more than fits beside the benchmarks under the device tool's 600 s limit. Where pytest-xdist
+# is among the wheels they run in 12 processes (not yet timed there). STEPS=tests gives them their own calls,
+# STEPS=bench the benchmarks theirs. TESTS picks the test paths (default: all of them below), so that two calls
+# can share them, e.g. TESTS=tests/kernels, then TESTS="tests/gpu tests/routers/test_router_cuda.py ...".
 set -u
 out=${1:?usage: [STEPS=all|tests|bench] bash tools/gpu_check.sh OUT_DIR}
 preset=${PRESET:-olmoe-1b-7b}
@@ -36,8 +37,10 @@ if [ "$steps" != bench ]; then
     tests=${TESTS:-tests/gpu tests/kernels tests/routers/test_router_cuda.py tests/routers/test_router_route_hidden.py \
         tests/routers/test_router_route_residual.py tests/engine/test_overlap_cuda.py tests/model/test_deferred_topk_sum_model.py \
         tests/model/test_topk_sum.py tests/telemetry/test_expert_load_batched.py}
+    # the suite's time is mostly Triton compiling each kernel variant on the host: spread it over processes
+    workers=$(python3 -c "import xdist" 2> /dev/null && echo "-n 12")
     # shellcheck disable=SC2086
-    timeout "$test_timeout" python3 -m pytest -o addopts= -q -rfE -p no:cacheprovider -p no:logging $tests \
+    timeout "$test_timeout" python3 -m pytest $workers -o addopts= -q -rfE -p no:cacheprovider -p no:logging $tests \
         > "$out/gpu_tests.log" 2>&1
     echo "gpu tests: exit $?, $(tail -n 1 "$out/gpu_tests.log")"
 fi
