@@ -223,14 +223,17 @@ def step_kernels(prof, steps: int) -> str:
     last = kernels[-per_step:]
     busy = sum(e["dur"] for e in last)
     span = last[-1]["ts"] + last[-1]["dur"] - last[0]["ts"]
-    lines = [f"last step: {len(last)} kernels, {busy:.0f} us busy over a {span:.0f} us span", "start_us dur_us name"]
     # the copies between the step before and this one, with its last kernel: what the GPU does between graphs
     before = kernels[-per_step - 1]
     copies = [e for e in events if e.get("cat") in ("gpu_memcpy", "gpu_memset") and before["ts"] <= e["ts"] < last[0]["ts"]]
     gap = last[0]["ts"] - before["ts"] - before["dur"]
-    lines += [f"{e['ts'] - last[0]['ts']:8.1f} {e['dur']:6.1f} {e['name'][:110]}" for e in [before, *sorted(copies, key=lambda e: e["ts"])]]
-    lines += [f"{e['ts'] - last[0]['ts']:8.1f} {e['dur']:6.1f} {e['name'][:110]}" for e in last]
-    lines.insert(1, f"between steps: {gap:.1f} us from the step before's last kernel to this step's first")
+    lines = [
+        f"last step: {len(last)} kernels, {busy:.0f} us busy over a {span:.0f} us span",
+        f"between steps: {gap:.1f} us from the step before's last kernel to this step's first",
+        "start_us dur_us name",
+    ]
+    shown = [before, *sorted(copies, key=lambda e: e["ts"]), *last]
+    lines += [f"{e['ts'] - last[0]['ts']:8.1f} {e['dur']:6.1f} {e['name'][:110]}" for e in shown]
     return "\n".join(lines) + "\n"
 
 
