@@ -24,10 +24,10 @@ def _shares_kernel(bounds_ptr, num_bytes):
 
 
 @pytest.mark.parametrize(("num_bytes", "parts"), [(25_165_824, 256), (1000, 7), (128, 3), (129, 2), (50_000_000, 132)])
-def test_the_parts_prefetch_every_line_of_the_range_once(num_bytes: int, parts: int) -> None:
-    bounds = torch.zeros(parts, 2, dtype=torch.int32)
+def test_the_parts_prefetch_every_line_of_the_range_once(num_bytes: int, parts: int, device: torch.device) -> None:
+    bounds = torch.zeros(parts, 2, dtype=torch.int32, device=device)
     _shares_kernel[(parts,)](bounds, num_bytes)
-    covered = torch.cat([torch.arange(int(lo), int(hi)) for lo, hi in bounds])
+    covered = torch.cat([torch.arange(int(lo), int(hi)) for lo, hi in bounds.cpu()])
     assert torch.equal(covered, torch.arange(-(-num_bytes // 128)))
 
 

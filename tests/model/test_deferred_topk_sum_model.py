@@ -69,5 +69,5 @@ def test_logits_with_the_deferred_topk_sum_equal_those_without(preset, checkpoin
 def test_cuda_graph_greedy_decode_with_the_deferred_topk_sum_equals_without(decode_gemv, checkpoint_factory):
     """bfloat16, CUDA graphs, and the fused-norm qkv GEMV (which sums a pending output first)."""
     path = checkpoint_factory("tiny-olmoe")
-    extra = ("device=cuda", "dtype=bfloat16", "runner.cuda_graph=true", f"runner.decode_gemv={decode_gemv}")
+    extra = ("device=cuda", "dtype=bfloat16", "runner.cuda_graph=true", f"runner.decode_gemv={decode_gemv}", "cache.max_tokens=4096")
     assert run(engine(path, True, *extra))[1] == run(engine(path, False, *extra))[1]

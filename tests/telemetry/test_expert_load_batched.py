@@ -71,6 +71,9 @@ def test_batched_recorder_counts_what_recording_layer_by_layer_counts(router, fu
         for layer, layer_router in enumerate(routers):
             logits = torch.randn(num_tokens, MOE.num_experts, generator=generator).to(device)
             plan = layer_router.route(logits, RouteContext(token_ids=token_ids))
+            # the MoE block records after its experts read the ids (ExpertLoadRecorder's contract: the counting
+            # launch may read them before its PDL wait); a read of the ids stands in for the experts here
+            plan.topk_ids.sum()
             batched.record(layer, plan)
             per_layer.record(layer, plan)
             columns = plan.topk_ids.shape[1]
