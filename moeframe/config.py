@@ -3,8 +3,9 @@
 Fixed sections (model, runner, server, top-level device/dtype/seed) are typed
 here and checked by Hydra's ConfigStore; each component group is checked by
 its registry against the chosen component's own params dataclass
-(``Registry.parse_params``). ``validate`` runs both before anything heavy is
-built, so a bad sweep fails in its first second.
+(``Registry.parse_params``). The engine builder checks its groups, run.py the
+workload and logger, both before anything heavy is built, so a bad sweep fails
+in its first second. This module imports no component package.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from moeframe.errors import ConfigError
+from moeframe.registry import Registry
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -102,16 +104,18 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check every component group against its registry, and the fixed sections' values."""
-    from moeframe.components import GROUP_REGISTRIES
-
+    """Check the fixed sections' values; each component group is checked by the layer that builds it."""
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype, device)
     if cfg.runner.attention not in ("auto", "torch", "triton"):
         raise ConfigError(f"runner.attention: unknown choice '{cfg.runner.attention}'; valid choices: auto, torch, triton")
     if cfg.model.path is None and cfg.model.preset is None:
         raise ConfigError("model: give model.path=DIR or model.preset=NAME")
-    for group, registry in GROUP_REGISTRIES().items():
+
+
+def check_groups(cfg: DictConfig, registries: dict[str, Registry]) -> None:
+    """Every named group chosen, and its node valid for its registry's component (one ConfigError line)."""
+    for group, registry in registries.items():
         node = cfg.get(group)
         if node is None:
             raise ConfigError(f"{group}: no choice made; valid choices: {', '.join(registry.names())}")

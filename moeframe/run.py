@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from moeframe.api import Engine
-from moeframe.config import CONF_DIR, unknown_group_choice
+from moeframe.config import CONF_DIR, check_groups, unknown_group_choice
 from moeframe.errors import MoeframeError
 from moeframe.parallel.distributed import launch_rank
 from moeframe.telemetry import provenance
@@ -57,6 +57,8 @@ def hydra_info() -> dict[str, Any] | None:
 def run_study(cfg: DictConfig, run_dir: Path, hydra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build, run the workload, write the run folder; returns the flat metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_groups(cfg, {"workload": WORKLOADS, "logger": LOGGERS})
+    workload = WORKLOADS.build(cfg.workload)
     engine = Engine(cfg)
     multirun = hydra is not None and hydra["mode"] == "multirun"
     logger = LOGGERS.build(
@@ -71,7 +73,7 @@ def run_study(cfg: DictConfig, run_dir: Path, hydra: dict[str, Any] | None = Non
         write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True), logger)
         write(run_dir / "provenance.json", json.dumps(record, indent=2), logger)
         logger.log_config(resolved | {"provenance": record})
-        metrics = WORKLOADS.build(cfg.workload).run(engine)
+        metrics = workload.run(engine)
         stats = engine.stats()
         metrics.update(engine_metrics(stats))
         save_outputs(engine, run_dir / "outputs.jsonl", logger)
@@ -87,9 +89,10 @@ def run_study(cfg: DictConfig, run_dir: Path, hydra: dict[str, Any] | None = Non
 
 def run_replica(cfg: DictConfig) -> None:
     """A torchrun rank other than 0: the same engine steps as rank 0 (collectives pair up), no files, no output."""
+    workload = WORKLOADS.build(cfg.workload)
     engine = Engine(cfg)
     try:
-        WORKLOADS.build(cfg.workload).run(engine)
+        workload.run(engine)
     finally:
         engine.close()
 

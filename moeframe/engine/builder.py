@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from moeframe.attention import set_decode_attention_merge, set_decode_attention_prologue, set_decode_kv_splits
 from moeframe.cache import CACHES, KVCache, KVPool
-from moeframe.config import resolve_device, resolve_dtype, validate
+from moeframe.config import check_groups, resolve_device, resolve_dtype, validate
 from moeframe.engine.model_runner import ModelRunner
 from moeframe.engine.policies import SCHEDULERS
 from moeframe.engine.scheduler import Scheduler
@@ -33,6 +33,7 @@ from moeframe.model.layers.small_gemv import set_decode_gemv
 from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
 from moeframe.model.spec import ModelSpec
 from moeframe.parallel import PARALLEL, ParallelStrategy
+from moeframe.registry import Registry
 from moeframe.routers import ROUTERS
 from moeframe.routers.gate_topk import set_fused_norm
 from moeframe.telemetry.expert_load import ExpertLoadRecorder
@@ -90,9 +91,24 @@ def model_source(cfg: DictConfig) -> tuple[Path | None, ModelSpec, object]:
     return path, spec, hf_config
 
 
+def engine_groups() -> dict[str, Registry]:
+    """The config groups the engine builds, by registry (the constraint backends load on first use)."""
+    from moeframe.constrain import CONSTRAINTS
+
+    return {
+        "router": ROUTERS,
+        "cache": CACHES,
+        "experts": EXPERTS,
+        "parallel": PARALLEL,
+        "constraint": CONSTRAINTS,
+        "scheduler": SCHEDULERS,
+    }
+
+
 def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> BuiltEngine:
     """Every component from the config; ``weights`` (our names) replaces reading the checkpoint."""
     validate(cfg)
+    check_groups(cfg, engine_groups())
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)

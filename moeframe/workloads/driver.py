@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from moeframe.engine.request import GenerateOutput, Request
 from moeframe.engine.sampling_params import SamplingParams
-from moeframe.telemetry.metrics import request_metrics
+from moeframe.workloads.request_metrics import request_metrics
 from moeframe.workloads.base import Workload
 
 if TYPE_CHECKING:

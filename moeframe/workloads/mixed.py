@@ -7,20 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from moeframe.workloads import WORKLOADS
 from moeframe.workloads.driver import ClientParams, ClientRun, ClientWorkload, Submission, drive
+from moeframe.workloads.fidelity import measure_fidelity
+from moeframe.workloads.prompts import PROMPTS
 
 if TYPE_CHECKING:
     from moeframe.api import Engine
-
-PROMPTS = [
-    "The quick brown fox",
-    "In a distant galaxy, a small crew of engineers discovered that",
-    "def fibonacci(n):",
-    "Mixture-of-experts models route each token to",
-    "Once upon a time",
-    "The capital of France is",
-    "Here is a list of prime numbers: 2, 3, 5, 7,",
-    "A cache keeps recently used data close to",
-]
 
 
 @dataclass
@@ -53,7 +44,6 @@ class MixedWorkload(ClientWorkload):
         p = self.params
         if p.fidelity_chunks and engine.spec.is_moe and engine.tokenizer is not None:
             from moeframe.data import sample_text
-            from moeframe.workloads.router_fidelity import measure_fidelity
 
             metrics.update(measure_fidelity(engine, sample_text(), p.fidelity_chunk_tokens, p.fidelity_chunks))
         return metrics

@@ -8,7 +8,7 @@ import torch
 
 from moeframe import Engine
 from moeframe.workloads import WORKLOADS
-from moeframe.workloads.router_fidelity import fidelity
+from moeframe.workloads.fidelity import fidelity
 
 
 def run_fidelity(path, router: str) -> dict:

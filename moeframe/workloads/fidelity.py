@@ -1,0 +1,57 @@
+"""Routing fidelity against the checkpoint's own routing: KL, top-1 agreement, both perplexities.
+
+The same weights are run twice over the same text: once with the configured
+router, once with ``router=native`` (a second engine from the same config via
+``Engine.variant``, so only the routing differs). Teacher-forced chunks are
+scored one sequence at a time, so a batch-dependent router (expert choice)
+sees exactly the chunk's own tokens. Shared by the router_fidelity and mixed
+workloads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from moeframe.api import Engine
+
+
+def fidelity(router_logits: torch.Tensor, native_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Sums over positions: KL(native || router), top-1 agreements, and both next-token NLLs."""
+    logp_router = torch.log_softmax(router_logits.float(), dim=-1)
+    logp_native = torch.log_softmax(native_logits.float(), dim=-1)
+    kl = (logp_native.exp() * (logp_native - logp_router)).sum(-1)
+    return {
+        "kl": kl.sum().item(),
+        "agree": (logp_router.argmax(-1) == logp_native.argmax(-1)).sum().item(),
+        "nll_router": -logp_router.gather(-1, targets[:, None]).sum().item(),
+        "nll_native": -logp_native.gather(-1, targets[:, None]).sum().item(),
+        "positions": targets.numel(),
+    }
+
+
+def measure_fidelity(engine: "Engine", text: str, chunk_tokens: int, max_chunks: int) -> dict[str, float]:
+    """KL vs native, top-1 agreement and both perplexities over up to ``max_chunks`` chunks of ``text``."""
+    native = engine.variant({"router": {"name": "native"}})
+    ids = engine.encode(text)
+    chunk = min(chunk_tokens, engine.built.max_context)
+    totals = {"kl": 0.0, "agree": 0.0, "nll_router": 0.0, "nll_native": 0.0, "positions": 0}
+    for start in range(0, min(len(ids) - 1, chunk * max_chunks), chunk):
+        piece = ids[start : start + chunk + 1]
+        if len(piece) < 2:
+            break
+        inputs, targets = piece[:-1], torch.tensor(piece[1:])
+        part = fidelity(engine.score(inputs).cpu(), native.score(inputs).cpu(), targets)
+        totals = {k: totals[k] + part[k] for k in totals}
+    native.close()
+    n = max(totals["positions"], 1)
+    return {
+        "kl_vs_native": totals["kl"] / n,
+        "top1_agreement": totals["agree"] / n,
+        "perplexity": math.exp(totals["nll_router"] / n),
+        "perplexity_native": math.exp(totals["nll_native"] / n),
+        "fidelity_positions": totals["positions"],
+    }
