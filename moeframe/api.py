@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from moeframe.config import CONF_DIR, unknown_choice
+from moeframe.config import CONF_DIR, override_problem, unknown_choice
 from moeframe.engine.builder import BuiltEngine, build
 from moeframe.engine.core import EngineCore
 from moeframe.engine.request import GenerateOutput, Request, Status
@@ -28,12 +28,14 @@ __all__ = ["Engine", "GenerateOutput", "SamplingParams", "compose_config"]
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """conf/ composed with Hydra overrides; a bad group choice becomes one ConfigError line."""
+    """conf/ composed with Hydra overrides; a bad group choice or key becomes one ConfigError line."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if (problem := override_problem(list(overrides))) is not None:
+        raise ConfigError(problem)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

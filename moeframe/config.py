@@ -10,13 +10,13 @@ in its first second. This module imports no component package.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from moeframe.errors import ConfigError
 from moeframe.registry import Registry
@@ -122,6 +122,16 @@ def check_groups(cfg: DictConfig, registries: dict[str, Registry]) -> None:
         registry.parse_params(node)
 
 
+def override_problem(overrides: list[str]) -> str | None:
+    """The first bad command-line override (a choice no yaml names, a key no config has), as one line.
+
+    Keys are not checked against conf/ when the command composes another
+    config (``--config-dir``/``--config-name``, as a run folder's rerun does).
+    """
+    other_config = any(arg.startswith(("--config", "-cd", "-cn", "-cp")) for arg in overrides)
+    return unknown_group_choice(overrides) or (None if other_config else unknown_key(overrides))
+
+
 def unknown_group_choice(overrides: list[str]) -> str | None:
     """The first ``group=choice`` override naming no yaml in conf/<group>/, as one line (else None).
 
@@ -149,3 +159,52 @@ def group_choices(group: str) -> list[str]:
 
 def unknown_choice(group: str, choice: str) -> str:
     return f"{group}: unknown choice '{choice}'; valid choices: {', '.join(group_choices(group))}"
+
+
+def unknown_key(overrides: list[str]) -> str | None:
+    """The first ``key=value`` override whose key the composed config would not have, as one line (else None).
+
+    Hydra would refuse it too, in a multi-line "not in struct" report; this
+    names the key and the valid keys instead. Fixed sections are checked
+    against their dataclass, a component group against the yaml of each
+    choice the command line (or conf/config.yaml) makes for it. Keys added
+    with ``+`` are left to the component's own params check.
+    """
+    pairs = [arg.split("=", 1) for arg in overrides if not arg.startswith(("-", "+", "~")) and "=" in arg]
+    chosen = {key: value.split(",") for key, value in pairs if "." not in key}
+    for key, _ in pairs:
+        path = key.split(".")
+        if path[0] == "hydra" or "@" in key:
+            continue
+        top = {f.name: f for f in fields(MoeframeConfig)}
+        if path[0] not in top:
+            return f"{path[0]}: not a config key; valid keys: {', '.join(sorted(top))}"
+        if len(path) == 1:
+            continue
+        section = top[path[0]].default_factory if is_dataclass_field(top[path[0]]) else None
+        if section is not None:
+            valid = sorted(f.name for f in fields(section))
+            if path[1] not in valid:
+                return f"{path[0]}.{path[1]}: not a key of {path[0]}; valid keys: {', '.join(valid)}"
+            continue
+        for choice in chosen.get(path[0]) or [default_choice(path[0])]:
+            yaml = CONF_DIR / path[0] / f"{choice}.yaml"
+            valid = sorted(OmegaConf.load(yaml)) if choice and yaml.is_file() else []
+            if valid and path[1] not in valid:
+                return f"{path[0]}.{path[1]}: not a key of {path[0]} '{choice}'; valid keys: {', '.join(valid)}"
+    return None
+
+
+def is_dataclass_field(f: Field) -> bool:
+    return f.default_factory is not MISSING and is_dataclass(f.default_factory)
+
+
+def default_choice(group: str) -> str | None:
+    """The choice conf/config.yaml's defaults list makes for ``group`` (None if it makes none)."""
+    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
+        if isinstance(entry, str):
+            continue
+        for key, value in entry.items():
+            if key.split()[-1] == group:
+                return str(value)
+    return None

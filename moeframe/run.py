@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from moeframe.api import Engine
-from moeframe.config import CONF_DIR, check_groups, unknown_group_choice
+from moeframe.config import CONF_DIR, check_groups, override_problem
 from moeframe.errors import MoeframeError
 from moeframe.parallel.distributed import launch_rank
 from moeframe.telemetry import provenance
@@ -194,7 +194,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if (problem := unknown_group_choice(sys.argv[1:])) is not None:
+    if (problem := override_problem(sys.argv[1:])) is not None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()

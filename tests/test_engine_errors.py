@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from moeframe import Engine, SamplingParams
+from moeframe.api import compose_config
 from moeframe.errors import CheckpointError, ConfigError, RequestError
 
 
@@ -125,3 +126,42 @@ def test_dotted_and_valid_overrides_pass_the_choice_check() -> None:
 
     assert unknown_group_choice(["router=top2", "router.k=3", "cache=radix,paged", "+workload.x=1", "seed=3"]) is None
     assert "cache: unknown choice 'lru'" in unknown_group_choice(["cache=radix,lru"])
+
+
+def test_cli_misspelt_key_fails_in_one_line_naming_the_valid_keys() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "moeframe.run", "cache.max_tokenz=5"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: cache.max_tokenz: not a key of cache 'radix'; valid keys: max_tokens, mem_fraction, name, page_size"
+    ]
+
+
+def test_misspelt_keys_are_named_in_every_kind_of_section() -> None:
+    from moeframe.config import override_problem
+
+    assert override_problem(["devicee=cpu"]).startswith("devicee: not a config key; valid keys: cache, constraint, device,")
+    assert override_problem(["runner.atention=torch"]).startswith("runner.atention: not a key of runner; valid keys: attention,")
+    assert override_problem(["model.presett=x"]) == (
+        "model.presett: not a key of model; valid keys: cache_dir, max_context, path, preset, random_weights"
+    )
+    # a sweep's every choice of the group must have the key
+    assert override_problem(["cache=paged,radix", "cache.block_size=4"]).startswith("cache.block_size: not a key of cache 'radix'")
+    assert override_problem(["workload=tree", "workload.num_requestz=2"]).startswith(
+        "workload.num_requestz: not a key of workload 'tree'; valid keys:"
+    )
+
+
+def test_valid_keys_added_keys_and_reruns_pass_the_key_check() -> None:
+    from moeframe.config import override_problem
+
+    ok = ["cache=paged", "cache.block_size=4", "runner.overlap=false", "model.random_weights=true", "seed=3",
+          "+workload.x=1", "hydra.run.dir=/tmp/x", "workload.num_requests=2"]  # fmt: skip
+    assert override_problem(ok) is None
+    assert override_problem(["--config-dir", "/tmp/run", "--config-name", "config", "cache.block_size=4"]) is None
+    with pytest.raises(ConfigError, match=r"^cache.max_tokenz: not a key of cache 'radix'"):
+        compose_config(["cache.max_tokenz=5"])
