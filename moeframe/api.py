@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -61,6 +62,7 @@ class Engine:
         self.spec = self.built.spec
         self.tokenizer = load_tokenizer(self.built.checkpoint)
         self._constraints: Any = None
+        self._constraints_lock = threading.Lock()
         jump_forward = bool(OmegaConf.select(cfg, "constraint.jump_forward", default=False))
         self.core = EngineCore(
             self.built.scheduler,
@@ -105,7 +107,13 @@ class Engine:
 
     # ---- requests ----
     def make_request(self, prompt: str | list[int], params: SamplingParams) -> Request:
-        """A validated request; raises RequestError for bad input (the engine keeps serving others)."""
+        """A validated request; raises RequestError for bad input (the engine keeps serving others).
+
+        Tokenizing and compiling its constraint happen here, not in a step, and
+        touch no engine state: the server calls it from its admission threads
+        so that neither stalls the engine loop (``engine.core.add`` then runs
+        on the loop's thread).
+        """
         params.validate()
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
@@ -127,18 +135,30 @@ class Engine:
         return req
 
     def constraint_state(self, params: SamplingParams) -> Any:
+        """A fresh state of the request's compiled constraint; RequestError if it cannot start any output.
+
+        Thread-safe (the server compiles on its admission threads): building
+        the backend and its compile cache are guarded by one lock.
+        """
         from moeframe.constrain import CONSTRAINTS, ConstraintSpec, apply_bitmask
 
-        if self._constraints is None:
-            self._constraints = CONSTRAINTS.build(
-                self.cfg.constraint,
-                tokenizer=self.tokenizer,
-                vocab_size=self.spec.vocab_size,
-                eos_token_ids=self.spec.eos_token_ids,
-            )
-            self.core.apply_bitmask = apply_bitmask
         spec = ConstraintSpec(**params.constraint_kwargs)
-        return self._constraints.new_state(self._constraints.compile(spec))
+        with self._constraints_lock:
+            if self._constraints is None:
+                self._constraints = CONSTRAINTS.build(
+                    self.cfg.constraint,
+                    tokenizer=self.tokenizer,
+                    vocab_size=self.spec.vocab_size,
+                    eos_token_ids=self.spec.eos_token_ids,
+                )
+                self.core.apply_bitmask = apply_bitmask
+            compiled = self._constraints.compile(spec)
+        state = self._constraints.new_state(compiled)
+        bitmask = torch.zeros((1, (self.spec.vocab_size + 31) // 32), dtype=torch.int32)
+        state.fill_bitmask(bitmask, 0)
+        if not bitmask.any():
+            raise RequestError(f"the {spec.kind} constraint matches no text at all, so no output can satisfy it")
+        return state
 
     def add_request(self, prompt: str | list[int], params: SamplingParams) -> Request:
         req = self.make_request(prompt, params)

@@ -23,21 +23,31 @@ from moeframe.engine.request import Request
 ApplyBitmask = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-def mask_constrained(logits: torch.Tensor, reqs: list[Request], apply_bitmask: ApplyBitmask) -> None:
-    """Restrict each constrained row to its state's tokens (only the canonical token in a forced run)."""
+def mask_constrained(logits: torch.Tensor, reqs: list[Request], apply_bitmask: ApplyBitmask) -> list[int]:
+    """Restrict each constrained row to its state's tokens (only the canonical token in a forced run).
+
+    Returns the rows whose constraint allows no token at all (a dead end:
+    the engine ends those requests with an error). Such a row is left
+    unmasked, so sampling it stays defined; its token is never used.
+    """
     constrained = [i for i, r in enumerate(reqs) if r.constraint is not None]
     if not constrained:
-        return
+        return []
     words = (logits.shape[-1] + 31) // 32
     bitmask = torch.full((len(reqs), words), -1, dtype=torch.int32)
+    dead = []
     for i in constrained:
         forced = reqs[i].constraint.forced_continuation()
         if forced:
             bitmask[i] = 0
             bitmask[i, forced[0] // 32] = single_bit_word(forced[0] % 32)
-        else:
-            reqs[i].constraint.fill_bitmask(bitmask, i)
+            continue
+        reqs[i].constraint.fill_bitmask(bitmask, i)
+        if not bitmask[i].any():
+            bitmask[i] = -1
+            dead.append(i)
     apply_bitmask(logits, bitmask.to(logits.device))
+    return dead
 
 
 def single_bit_word(bit: int) -> int:

@@ -37,8 +37,12 @@ from moeframe.engine.constrained import forced_run, mask_constrained
 from moeframe.engine.detokenizer import Detokenize, IncrementalDetokenizer
 from moeframe.engine.model_runner import ModelRunner, StepLogits
 from moeframe.engine.request import Request, Status
-from moeframe.engine.sampler import sample, to_device, token_logprobs
+from moeframe.engine.sampler import Draw, sample, to_device, token_logprobs
 from moeframe.engine.scheduler import ScheduledBatch, Scheduler
+
+
+NON_FINITE = "the logits of this request are not finite (NaN or infinity), so no token can be drawn from them"
+DEAD_END = "the constraint allows no token at this point (its language is empty or it reached a dead end)"
 
 
 @dataclass
@@ -116,10 +120,13 @@ class EngineCore:
         if rows is None:
             return self.sample_and_update(launched, ready)
         reqs = [launched.scheduled.requests[i] for i in ready]
-        next_ids = self.sample_on_device(launched, ready)
-        host_ids = self.runner.read_back(next_ids)
-        self.launch_ahead(reqs, [launched.scheduled.requests[i] for i in rows], next_ids)
-        self.update(reqs, host_ids.tolist())
+        draw = self.sample_on_device(launched, ready)
+        flags = draw.ids if draw.invalid is None else torch.cat([draw.ids, draw.invalid.long()])
+        host_ids = self.runner.read_back(flags)
+        self.launch_ahead(reqs, [launched.scheduled.requests[i] for i in rows], draw.ids)
+        read = host_ids.tolist()
+        tokens, invalid = read[: len(reqs)], read[len(reqs) :]
+        self.update(reqs, tokens, {j: NON_FINITE for j, bad in enumerate(invalid) if bad})
         return reqs
 
     def launch(self, scheduled: ScheduledBatch, input_ids: torch.Tensor | None = None) -> LaunchedStep:
@@ -175,7 +182,7 @@ class EngineCore:
         """Whether the token this step samples is certain to end the request."""
         return len(req.output_ids) + 1 >= req.params.max_new_tokens or req.num_tokens + 1 >= self.max_context
 
-    def sample_on_device(self, launched: LaunchedStep, ready: list[int]) -> torch.Tensor:
+    def sample_on_device(self, launched: LaunchedStep, ready: list[int]) -> Draw:
         """The ready rows' next tokens [len(ready)], left on the device (no mask or logprobs: ``device_only``)."""
         logits, argmax = launched.out.logits, launched.out.argmax
         reqs = [launched.scheduled.requests[i] for i in ready]
@@ -206,37 +213,50 @@ class EngineCore:
             logits, argmax = logits[ready], None
         else:
             reqs = scheduled.requests
-        if self.mask(logits, reqs):
+        dead = self.mask(logits, reqs)
+        if dead is not None:
             argmax = None
-        next_ids = sample(logits, reqs, argmax)
+        draw = sample(logits, reqs, argmax)
+        errors = {j: NON_FINITE for j, bad in enumerate(draw.invalid.tolist()) if bad} if draw.invalid is not None else {}
+        errors |= {j: DEAD_END for j in dead or ()}
         want_logprobs = [r.params.logprobs for r in reqs if r.params.logprobs is not None]
-        logprobs = token_logprobs(logits, next_ids, max(want_logprobs)) if want_logprobs else None
+        logprobs = token_logprobs(logits, draw.ids, max(want_logprobs)) if want_logprobs else None
         if logprobs is not None:
             for j, req in enumerate(reqs):
-                if req.params.logprobs is not None:
+                if req.params.logprobs is not None and j not in errors:
                     entry = dict(logprobs[j])
                     entry["top"] = entry["top"][: req.params.logprobs]
                     req.logprobs.append(entry)
-        self.update(reqs, next_ids.tolist())
+        self.update(reqs, draw.ids.tolist(), errors)
         return reqs
 
-    def update(self, reqs: list[Request], token_ids: list[int]) -> None:
-        """Give each request its token (placeholders first, so none outlives an error), then check stops."""
+    def update(self, reqs: list[Request], token_ids: list[int], errors: dict[int, str]) -> None:
+        """Give each request its token (placeholders first, so none outlives an error), then check stops.
+
+        ``errors``: row -> why that row's token is unusable; those requests end
+        alone with finish_reason "error" (their drawn token is dropped), the
+        others go on as if they had not been in the batch.
+        """
         for req, token in zip(reqs, token_ids):
             req.put_token(token)
         now = time.perf_counter()
-        for req, token in zip(reqs, token_ids):
-            self.accept(req, token, now)
+        for j, (req, token) in enumerate(zip(reqs, token_ids)):
+            error = errors.get(j)
+            if error is None:
+                self.accept(req, token, now)
+            else:
+                self.finish(req, "error", error)
+                req.output_ids.pop()
 
-    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> bool:
-        """Apply constraint masks to the logits in place; whether any row was masked."""
+    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> list[int] | None:
+        """Apply constraint masks to the logits in place; the rows left with no token, or None if none was masked."""
         if self.apply_bitmask is not None and any(r.constraint is not None for r in reqs):
             start = time.perf_counter()
-            mask_constrained(logits, reqs, self.apply_bitmask)
+            dead = mask_constrained(logits, reqs, self.apply_bitmask)
             self.stats.mask_time_s += time.perf_counter() - start
             self.stats.masked_rows += sum(r.constraint is not None for r in reqs)
-            return True
-        return False
+            return dead
+        return None
 
     def accept(self, req: Request, token: int, now: float) -> None:
         """The request's new last token is ``token``: time it, detokenize, and finish the request on a stop."""

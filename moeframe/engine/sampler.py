@@ -15,13 +15,35 @@ host lists reach a CUDA device through pinned, non-blocking copies (a copy
 from pageable memory synchronizes the stream), and a seeded row's generator,
 which lives on the host, only draws noise there: the choice is made on the
 device, the same choice ``torch.multinomial`` makes from that noise.
+
+A sampled row fails alone: logits are shifted by their row maximum before
+the division by the temperature (softmax does not change, and no temperature
+above zero, however tiny, overflows them), and a row whose maximum is not
+finite (NaN, +inf, or no token allowed) draws from a uniform row instead of
+making the whole batch's multinomial raise, and is reported in
+``Draw.invalid`` for the engine to end that request with an error (vLLM and
+SGLang clamp tiny temperatures instead; here the tokens stay those of the
+exact distribution). Greedy rows need no guard: argmax is defined for any
+logits.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from moeframe.engine.request import Request
+
+# float32's smallest normal number: a temperature below it (or one that rounds to 0 in float32) divides as this
+MIN_TEMPERATURE = torch.finfo(torch.float32).tiny
+
+
+class Draw(NamedTuple):
+    """Sampled token ids [B] (valid ids in every row) and, when any row was sampled, which rows were not finite."""
+
+    ids: torch.Tensor
+    invalid: torch.Tensor | None  # bool [B]; None when every row was greedy
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -60,8 +82,8 @@ def exponential_race(probs: torch.Tensor, generator: torch.Generator) -> torch.T
     return (probs / noise.to(probs.device, non_blocking=True)).argmax()
 
 
-def sample(logits: torch.Tensor, requests: list[Request], argmax: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [B, V] float32 (masked already) -> token ids [B] int64, on the logits' device.
+def sample(logits: torch.Tensor, requests: list[Request], argmax: torch.Tensor | None = None) -> Draw:
+    """logits [B, V] float32 (masked already) -> token ids [B] int64, on the logits' device, and the invalid rows.
 
     ``argmax``: ``logits.argmax(-1)`` when the caller has it already (a CUDA
     graph computes it), so greedy rows launch nothing; its rows may be overwritten.
@@ -76,7 +98,7 @@ def sample(logits: torch.Tensor, requests: list[Request], argmax: torch.Tensor |
     else:
         next_ids = logits.argmax(dim=-1) if argmax is None else argmax
     if not sampled:
-        return next_ids
+        return Draw(next_ids, None)
     params = [requests[i].params for i in sampled]
     vocab = logits.shape[-1]
     settings = to_device(
@@ -84,7 +106,13 @@ def sample(logits: torch.Tensor, requests: list[Request], argmax: torch.Tensor |
         device,
     )
     temps, top_k, top_p = settings.unbind(0)
-    scaled = (logits if every_row else logits.index_select(0, to_device(sampled, device))) / temps[:, None]
+    sampled_rows = None if every_row else to_device(sampled, device)
+    rows = logits if every_row else logits.index_select(0, sampled_rows)
+    row_max = rows.amax(dim=-1, keepdim=True)
+    invalid = ~torch.isfinite(row_max[:, 0])
+    scaled = ((rows - row_max) / temps.clamp(min=MIN_TEMPERATURE)[:, None]).masked_fill(invalid[:, None], 0.0)
+    if not every_row:
+        invalid = torch.zeros(len(requests), dtype=torch.bool, device=device).index_copy_(0, sampled_rows, invalid)
     if any(p.top_k > 0 or p.top_p < 1 for p in params):
         scaled = filter_top_k_top_p(scaled, top_k, top_p)
     probs = torch.softmax(scaled, dim=-1)
@@ -104,7 +132,7 @@ def sample(logits: torch.Tensor, requests: list[Request], argmax: torch.Tensor |
             next_ids[i] = torch.multinomial(probs[j], 1, generator=gen)[0]
         else:
             next_ids[i] = exponential_race(probs[j], gen)
-    return next_ids
+    return Draw(next_ids, invalid)
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_n: int) -> list[dict]:

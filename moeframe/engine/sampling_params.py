@@ -1,11 +1,27 @@
-"""Per-request generation settings, checked when a request arrives."""
+"""Per-request generation settings, checked when a request arrives.
+
+``validate`` is the engine's admission check: whatever reaches a step has
+been checked here, so one request's settings cannot fail a batch.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from moeframe.errors import RequestError
+
+# what torch.Generator.manual_seed takes (it reads a seed as 64 bits)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -30,18 +46,27 @@ class SamplingParams:
             self.stop = [self.stop]
 
     def validate(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        """Raise RequestError naming the first bad field; every field is checked for its type as well as its range."""
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if self.temperature < 0:
-            raise RequestError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k == 0 or self.top_k < -1:
-            raise RequestError(f"top_k must be -1 (all) or >= 1, got {self.top_k}")
-        if self.logprobs is not None and self.logprobs < 0:
-            raise RequestError(f"logprobs must be >= 0, got {self.logprobs}")
+        if not is_real(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise RequestError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not is_real(self.top_p) or not 0 < self.top_p <= 1:
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not is_int(self.top_k) or self.top_k == 0 or self.top_k < -1:
+            raise RequestError(f"top_k must be -1 (all) or >= 1, got {self.top_k!r}")
+        if self.seed is not None and (not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
+            raise RequestError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed!r}")
+        if self.logprobs is not None and (not is_int(self.logprobs) or self.logprobs < 0):
+            raise RequestError(f"logprobs must be an integer >= 0, got {self.logprobs!r}")
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):
+            raise RequestError("stop must be a list of strings")
         if any(not s for s in self.stop):
             raise RequestError("stop strings must not be empty")
+        if not isinstance(self.stop_token_ids, list) or not all(is_int(t) for t in self.stop_token_ids):
+            raise RequestError("stop_token_ids must be a list of integers")
+        if not isinstance(self.ignore_eos, bool) or not isinstance(self.json_object, bool):
+            raise RequestError("ignore_eos and json_object must be booleans")
 
     @property
     def constraint_kwargs(self) -> dict[str, Any]:

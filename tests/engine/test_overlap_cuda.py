@@ -85,10 +85,11 @@ def test_sampling_a_mixed_batch_makes_no_host_sync() -> None:
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        ids = sample(logits, reqs)
+        ids, invalid = sample(logits, reqs)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert ids.shape == (len(reqs),) and ids.device.type == "cuda"
+    assert invalid.tolist() == [False] * len(reqs)
 
 
 def test_arrivals_between_overlapped_graph_steps_give_the_tokens_of_eager_decode(checkpoint_factory) -> None:

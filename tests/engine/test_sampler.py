@@ -30,7 +30,7 @@ def request(rid: int, seed: int | None = None, **params) -> Request:
 def test_a_greedy_batch_runs_one_argmax_and_nothing_else():
     logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
     with RecordOps() as rec:
-        ids = sample(logits, [request(i) for i in range(5)])
+        ids = sample(logits, [request(i) for i in range(5)]).ids
     assert rec.ops == ["argmax"]
     assert ids.tolist() == [max(range(50), key=lambda v: row[v].item()) for row in logits]
 
@@ -74,7 +74,7 @@ def test_a_seeded_request_draws_the_same_tokens_whatever_its_batch_mates():
         out = []
         for logits in steps:
             batch = [*mates, seeded]
-            out.append(sample(logits[-len(batch) :].clone(), batch)[-1].item())
+            out.append(sample(logits[-len(batch) :].clone(), batch).ids[-1].item())
         return out
 
     alone = draws([])
@@ -87,7 +87,7 @@ def test_every_row_of_a_mixed_batch_gets_a_token_its_settings_allow():
     logits = torch.randn(4, 30, generator=g)
     reqs = [request(0, temperature=1.0, top_k=2), request(1), request(2, temperature=0.7, seed=5, top_k=1), request(3, temperature=2.0, top_k=3)]
     torch.manual_seed(0)
-    ids = sample(logits.clone(), reqs).tolist()
+    ids = sample(logits.clone(), reqs).ids.tolist()
     top = logits.topk(3, dim=-1).indices.tolist()
     assert ids[0] in top[0][:2] and ids[1] == top[1][0] and ids[2] == top[2][0] and ids[3] in top[3]
 
@@ -96,16 +96,16 @@ def test_an_argmax_computed_with_the_logits_leaves_a_greedy_batch_nothing_to_run
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(4))
     argmax = logits.argmax(dim=-1)
     with RecordOps() as rec:
-        ids = sample(logits, [request(i) for i in range(3)], argmax)
+        ids = sample(logits, [request(i) for i in range(3)], argmax).ids
     assert rec.ops == [] and torch.equal(ids, argmax)
 
 
 def test_a_mixed_batch_draws_the_same_with_or_without_a_precomputed_argmax():
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(5))
     batch = [request(0), request(1, seed=3, temperature=0.9), request(2)]
-    without = sample(logits.clone(), batch).tolist()
+    without = sample(logits.clone(), batch).ids.tolist()
     batch[1].generator.manual_seed(3)
-    assert sample(logits.clone(), batch, logits.argmax(dim=-1)).tolist() == without
+    assert sample(logits.clone(), batch, logits.argmax(dim=-1)).ids.tolist() == without
 
 
 def test_the_exponential_race_draws_what_multinomial_draws_from_the_same_generator():
