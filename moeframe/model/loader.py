@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from moeframe.errors import CheckpointError
 from moeframe.model.causal_lm import CausalLM, MoEFactory
 from moeframe.model.families import Family, family_of, rename
+from moeframe.model.fp8_checkpoint import FP8, SCALE_SUFFIX, block_size, dequantize_blocks, is_mtp_tensor
 from moeframe.model.layers.attention import qkv_widths
 from moeframe.model.spec import ModelSpec
 
@@ -61,25 +63,63 @@ def load_spec(path: str | Path) -> tuple[ModelSpec, object]:
     return family_of(hf_config.model_type).parse(hf_config), hf_config
 
 
-def iter_tensors(path: Path, fam: Family):
+def iter_tensors(path: Path, fam: Family, raw_config: dict | None = None):
+    """(our name, tensor) of every checkpoint tensor; FP8 block-quantized weights come dequantized (float32) and
+    multi-token-prediction layers are left out (fp8_checkpoint.py)."""
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"checkpoint folder {path} has no *.safetensors files")
-    for file in files:
-        try:
+    raw_config = raw_config or {}
+    block = block_size(raw_config)
+    mtp_layers = int(raw_config.get("num_nextn_predict_layers") or 0)
+    num_layers = int(raw_config.get("num_hidden_layers") or 0)
+    skipped = 0
+    try:
+        scale_files = {name: file for file in files for name in safe_keys(file) if name.endswith(SCALE_SUFFIX)}
+        for file in files:
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():
-                    yield rename(fam, name), f.get_tensor(name)
-        except (OSError, RuntimeError, ValueError, SafetensorError) as err:
-            raise CheckpointError(f"{file} is corrupt or unreadable: {err}") from None
+                    if mtp_layers and is_mtp_tensor(name, num_layers):
+                        skipped += 1
+                    elif not (block is not None and name.endswith(SCALE_SUFFIX)):
+                        yield rename(fam, name), read_weight(f, name, scale_files, block)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+        raise CheckpointError(f"{path} is corrupt or unreadable: {err}") from None
+    if skipped:
+        warnings.warn(
+            f"{path}: {skipped} tensors of {mtp_layers} multi-token-prediction layer(s) not loaded "
+            "(they serve speculative decoding only)",
+            stacklevel=2,
+        )
+
+
+def safe_keys(file: Path) -> list[str]:
+    with safe_open(str(file), framework="pt") as f:
+        return list(f.keys())
+
+
+def read_weight(f, name: str, scale_files: dict[str, Path], block: tuple[int, int] | None) -> torch.Tensor:
+    """One tensor; an FP8 weight multiplied by its ``_scale_inv`` blocks."""
+    tensor = f.get_tensor(name)
+    if tensor.dtype != FP8:
+        return tensor
+    scale_name = name + SCALE_SUFFIX
+    if block is None or scale_name not in scale_files:
+        raise CheckpointError(
+            f"{name} is float8_e4m3fn but the checkpoint has no {scale_name} with an fp8 quantization_config "
+            "(DeepSeek-V3's block layout is the FP8 layout this loader reads)"
+        )
+    with safe_open(str(scale_files[scale_name]), framework="pt") as scales:
+        return dequantize_blocks(tensor, scales.get_tensor(scale_name), block)
 
 
 def load_model(
     path: str | Path, moe_factory: MoEFactory, dtype: torch.dtype, device: torch.device | str, shard: ShardFn | None = None
 ) -> tuple[CausalLM, ModelSpec]:
     path = Path(path)
-    spec, hf_config = load_spec(path)
-    tensors = iter_tensors(path, family_of(spec.family))
+    raw_config, hf_config = read_hf_config(path)
+    spec = family_of(hf_config.model_type).parse(hf_config)
+    tensors = iter_tensors(path, family_of(spec.family), raw_config)
     return assemble_model(spec, hf_config, tensors, moe_factory, dtype, device, str(path), shard), spec
 
 
