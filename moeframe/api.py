@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from moeframe.config import CONF_DIR, override_problem, unknown_choice
 from moeframe.engine.builder import BuiltEngine, build
 from moeframe.engine.core import EngineCore
+from moeframe.engine.pruning import expert_weight_bytes
 from moeframe.engine.request import GenerateOutput, Request, Status
 from moeframe.engine.sampling_params import SamplingParams
 from moeframe.errors import ConfigError, RequestError
@@ -229,6 +230,7 @@ class Engine:
             "generated_tokens": core.stats.generated_tokens,
             "jump_forward_tokens": core.stats.jump_forward_tokens,
             "batch_dependent_routing": built.batch_dependent_routing,
+            "expert_weight_bytes": expert_weight_bytes(built.model),
         }
         if built.recorder is not None:
             stats["expert_load"] = built.recorder.stats() | {"counts": built.recorder.load_counts().tolist()}

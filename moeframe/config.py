@@ -54,6 +54,18 @@ class RunnerConfig:
 
 
 @dataclass
+class RoutingConfig:
+    """Routing axes applied around whichever router is chosen (moeframe/routers/adjust.py, engine/pruning.py)."""
+
+    temperature: float = 1.0  # gate logits / temperature before the router (softmax temperature)
+    skip_beta: float = 0.0  # dynamic skipping: drop experts weighing < skip_beta x the token's top weight; 0 = off
+    prune_experts: int | None = None  # keep this many experts per MoE layer, ranked by a calibration pass; null = all
+    prune_by: str = "frequency"  # frequency | reap: how the calibration pass ranks experts
+    calibration_text: str | None = None  # text file the calibration pass reads (null: the shipped sample text)
+    calibration_tokens: int = 2048  # tokens of it the calibration pass routes
+
+
+@dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 30000
@@ -67,6 +79,7 @@ class MoeframeConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     router: Any = None
     cache: Any = None

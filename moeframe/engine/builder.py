@@ -19,8 +19,10 @@ from omegaconf import DictConfig
 from moeframe.attention import set_decode_attention_merge, set_decode_attention_prologue, set_decode_kv_splits
 from moeframe.cache import CACHES, KVCache, KVPool
 from moeframe.config import check_groups, resolve_device, resolve_dtype, validate
+from moeframe.errors import ConfigError
 from moeframe.engine.model_runner import ModelRunner
 from moeframe.engine.policies import SCHEDULERS
+from moeframe.engine.pruning import calibrate, calibration_token_ids, check_pruning, prune
 from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
 from moeframe.gpu.l2_prefetch import set_gemv_tail_prefetch, set_l2_prefetch
@@ -34,7 +36,8 @@ from moeframe.model.loader import assemble_model, load_model, load_spec, random_
 from moeframe.model.spec import ModelSpec
 from moeframe.parallel import PARALLEL, ParallelStrategy
 from moeframe.registry import Registry
-from moeframe.routers import ROUTERS
+from moeframe.routers import ROUTERS, Router
+from moeframe.routers.adjust import Adjustments, adjusted
 from moeframe.routers.gate_topk import set_fused_norm
 from moeframe.telemetry.expert_load import ExpertLoadRecorder
 
@@ -129,10 +132,23 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         spec.num_layers, spec.moe.num_experts, spec.moe.top_k, cfg.runner.batched_load_record,
         last_moe_layer=max(i for i, sparse in enumerate(spec.sparse_layers) if sparse),
     ) if spec.is_moe else None  # fmt: skip
+    routing = cfg.routing
+    if routing.prune_experts is not None:
+        check_pruning(routing.prune_experts, routing.prune_by, spec, cfg.parallel.name)
+    try:
+        adjustments = Adjustments(routing.temperature, routing.skip_beta, pruned=routing.prune_experts is not None)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+    def build_router(layer_idx: int) -> Router:
+        router = ROUTERS.build(cfg.router, moe=spec.moe, layer_idx=layer_idx)
+        try:
+            return adjusted(router, adjustments)
+        except ValueError as err:
+            raise ConfigError(f"router '{cfg.router.name}': {err}") from None
+
     # Built here, not inside the model's meta-device construction, so a router's own tensors are real.
-    routers = {
-        i: ROUTERS.build(cfg.router, moe=spec.moe, layer_idx=i) for i, sparse in enumerate(spec.sparse_layers) if sparse
-    } if spec.is_moe else {}
+    routers = {i: build_router(i) for i, sparse in enumerate(spec.sparse_layers) if sparse} if spec.is_moe else {}
 
     def moe_factory(layer_idx: int) -> MoEBlock:
         router = routers[layer_idx]
@@ -156,6 +172,11 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)
     runner = ModelRunner(model, pool, device, cfg.runner.attention, cfg.runner.overlap)
+    if routing.prune_experts is not None:
+        token_ids = calibration_token_ids(path, routing.calibration_text, routing.calibration_tokens)
+        prune(model, calibrate(model, cache, pool, runner.forward, token_ids, routing.prune_by), routing.prune_experts)
+        if recorder is not None:
+            recorder.reset()  # the calibration's forwards are not the run's
     batch_dependent = any(r.batch_dependent for r in routers.values())
     # Padding rows would join a batch-dependent router's choice, so those run eagerly.
     capturable = not batch_dependent and parallel.cuda_graph_safe and cfg.runner.attention != "torch"

@@ -33,6 +33,7 @@ class RouteContext:
 
     token_ids: torch.Tensor | None = None
     correction_bias: torch.Tensor | None = None
+    positions: torch.Tensor | None = None  # each token's position in its sequence
 
 
 class NormedRouting(NamedTuple):
@@ -48,6 +49,9 @@ class Router(ABC):
     # (expert choice, capacity-limited routing): outputs are then not causal
     # across a batch, and the engine reports it.
     batch_dependent: bool = False
+    # False for a router whose plan ignores the gate logits (hash, random): a step on
+    # the logits (routing.temperature, expert pruning) cannot act on it and is refused.
+    reads_gate_logits: bool = True
 
     @abstractmethod
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:

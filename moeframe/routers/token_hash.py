@@ -48,6 +48,8 @@ class HashParams:
 
 @ROUTERS.register("hash", params=HashParams)
 class HashRouter(Router):
+    reads_gate_logits = False
+
     def __init__(self, params: HashParams, *, moe: MoESpec, layer_idx: int, **_: object) -> None:
         self.k = resolve_k(params.k, moe)
         self.salt = mix32(torch.tensor(params.seed * 100_003 + layer_idx)).item()

@@ -335,7 +335,8 @@ class ExpertLoadRecorder:
 
         Each layer: kept, dropped, drop_rate, tokens, unrouted_rate,
         max_mean_load, cv, entropy (nats), entropy_norm (entropy / log E, 1 =
-        balanced). ``total`` pools kept, dropped and unrouted over layers and
+        balanced). ``total`` pools kept, dropped and unrouted over layers (and
+        gives experts_per_token: the mean experts a token visited in a layer) and
         takes the worst (largest) max_mean_load and the mean cv and entropy_norm.
         """
         counts, dropped = self.load_counts().double(), self.dropped_counts()
@@ -353,6 +354,7 @@ class ExpertLoadRecorder:
             "dropped": dropped_total,
             "drop_rate": dropped_total / assigned if assigned else 0.0,
             "unrouted_rate": int(unrouted.sum()) / tokens_total if tokens_total else 0.0,
+            "experts_per_token": kept_total / tokens_total if tokens_total else 0.0,
             "max_mean_load": max((s["max_mean_load"] for s in layers), default=0.0),
             "mean_cv": sum(s["cv"] for s in layers) / len(layers) if layers else 0.0,
             "mean_entropy_norm": sum(s["entropy_norm"] for s in layers) / len(layers) if layers else 0.0,

@@ -1,8 +1,8 @@
 """Routing fidelity against the checkpoint's own routing: KL, top-1 agreement, both perplexities.
 
 The same weights are run twice over the same text: once with the configured
-router, once with ``router=native`` (a second engine from the same config via
-``Engine.variant``, so only the routing differs). Teacher-forced chunks are
+router and routing axes, once with ``router=native`` and the axes off (a second
+engine from the same config via ``Engine.variant``, so only the routing differs). Teacher-forced chunks are
 scored one sequence at a time, so a batch-dependent router (expert choice)
 sees exactly the chunk's own tokens. Shared by the router_fidelity and mixed
 workloads.
@@ -11,9 +11,12 @@ workloads.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import torch
+
+from moeframe.config import RoutingConfig
 
 if TYPE_CHECKING:
     from moeframe.api import Engine
@@ -35,7 +38,8 @@ def fidelity(router_logits: torch.Tensor, native_logits: torch.Tensor, targets: 
 
 def measure_fidelity(engine: "Engine", text: str, chunk_tokens: int, max_chunks: int) -> dict[str, float]:
     """KL vs native, top-1 agreement and both perplexities over up to ``max_chunks`` chunks of ``text``."""
-    native = engine.variant({"router": {"name": "native"}})
+    # native routing with every routing axis off (no temperature, skipping or pruning)
+    native = engine.variant({"router": {"name": "native"}, "routing": asdict(RoutingConfig())})
     ids = engine.encode(text)
     chunk = min(chunk_tokens, engine.built.max_context)
     totals = {"kl": 0.0, "agree": 0.0, "nll_router": 0.0, "nll_native": 0.0, "positions": 0}

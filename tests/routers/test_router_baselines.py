@@ -16,27 +16,50 @@ def build(name: str, layer_idx: int = 0, moe: MoESpec = MOE, **params):
     return ROUTERS.build({"name": name, **params}, moe=moe, layer_idx=layer_idx)
 
 
+def tokens(num_tokens: int, token_id: int | None = None) -> RouteContext:
+    """Token ids 0.. (or all ``token_id``) at positions 0.."""
+    ids = torch.arange(num_tokens) if token_id is None else torch.full((num_tokens,), token_id)
+    return RouteContext(token_ids=ids, positions=torch.arange(num_tokens))
+
+
 def test_random_gives_k_distinct_experts_weighted_one_over_k():
-    plan = build("random").route(torch.zeros(50, 8), RouteContext())
+    plan = build("random").route(torch.zeros(50, 8), tokens(50))
     assert plan.topk_ids.shape == (50, 3)
     assert all(len(set(row)) == 3 for row in plan.topk_ids.tolist())
     assert torch.equal(plan.topk_weights, torch.full((50, 3), 1 / 3))
 
 
-def test_random_repeats_with_seed_and_layer_and_differs_across_layers():
+def test_random_repeats_with_seed_and_layer_and_differs_across_layers_and_seeds():
     logits = torch.zeros(20, 8)
-    a, b = build("random", seed=7).route(logits, RouteContext()), build("random", seed=7).route(logits, RouteContext())
-    other_layer = build("random", layer_idx=1, seed=7).route(logits, RouteContext())
+    a, b = build("random", seed=7).route(logits, tokens(20)), build("random", seed=7).route(logits, tokens(20))
+    other_layer = build("random", layer_idx=1, seed=7).route(logits, tokens(20))
+    other_seed = build("random", seed=8).route(logits, tokens(20))
     assert torch.equal(a.topk_ids, b.topk_ids)
     assert not torch.equal(a.topk_ids, other_layer.topk_ids)
+    assert not torch.equal(a.topk_ids, other_seed.topk_ids)
 
 
-def test_random_ignores_the_gate_and_covers_experts_evenly():
+def test_random_draw_is_a_function_of_token_id_and_position_not_of_the_row_or_the_forward():
+    router = build("random", seed=3)
+    alone = router.route(torch.randn(1, 8), RouteContext(token_ids=torch.tensor([42]), positions=torch.tensor([5])))
+    router.route(torch.zeros(4, 8), tokens(4))  # an unrelated forward in between changes nothing
+    batch = RouteContext(token_ids=torch.tensor([7, 42, 42, 9]), positions=torch.tensor([0, 5, 6, 5]))
+    in_batch = router.route(torch.randn(4, 8), batch)
+    assert in_batch.topk_ids[1].tolist() == alone.topk_ids[0].tolist()
+    assert in_batch.topk_ids[2].tolist() != alone.topk_ids[0].tolist() or in_batch.topk_ids[3].tolist() != alone.topk_ids[0].tolist()
+
+
+def test_random_ignores_the_gate_and_covers_experts_evenly_over_positions():
     plan = build("random", moe=MoESpec(num_experts=8, top_k=1, intermediate_size=8)).route(
-        torch.tensor([[9.0] + [0.0] * 7]).expand(8000, 8), RouteContext()
+        torch.tensor([[9.0] + [0.0] * 7]).expand(8000, 8), tokens(8000, token_id=11)
     )
     counts = plan.expert_counts(8)
     assert int(counts.min()) > 850 and int(counts.max()) < 1150  # 1000 each, ~5 standard deviations
+
+
+def test_random_needs_token_ids_and_positions():
+    with pytest.raises(ValueError, match="positions"):
+        build("random").route(torch.zeros(2, 8), RouteContext(token_ids=torch.tensor([1, 2])))
 
 
 def reference_hash(token_id: int, expert: int, num_experts: int, salt: int) -> int:

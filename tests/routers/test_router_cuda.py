@@ -22,17 +22,19 @@ DETERMINISTIC = {
     "balanced_sinkhorn": {"name": "balanced", "method": "sinkhorn"},
     "aux_free": {"name": "aux_free"},
     "hash": {"name": "hash"},
+    "random": {"name": "random"},
+    "top_p": {"name": "top_p", "p": 0.6, "max_k": 4},
 }
 # no host sync and no generator state: these can sit inside a captured decode step
-CAPTURABLE = ["native", "top_k_capacity", "expert_choice", "balanced_sinkhorn", "hash"]
+CAPTURABLE = ["native", "top_k_capacity", "expert_choice", "balanced_sinkhorn", "hash", "random", "top_p"]
 
 
 def inputs(device: str, num_tokens: int = 256, seed: int = 0) -> tuple[torch.Tensor, RouteContext]:
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(num_tokens, 16, generator=generator)
-    ctx = RouteContext(token_ids=torch.randint(0, 32000, (num_tokens,), generator=generator),
-                       correction_bias=torch.randn(16, generator=generator) * 0.1)
-    return logits.to(device), RouteContext(ctx.token_ids.to(device), ctx.correction_bias.to(device))
+    token_ids = torch.randint(0, 32000, (num_tokens,), generator=generator)
+    bias = torch.randn(16, generator=generator) * 0.1
+    return logits.to(device), RouteContext(token_ids.to(device), bias.to(device), torch.arange(num_tokens, device=device))
 
 
 @pytest.mark.parametrize("moe", [SOFTMAX, DEEPSEEK], ids=["softmax", "deepseek"])
@@ -48,7 +50,8 @@ def test_cuda_plan_equals_cpu_plan(name, moe):
 
 
 def test_random_router_runs_on_cuda():
-    plan = ROUTERS.build({"name": "random"}, moe=SOFTMAX, layer_idx=0).route(torch.zeros(64, 16, device="cuda"), RouteContext())
+    ctx = RouteContext(token_ids=torch.arange(64, device="cuda"), positions=torch.arange(64, device="cuda"))
+    plan = ROUTERS.build({"name": "random"}, moe=SOFTMAX, layer_idx=0).route(torch.zeros(64, 16, device="cuda"), ctx)
     assert plan.topk_ids.is_cuda and all(len(set(row)) == 4 for row in plan.topk_ids.tolist())
 
 

@@ -46,14 +46,14 @@ def hidden_and_gate(moe: MoESpec, num_tokens: int, seed: int) -> tuple[torch.Ten
 
 def context(moe: MoESpec, num_tokens: int) -> RouteContext:
     bias = torch.linspace(-0.1, 0.1, moe.num_experts) if moe.has_correction_bias else None
-    return RouteContext(token_ids=torch.arange(num_tokens) * 7, correction_bias=bias)
+    return RouteContext(token_ids=torch.arange(num_tokens) * 7, correction_bias=bias, positions=torch.arange(num_tokens))
 
 
 @pytest.mark.parametrize(("config", "moe"), ALL_ROUTERS)
 def test_route_hidden_on_the_cpu_equals_route_of_the_float32_gate_logits(config, moe):
     hidden, gate = hidden_and_gate(moe, 5, seed=1)
     hidden = hidden.to(torch.bfloat16)
-    # two routers of one config, so stateful routers (random, aux_free) start alike
+    # two routers of one config, so stateful routers (aux_free) start alike
     plan = build(config, moe).route_hidden(hidden, gate, context(moe, 5))
     expected = build(config, moe).route(F.linear(hidden.float(), gate), context(moe, 5))
     assert torch.equal(plan.topk_ids, expected.topk_ids)

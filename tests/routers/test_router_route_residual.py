@@ -55,11 +55,11 @@ def norm_inputs(num_tokens: int, seed: int, dtype: torch.dtype = torch.float32):
 @pytest.mark.parametrize(("config", "moe"), every_registered_router())
 def test_forward_residual_on_the_cpu_is_the_norm_then_forward_bit_for_bit(config, moe):
     h, residual, norm = norm_inputs(5, seed=1)
-    token_ids = torch.arange(5) * 7
-    # two blocks of one seed, so stateful routers (random, aux_free) start alike
-    out, new_residual = moe_block(config, moe, seed=2).forward_residual(h, residual, norm, token_ids)
+    token_ids, positions = torch.arange(5) * 7, torch.arange(5)
+    # two blocks of one seed, so stateful routers (aux_free) start alike
+    out, new_residual = moe_block(config, moe, seed=2).forward_residual(h, residual, norm, token_ids, positions)
     normed, expected_residual = norm.add_forward(h, residual)
-    expected = moe_block(config, moe, seed=2)(normed, token_ids)
+    expected = moe_block(config, moe, seed=2)(normed, token_ids, positions)
     assert torch.equal(out, expected) and torch.equal(new_residual, expected_residual)
 
 

@@ -70,7 +70,7 @@ def test_batched_recorder_counts_what_recording_layer_by_layer_counts(router, fu
         token_ids = torch.randint(0, 1000, (num_tokens,), generator=generator).to(device)
         for layer, layer_router in enumerate(routers):
             logits = torch.randn(num_tokens, MOE.num_experts, generator=generator).to(device)
-            plan = layer_router.route(logits, RouteContext(token_ids=token_ids))
+            plan = layer_router.route(logits, RouteContext(token_ids=token_ids, positions=torch.arange(num_tokens, device=device)))
             # the MoE block records after its experts read the ids (ExpertLoadRecorder's contract: the counting
             # launch may read them before its PDL wait); a read of the ids stands in for the experts here
             plan.topk_ids.sum()

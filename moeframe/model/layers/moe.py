@@ -75,14 +75,31 @@ class MoEBlock(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, inter))
         self.shared_experts = GatedMLP(hidden_size, spec.shared_intermediate_size) if spec.shared_intermediate_size else None
         self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False) if spec.shared_expert_gate else None
+        # After pruning (engine/pruning.py): expert id -> row of the cut w13/w2, -1 for a pruned expert;
+        # one entry more than there are experts, so a dropped assignment's -1 reads the last one, -1.
+        self.expert_rows: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def keep_experts(self, kept: torch.Tensor) -> None:
+        """Keep the weights of the experts ``kept`` (ascending ids) only, freeing the others'."""
+        self.w13 = nn.Parameter(self.w13.data[kept].clone(), requires_grad=False)
+        self.w2 = nn.Parameter(self.w2.data[kept].clone(), requires_grad=False)
+        rows = torch.full((self.spec.num_experts + 1,), -1, dtype=torch.int64, device=kept.device)
+        self.expert_rows = rows.index_copy_(0, kept, torch.arange(kept.numel(), device=kept.device))
+
+    def forward(
+        self, x: torch.Tensor, token_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The block's output for normed hidden states x [T, H]."""
-        plan = self.router.route_hidden(x, self.gate.weight, self._route_context(token_ids))
+        plan = self.router.route_hidden(x, self.gate.weight, self._route_context(token_ids, positions))
         return reduced(self._run(x, plan))
 
     def forward_residual(
-        self, h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, token_ids: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm: nn.Module,
+        token_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[MoEOutput, torch.Tensor]:
         """(self(norm(h + residual)), h + residual): the block with the residual add and norm before it.
 
@@ -91,15 +108,17 @@ class MoEBlock(nn.Module):
         elsewhere it is ``norm.add_forward`` then ``forward``, number for number.
         The output's top-k sum may be pending: ``RMSNorm.add_forward`` takes it.
         """
-        routed = self.router.route_residual(h, residual, norm, self.gate.weight, self._route_context(token_ids))
+        ctx = self._route_context(token_ids, positions)
+        routed = self.router.route_residual(h, residual, norm, self.gate.weight, ctx)
         return self._run(routed.hidden_states, routed.plan), routed.residual
 
-    def _route_context(self, token_ids: torch.Tensor | None) -> RouteContext:
+    def _route_context(self, token_ids: torch.Tensor | None, positions: torch.Tensor | None) -> RouteContext:
         bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
-        return RouteContext(token_ids=token_ids, correction_bias=bias)
+        return RouteContext(token_ids=token_ids, correction_bias=bias, positions=positions)
 
     def _run(self, x: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
-        out = self.runner.run_experts(x, self.w13, self.w2, plan, self.kernel)
+        rows = plan if self.expert_rows is None else RoutingPlan(self.expert_rows[plan.topk_ids], plan.topk_weights)
+        out = self.runner.run_experts(x, self.w13, self.w2, rows, self.kernel)
         if self.shared_experts is not None:
             shared = self.shared_experts(x)
             if self.shared_expert_gate is not None:
