@@ -218,6 +218,7 @@ class Engine:
         cache_stats = built.cache.stats
         stats: dict[str, Any] = {
             "num_slots": built.pool.num_slots,
+            "kv_bytes_per_token": built.pool.kv_bytes_per_token,
             "num_free_slots": built.pool.num_free_slots,
             "num_cached_tokens": built.cache.num_cached_tokens(),
             "num_running": len(built.scheduler.running),

@@ -33,6 +33,11 @@ class KVPool:
         return num_layers * kv_heads * (k_dim + v_dim) * torch.tensor([], dtype=dtype).element_size()
 
     @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token's K and V take over all layers, as allocated."""
+        return sum(t[0].numel() * t.element_size() for t in (*self.k, *self.v))
+
+    @property
     def num_free_slots(self) -> int:
         return len(self._free)
 

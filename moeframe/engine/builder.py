@@ -32,6 +32,7 @@ from moeframe.model.layers.early_norm import set_early_launch_norm
 from moeframe.model.layers.fusion import set_compile
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.small_gemv import set_decode_gemv
+from moeframe.model.layers.mla import with_mla_cache
 from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
 from moeframe.model.spec import ModelSpec
 from moeframe.parallel import PARALLEL, ParallelStrategy
@@ -126,6 +127,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_l2_prefetch(cfg.runner.l2_prefetch)
     set_gemv_tail_prefetch(cfg.runner.gemv_tail_prefetch)
     path, spec, hf_config = model_source(cfg)
+    spec = with_mla_cache(spec, cfg.runner.mla_cache)
     parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
     kernel = EXPERTS.build(cfg.experts, device=device)
     recorder = ExpertLoadRecorder(
@@ -161,7 +163,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     elif path is None:
         model = random_model(spec, hf_config, moe_factory, dtype, device, cfg.seed, parallel.shard)
     else:
-        model = load_model(path, moe_factory, dtype, device, parallel.shard)[0]
+        model = load_model(path, moe_factory, dtype, device, parallel.shard, spec)[0]
     max_context = spec.max_position_embeddings
     if cfg.model.max_context is not None:
         max_context = min(max_context, cfg.model.max_context)

@@ -114,11 +114,17 @@ def read_weight(f, name: str, scale_files: dict[str, Path], block: tuple[int, in
 
 
 def load_model(
-    path: str | Path, moe_factory: MoEFactory, dtype: torch.dtype, device: torch.device | str, shard: ShardFn | None = None
+    path: str | Path,
+    moe_factory: MoEFactory,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    shard: ShardFn | None = None,
+    spec: ModelSpec | None = None,
 ) -> tuple[CausalLM, ModelSpec]:
+    """The checkpoint's model; ``spec``: the checkpoint's own spec with run-time layout choices (MLA's cache)."""
     path = Path(path)
     raw_config, hf_config = read_hf_config(path)
-    spec = family_of(hf_config.model_type).parse(hf_config)
+    spec = spec or family_of(hf_config.model_type).parse(hf_config)
     tensors = iter_tensors(path, family_of(spec.family), raw_config)
     return assemble_model(spec, hf_config, tensors, moe_factory, dtype, device, str(path), shard), spec
 

@@ -43,6 +43,9 @@ class MLASpec:
     qk_rope_head_dim: int
     v_head_dim: int
     rope_interleave: bool = True
+    # cache each token's compressed latent and rotary key (kv_lora_rank + qk_rope_head_dim values, one "head")
+    # and absorb kv_b_proj into the query and output, instead of per-head decompressed keys and values
+    latent_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,15 +62,25 @@ class AttentionSpec:
 
     @property
     def k_dim(self) -> int:
-        return self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim if self.mla else self.head_dim
+        """Width of a cached key (with MLA's latent cache: the latent and the rotary key)."""
+        if self.mla is None:
+            return self.head_dim
+        if self.mla.latent_cache:
+            return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
+        return self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim
 
     @property
     def v_dim(self) -> int:
-        return self.mla.v_head_dim if self.mla else self.head_dim
+        """Width of a cached value (0 with MLA's latent cache: the values are the keys' latent part)."""
+        if self.mla is None:
+            return self.head_dim
+        return 0 if self.mla.latent_cache else self.mla.v_head_dim
 
     @property
     def cache_kv_heads(self) -> int:
-        return self.num_heads if self.mla else self.num_kv_heads
+        if self.mla is None:
+            return self.num_kv_heads
+        return 1 if self.mla.latent_cache else self.num_heads
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,15 @@
-"""DeepSeek's multi-head latent attention (DeepSeek-V2, section 2.1).
+"""DeepSeek's multi-head latent attention (DeepSeek-V2, section 2.1), with two KV layouts (``runner.mla_cache``).
 
-KV is cached decompressed, per head ([slot, heads, nope+rope] keys and
-[slot, heads, v] values), so MLA runs on the same slot-indexed attention as
-every other family. Caching the compressed latent instead, as SGLang's MLA
-backends do, would cut KV memory by about heads*(k+v)/(kv_lora+rope); it is
-a separate attention backend, not a model change.
+``decompressed``: keys and values cached per head ([slot, heads, nope+rope]
+and [slot, heads, v]), so MLA runs on the same slot-indexed attention as
+every other family. ``latent``: the layout the paper designs for, and
+SGLang's and vLLM's MLA backends use: each token caches its normalized
+latent and its rotary key ([slot, 1, kv_lora + rope]), and kv_b_proj's two
+halves are absorbed, W_UK into the query (q_nope W_UK scores the latent as
+k_nope would) and W_UV into the output (attention over the latent, then
+W_UV). Every head then attends to one shared KV "head" (multi-query), the
+values being the keys' latent part, so KV memory per token drops by
+heads * (nope + rope + v) / (kv_lora + rope); the math is the same.
 """
 
 from __future__ import annotations
@@ -14,10 +19,25 @@ import math
 import torch
 from torch import nn
 
+from dataclasses import replace
+
+from moeframe.errors import ConfigError
 from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
-from moeframe.model.spec import AttentionSpec
+from moeframe.model.spec import AttentionSpec, ModelSpec
+
+MLA_CACHES = ("decompressed", "latent")
+
+
+def with_mla_cache(spec: ModelSpec, layout: str) -> ModelSpec:
+    """``spec`` with MLA's KV layout set to ``layout`` (runner.mla_cache); other attention is left as is."""
+    if layout not in MLA_CACHES:
+        raise ConfigError(f"runner.mla_cache: unknown choice '{layout}'; valid choices: {', '.join(MLA_CACHES)}")
+    mla = spec.attention.mla
+    if mla is None:
+        return spec
+    return replace(spec, attention=replace(spec.attention, mla=replace(mla, latent_cache=layout == "latent")))
 
 
 def yarn_softmax_scale(base_scale: float, rope_scaling: dict | None) -> float:
@@ -67,7 +87,10 @@ class MultiLatentAttention(nn.Module):
         k_nope, v = kv.split([mla.qk_nope_head_dim, mla.v_head_dim], dim=-1)
         cos, sin = self.rotary.cos_sin(positions, q.dtype)
         q_rot = self.rotary.apply(q_rot, cos, sin)
-        k_rot = self.rotary.apply(k_rot.view(n, 1, mla.qk_rope_head_dim), cos, sin).expand(n, heads, -1)
+        k_rot = self.rotary.apply(k_rot.view(n, 1, mla.qk_rope_head_dim), cos, sin)
+        if mla.latent_cache:
+            return self._attend_latent(q_nope, q_rot, self.kv_a_layernorm(latent), k_rot, ctx)
+        k_rot = k_rot.expand(n, heads, -1)
         q = torch.cat([q_nope, q_rot], dim=-1)
         k = torch.cat([k_nope, k_rot], dim=-1)
         k_cache, v_cache = ctx.k_cache[self.layer_idx], ctx.v_cache[self.layer_idx]
@@ -75,3 +98,16 @@ class MultiLatentAttention(nn.Module):
         v_cache[ctx.batch.out_slots] = v.to(v_cache.dtype)
         out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
         return self.o_proj(out.reshape(n, -1))
+
+    def _attend_latent(
+        self, q_nope: torch.Tensor, q_rot: torch.Tensor, latent: torch.Tensor, k_rot: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        """Attention over the cached [latent; rotary key] of each token, kv_b_proj absorbed (module docstring)."""
+        mla, n, heads = self.mla, q_nope.shape[0], q_nope.shape[1]
+        w_kv_b = self.kv_b_proj.weight.view(heads, mla.qk_nope_head_dim + mla.v_head_dim, mla.kv_lora_rank)
+        w_uk, w_uv = w_kv_b.split([mla.qk_nope_head_dim, mla.v_head_dim], dim=1)
+        q = torch.cat([torch.einsum("nhd,hdr->nhr", q_nope, w_uk), q_rot], dim=-1)
+        k_cache = ctx.k_cache[self.layer_idx]
+        k_cache[ctx.batch.out_slots] = torch.cat([latent.view(n, 1, -1), k_rot], dim=-1).to(k_cache.dtype)
+        out = ctx.attend(q, k_cache, k_cache[..., : mla.kv_lora_rank], ctx.batch, self.scale)
+        return self.o_proj(torch.einsum("nhr,hvr->nhv", out, w_uv).reshape(n, -1))
