@@ -23,10 +23,11 @@ import jsonschema
 import torch
 
 from moeframe.constrain.jump_forward import encode_forced
+from moeframe.constrain.structural_tag import StructuralTag
 from moeframe.constrain.vocab import TokenVocab
 from moeframe.errors import RequestError
 
-KINDS = ("regex", "json_schema", "choices", "grammar", "json_object")
+KINDS = ("regex", "json_schema", "choices", "grammar", "json_object", "structural_tag")
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,7 +35,8 @@ class ConstraintSpec:
     """What one request's output must match: exactly one of the fields.
 
     ``json_object`` asks for any JSON object (OpenAI's ``response_format``
-    ``json_object``). A bad value raises :class:`RequestError`, so the engine
+    ``json_object``); ``structural_tag`` for tagged JSON segments, alone or
+    inside free text (tool calls; see :mod:`moeframe.constrain.structural_tag`). A bad value raises :class:`RequestError`, so the engine
     rejects that request alone.
     """
 
@@ -43,6 +45,7 @@ class ConstraintSpec:
     choices: list[str] | None = None
     grammar: str | None = None
     json_object: bool = False
+    structural_tag: StructuralTag | None = None
 
     def __post_init__(self) -> None:
         given = self._given()
@@ -65,6 +68,11 @@ class ConstraintSpec:
                 raise RequestError("every choice must be a string")
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
             raise RequestError("grammar must be a non-empty EBNF string")
+        if self.structural_tag is not None:
+            if not isinstance(self.structural_tag, StructuralTag):
+                raise RequestError(f"structural_tag must be a StructuralTag, got {type(self.structural_tag).__name__}")
+            for tag in self.structural_tag.tags:
+                _check_schema(tag.schema)
 
     @classmethod
     def from_request(
@@ -74,11 +82,13 @@ class ConstraintSpec:
         choices: list[str] | None = None,
         grammar: str | None = None,
         json_object: bool = False,
+        structural_tag: StructuralTag | None = None,
     ) -> "ConstraintSpec | None":
         """The spec of a request's sampling fields, or None when the request is unconstrained."""
-        if regex is None and json_schema is None and choices is None and grammar is None and not json_object:
+        fields = dict(regex=regex, json_schema=json_schema, choices=choices, grammar=grammar, structural_tag=structural_tag)
+        if all(v is None for v in fields.values()) and not json_object:
             return None
-        return cls(regex=regex, json_schema=json_schema, choices=choices, grammar=grammar, json_object=json_object)
+        return cls(**fields, json_object=json_object)
 
     def _given(self) -> list[str]:
         return [k for k in KINDS if (self.json_object if k == "json_object" else getattr(self, k) is not None)]
@@ -109,6 +119,8 @@ class ConstraintSpec:
             return self.kind, json.dumps(self.schema(), sort_keys=True)
         if self.kind == "choices":
             return self.kind, json.dumps(list(self.choices or []))
+        if self.kind == "structural_tag":
+            return self.kind, json.dumps(self.structural_tag.as_dict(), sort_keys=True)
         return self.kind, str(getattr(self, self.kind))
 
 

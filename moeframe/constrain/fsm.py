@@ -1,7 +1,8 @@
 """``constraint=fsm``: our own regular-language backend (the Outlines design).
 
 Every spec becomes a byte-level DFA: a regex through our parser, a JSON schema
-through :mod:`moeframe.constrain.json_regex` first, and a choice list as the
+through :mod:`moeframe.constrain.json_regex` first, a structural tag (tool
+calls) through :func:`~moeframe.constrain.structural_tag.structural_tag_regex`, and a choice list as the
 DFA of the alternation of its strings, which subset construction turns into
 exactly the byte trie of the choices. The token level comes from
 :class:`TokenIndex`, so a choice is accepted in any tokenisation, not only the
@@ -22,6 +23,7 @@ from moeframe.constrain.base import ConstraintBackend, ConstraintSpec, Constrain
 from moeframe.constrain.dfa import DEAD, START, ByteDFA, compile_dfa
 from moeframe.constrain.json_regex import schema_to_regex
 from moeframe.constrain.regex_syntax import Alt, literal, parse_regex
+from moeframe.constrain.structural_tag import structural_tag_regex
 from moeframe.constrain.token_index import TokenIndex, VocabTable
 from moeframe.constrain.vocab import TokenVocab
 from moeframe.errors import RequestError
@@ -112,6 +114,8 @@ class FSMBackend(ConstraintBackend):
             regex = spec.regex
         elif spec.kind in ("json_schema", "json_object"):
             regex = schema_to_regex(spec.schema(), self.params.max_whitespace, self.params.json_max_depth)
+        elif spec.kind == "structural_tag":
+            regex = structural_tag_regex(spec.structural_tag, self._schema_regex)
         elif spec.kind == "grammar":
             raise RequestError("constraint backend 'fsm' handles regular languages only; EBNF grammars need constraint=xgrammar")
         if regex is not None:
@@ -120,6 +124,9 @@ class FSMBackend(ConstraintBackend):
             tree = Alt(tuple(literal(choice) for choice in spec.choices or []))
         dfa = compile_dfa(tree, self.params.max_dfa_states)
         return CompiledFSM(dfa, TokenIndex(dfa, self.table, self.eos_token_ids), regex)
+
+    def _schema_regex(self, schema: dict) -> str:
+        return schema_to_regex(schema, self.params.max_whitespace, self.params.json_max_depth)
 
     def new_state(self, compiled: CompiledFSM) -> FSMState:
         return FSMState(compiled, self.vocab, self.eos_token_ids, self.params.max_forced_bytes)

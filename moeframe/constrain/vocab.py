@@ -3,9 +3,10 @@
 Constraints are checked on bytes, so every backend needs the exact bytes each
 token id stands for. Byte-level BPE vocabularies (GPT-2, Qwen, DeepSeek) spell
 bytes with GPT-2's printable-unicode alphabet; SentencePiece ones (Llama,
-Mixtral) use ``\u2581`` for space and ``<0xHH>`` byte-fallback pieces. Special
-and added tokens map to ``b""``: a constraint never allows them (EOS is
-handled on its own). Ids past the tokenizer's size up to the model's
+Mixtral) use ``\u2581`` for space and ``<0xHH>`` byte-fallback pieces. Special tokens
+map to ``b""``: a constraint never allows them (EOS is handled on its own).
+Added tokens that are not special (Qwen's ``<tool_call>``) spell their text,
+which the detokenizer keeps, so a constraint can write them as one token. Ids past the tokenizer's size up to the model's
 ``vocab_size`` (padding rows of the LM head) are empty too.
 """
 
@@ -71,9 +72,15 @@ class TokenVocab:
         if len(pieces) > vocab_size:
             raise ValueError(f"tokenizer has {len(pieces)} tokens but the model's vocab_size is {vocab_size}")
         config = json.loads(backend.to_str())
-        added = {entry["content"] for entry in config.get("added_tokens") or []}
+        added = {entry["content"]: bool(entry.get("special", True)) for entry in config.get("added_tokens") or []}
         to_bytes = piece_decoder(config)
-        token_bytes = [b"" if piece is None or piece in added else to_bytes(piece) for t, piece in enumerate(pieces)]
+
+        def spelled(piece: str | None) -> bytes:
+            if piece is None or added.get(piece, False):
+                return b""
+            return piece.encode("utf-8") if piece in added else to_bytes(piece)
+
+        token_bytes = [spelled(piece) for piece in pieces]
         token_bytes += [b""] * (vocab_size - len(token_bytes))
 
         def encode(text: str) -> list[int]:

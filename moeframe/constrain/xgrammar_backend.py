@@ -1,4 +1,4 @@
-"""``constraint=xgrammar`` (the default): JSON schema, regex, EBNF and choices through xgrammar.
+"""``constraint=xgrammar`` (the default): JSON schema, regex, EBNF, choices and structural tags through xgrammar.
 
 xgrammar (Dong et al. 2024, "XGrammar: Flexible and Efficient Structured
 Generation Engine for LLMs") compiles a grammar against the vocabulary once,
@@ -29,6 +29,7 @@ import xgrammar as xgr
 from moeframe.constrain import CONSTRAINTS
 from moeframe.constrain.base import ConstraintBackend, ConstraintSpec, ConstraintState
 from moeframe.constrain.json_regex import FORMATS, STRING_CHAR
+from moeframe.constrain.structural_tag import StructuralTag
 from moeframe.constrain.vocab import TokenVocab
 from moeframe.errors import RequestError
 
@@ -138,6 +139,8 @@ class XGrammarBackend(ConstraintBackend):
                 return self.compiler.compile_regex(spec.regex)
             if spec.kind == "choices":
                 return self.compiler.compile_grammar(choices_grammar(list(spec.choices or [])))
+            if spec.kind == "structural_tag":
+                return self.compiler.compile_structural_tag(json.dumps(self._structural_tag(spec.structural_tag)))
             return self.compiler.compile_grammar(spec.grammar)
         except RequestError:
             raise
@@ -150,6 +153,43 @@ class XGrammarBackend(ConstraintBackend):
         return self.compiler.compile_json_schema(
             schema, any_whitespace=True, max_whitespace_cnt=self.params.max_whitespace
         )
+
+    def _schema_grammar(self, schema: dict[str, Any]) -> str:
+        """EBNF of ``schema`` with the whitespace of ``_compile_schema`` (a structural tag's JSON content
+        takes no compact separators of its own, so its schema goes in as a grammar)."""
+        text = json.dumps(portable_schema(schema))
+        if self.params.max_whitespace == 0:
+            return str(xgr.Grammar.from_json_schema(text, any_whitespace=False, separators=(",", ":")))
+        grammar = xgr.Grammar.from_json_schema(text, any_whitespace=True, max_whitespace_cnt=self.params.max_whitespace)
+        return str(grammar)
+
+    def _structural_tag(self, tag: StructuralTag) -> dict[str, Any]:
+        """xgrammar's structural-tag format: ``triggered_tags`` over free text, else ``tags_with_separator``."""
+        tags = [
+            {
+                "type": "tag",
+                "begin": t.begin,
+                "content": {"type": "grammar", "grammar": self._schema_grammar(t.schema)},
+                "end": t.end,
+            }
+            for t in tag.tags
+        ]
+        if tag.free_text:
+            form = {
+                "type": "triggered_tags",
+                "triggers": [tag.trigger],
+                "tags": tags,
+                "stop_after_first": tag.stop_after_first,
+            }
+        else:
+            form = {
+                "type": "tags_with_separator",
+                "tags": tags,
+                "separator": tag.separator,
+                "at_least_one": True,
+                "stop_after_first": tag.stop_after_first,
+            }
+        return {"type": "structural_tag", "format": form}
 
     def new_state(self, compiled: xgr.CompiledGrammar) -> XGrammarState:
         return XGrammarState(compiled, self.vocab, self.eos_token_ids)

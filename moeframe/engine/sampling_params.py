@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moeframe.errors import RequestError
+
+if TYPE_CHECKING:
+    from moeframe.constrain.structural_tag import StructuralTag
 
 # what torch.Generator.manual_seed takes (it reads a seed as 64 bits)
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
@@ -40,6 +43,7 @@ class SamplingParams:
     json_object: bool = False
     choices: list[str] | None = None
     grammar: str | None = None
+    structural_tag: StructuralTag | None = None  # tagged JSON segments, e.g. tool calls
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -77,5 +81,6 @@ class SamplingParams:
             "choices": self.choices,
             "grammar": self.grammar,
             "json_object": self.json_object or None,
+            "structural_tag": self.structural_tag,
         }
         return {k: v for k, v in kinds.items() if v is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from tokenizers import AddedToken, Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from moeframe.constrain.vocab import TokenVocab, piece_decoder
@@ -39,3 +40,14 @@ def test_sentencepiece_pieces_map_to_bytes():
     assert to_bytes("\u2581the") == b" the"
     assert to_bytes("<0x0A>") == b"\n"
     assert to_bytes("\u00e9") == "\u00e9".encode()
+
+
+def test_a_non_special_added_token_spells_its_text(tokenizer):
+    """Qwen's ``<tool_call>`` is an added token that is not special: the detokenizer keeps it, so it has bytes."""
+    extended = Tokenizer.from_str(tokenizer.to_str())
+    extended.add_tokens([AddedToken("<tool_call>", special=False)])
+    extended.add_special_tokens([AddedToken("<|secret|>", special=True)])
+    vocab = TokenVocab.from_tokenizer(extended, extended.get_vocab_size() + 4)
+    assert vocab.token_bytes[extended.token_to_id("<tool_call>")] == b"<tool_call>"
+    assert vocab.token_bytes[extended.token_to_id("<|secret|>")] == b""
+    assert vocab.encode("a<tool_call>b") == [*vocab.encode("a"), extended.token_to_id("<tool_call>"), *vocab.encode("b")]
