@@ -93,3 +93,25 @@ def test_batched_generation_equals_one_at_a_time(checkpoint_factory) -> None:
     together = [o.token_ids for o in engine.generate(prompts, params)]
     alone = [engine.generate([p], params)[0].token_ids for p in prompts]
     assert together == alone
+
+
+# DeepSeek-V2's router (softmax, greedy or group-limited by each group's best expert, scaled, never renormalised)
+# in V3's tiny sizes; transformers' DeepseekV2Config is the family's own class.
+DEEPSEEK_V2_SHAPES = {
+    "greedy": dict(topk_method="greedy", routed_scaling_factor=2.5),
+    "group-limited": dict(topk_method="group_limited_greedy", n_group=4, topk_group=2, num_experts_per_tok=3),
+    "group-limited-singletons-noqlora": dict(
+        topk_method="group_limited_greedy", n_routed_experts=6, n_group=6, topk_group=3, num_experts_per_tok=2,
+        q_lora_rank=None,
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("shape", sorted(DEEPSEEK_V2_SHAPES))
+def test_deepseek_v2_matches_transformers(shape: str, tmp_path: Path) -> None:
+    import transformers
+
+    from moeframe.model.presets import PRESETS
+
+    config = transformers.DeepseekV2Config(**{**PRESETS["tiny-deepseek-v3"].kwargs, **DEEPSEEK_V2_SHAPES[shape]})
+    check_parity(make_checkpoint(config, tmp_path / shape, seed=4))

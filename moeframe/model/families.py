@@ -181,19 +181,35 @@ def parse_olmoe(cfg: object) -> ModelSpec:
 
 @family("deepseek_v3", renames=((r"\.mlp\.gate\.e_score_correction_bias$", ".mlp.e_score_correction_bias"),))
 def parse_deepseek_v3(cfg: object) -> ModelSpec:
+    return deepseek_spec(cfg, scoring="sigmoid", n_group=cfg.n_group or 1, group_score="top2_sum")
+
+
+@family("deepseek_v2")
+def parse_deepseek_v2(cfg: object) -> ModelSpec:
+    """DeepSeek-V2 and V2-Lite: V3's attention and layout, softmax routing (greedy or group-limited by each
+    group's best expert), never renormalised (transformers' DeepseekV2TopkRouter)."""
+    if cfg.topk_method not in ("greedy", "group_limited_greedy"):
+        raise CheckpointError(f"deepseek_v2: topk_method '{cfg.topk_method}' is not greedy or group_limited_greedy")
+    n_group = (cfg.n_group or 1) if cfg.topk_method == "group_limited_greedy" else 1
+    return deepseek_spec(cfg, scoring="softmax", n_group=n_group, group_score="max", norm_topk_prob=False)
+
+
+def deepseek_spec(cfg: object, scoring: str, n_group: int, group_score: str, norm_topk_prob: bool | None = None) -> ModelSpec:
+    """DeepSeek's MLA + shared-expert MoE spec; the versions differ in routing only."""
     num_experts = cfg.n_routed_experts
-    if cfg.n_group and num_experts % cfg.n_group:
-        raise CheckpointError(f"deepseek_v3: n_routed_experts={num_experts} is not divisible by n_group={cfg.n_group}")
+    if n_group > 1 and num_experts % n_group:
+        raise CheckpointError(f"{cfg.model_type}: n_routed_experts={num_experts} is not divisible by n_group={n_group}")
     moe = MoESpec(
         num_experts=num_experts,
         top_k=cfg.num_experts_per_tok,
         intermediate_size=cfg.moe_intermediate_size,
-        scoring="sigmoid",
-        norm_topk_prob=bool(cfg.norm_topk_prob),
-        n_group=cfg.n_group or 1,
-        topk_group=cfg.topk_group or 1,
+        scoring=scoring,
+        norm_topk_prob=bool(cfg.norm_topk_prob) if norm_topk_prob is None else norm_topk_prob,
+        n_group=n_group,
+        topk_group=(cfg.topk_group or 1) if n_group > 1 else 1,
+        group_score=group_score,
         routed_scaling_factor=float(cfg.routed_scaling_factor),
-        has_correction_bias=True,
+        has_correction_bias=scoring == "sigmoid",
         shared_intermediate_size=cfg.moe_intermediate_size * (cfg.n_shared_experts or 0),
     )
     mla = MLASpec(

@@ -17,7 +17,10 @@ class MoESpec:
 
     order: "softmax_topk" (Qwen, OLMoE, Mixtral: softmax over all experts, then
     top-k) or "sigmoid_group" (DeepSeek-V3: sigmoid scores, a correction bias
-    used only for choosing, group-limited top-k, routed scaling).
+    used only for choosing, group-limited top-k, routed scaling). With
+    n_group > 1 the top-k is group-limited whatever the scoring; a group scores
+    the sum of its two best experts (V3) or its best one (DeepSeek-V2's
+    group_limited_greedy): ``group_score``.
     """
 
     num_experts: int
@@ -27,6 +30,7 @@ class MoESpec:
     norm_topk_prob: bool = False
     n_group: int = 1
     topk_group: int = 1
+    group_score: Literal["top2_sum", "max"] = "top2_sum"
     routed_scaling_factor: float = 1.0
     has_correction_bias: bool = False
     shared_intermediate_size: int = 0

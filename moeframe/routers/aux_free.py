@@ -22,7 +22,7 @@ import torch
 from moeframe.model.spec import MoESpec
 from moeframe.routers import ROUTERS
 from moeframe.routers.base import RouteContext, Router
-from moeframe.routers.native import check_group_limits, group_limited_topk, softmax_topk
+from moeframe.routers.native import check_group_limits, group_limited_topk, grouped, softmax_topk
 from moeframe.routers.options import check_k, resolve_k
 from moeframe.routers.plan import RoutingPlan
 
@@ -42,7 +42,7 @@ class AuxFreeParams:
 class AuxFreeRouter(Router):
     def __init__(self, params: AuxFreeParams, *, moe: MoESpec, layer_idx: int, **_: object) -> None:
         self.k = resolve_k(params.k, moe)
-        if moe.scoring == "sigmoid":
+        if grouped(moe):
             check_group_limits(moe, self.k)
         self.moe = moe
         self.update_rate = params.update_rate
@@ -54,7 +54,7 @@ class AuxFreeRouter(Router):
             start = ctx.correction_bias
             self.bias = torch.zeros(gate_logits.shape[1], device=gate_logits.device) if start is None else start.float().clone()
         moe = self.moe
-        if moe.scoring == "softmax":
+        if not grouped(moe):
             plan = softmax_topk(gate_logits, self.k, moe.norm_topk_prob, moe.routed_scaling_factor, self.bias)
         else:
             plan = group_limited_topk(gate_logits, moe, self.k, self.bias)

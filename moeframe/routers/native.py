@@ -7,7 +7,11 @@ the top-k sum when norm_topk_prob (Mixtral always). DeepSeek-V3
 e_score_correction_bias; each of n_group groups is scored by the sum of its two
 best choice scores; only the best topk_group groups stay eligible; top-k among
 them; the weights are the unbiased affinities, normalised (with transformers'
-1e-20 guard) when norm_topk_prob, times routed_scaling_factor.
+1e-20 guard) when norm_topk_prob, times routed_scaling_factor. DeepSeek-V2
+(DeepseekV2TopkRouter): softmax affinities, top-k of all experts ("greedy") or
+of the topk_group groups with the best single expert ("group_limited_greedy"),
+weights times routed_scaling_factor and never renormalised (transformers' V2
+router reads no norm_topk_prob; V2's configs set it false).
 
 The selection functions take the choice bias as an argument so the
 auxiliary-loss-free router can reuse them with its own online bias. On CUDA
@@ -36,7 +40,7 @@ def check_group_limits(moe: MoESpec, k: int) -> None:
     if moe.num_experts % moe.n_group:
         raise ValueError(f"n_group={moe.n_group} does not divide the model's {moe.num_experts} experts")
     group_size = moe.num_experts // moe.n_group
-    if group_size < 2:
+    if group_size < 2 and moe.group_score == "top2_sum":
         raise ValueError(f"groups of {group_size} expert: a group is scored by its two best experts")
     if not 1 <= moe.topk_group <= moe.n_group:
         raise ValueError(f"topk_group={moe.topk_group} must lie in 1..n_group={moe.n_group}")
@@ -59,11 +63,14 @@ def softmax_topk(
 
 
 def group_limited_topk(gate_logits: torch.Tensor, moe: MoESpec, k: int, bias: torch.Tensor | None) -> RoutingPlan:
-    scores = gate_logits.float().sigmoid()
+    scores = gate_logits.float().sigmoid() if moe.scoring == "sigmoid" else torch.softmax(gate_logits.float(), dim=-1)
     choice = scores if bias is None else scores + bias
     num_tokens, num_experts = choice.shape
     grouped = choice.view(num_tokens, moe.n_group, num_experts // moe.n_group)
-    group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+    if moe.group_score == "max":
+        group_scores = grouped.amax(dim=-1)
+    else:
+        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
     group_idx = torch.topk(group_scores, k=moe.topk_group, dim=-1, sorted=False).indices
     group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1.0).bool()
     eligible = group_mask.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts)
@@ -79,21 +86,26 @@ def group_limited_topk(gate_logits: torch.Tensor, moe: MoESpec, k: int, bias: to
     return RoutingPlan(topk_ids=ids.gather(1, order), topk_weights=weights.gather(1, order))
 
 
+def grouped(moe: MoESpec) -> bool:
+    """Whether the checkpoint routes by group-limited top-k (DeepSeek-V3, and V2's group_limited_greedy)."""
+    return moe.scoring == "sigmoid" or moe.n_group > 1
+
+
 @ROUTERS.register("native")
 class NativeRouter(FusedSoftmaxTopKRouter):
     def __init__(self, params: NoParams, *, moe: MoESpec, layer_idx: int, **_: object) -> None:
-        if moe.scoring == "sigmoid":
+        if grouped(moe):
             check_group_limits(moe, moe.top_k)
         self.moe = moe
         self.gate_topk = GateTopK()
 
     def softmax_topk_args(self) -> tuple[int, bool, float] | None:
         moe = self.moe
-        return (moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor) if moe.scoring == "softmax" else None
+        return None if grouped(moe) else (moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor)
 
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:
         moe = self.moe
-        if moe.scoring == "softmax":
+        if not grouped(moe):
             return softmax_topk(gate_logits, moe.top_k, moe.norm_topk_prob, moe.routed_scaling_factor)
         if moe.has_correction_bias and ctx.correction_bias is None:
             raise ValueError("native routing of this checkpoint needs its e_score_correction_bias in RouteContext")
