@@ -71,6 +71,16 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 30000
     model_name: str | None = None  # the id /v1/models reports (default: the preset or folder name)
+    api_key: str | None = None  # when set (or $MOEFRAME_API_KEY), API routes need "Authorization: Bearer <key>"
+    max_body_bytes: int = 4 * 2**20  # a larger request body gets 413, before it is read
+    max_prompt_chars: int = 1_000_000  # characters of one prompt (or of a chat's messages), checked before tokenizing
+    max_n: int = 128  # choices per prompt
+    max_prompts: int = 256  # prompts in one /v1/completions call
+    max_choices: int = 256  # entries of the `choices` constraint
+    max_score_continuations: int = 64  # continuations in one /score call
+    max_waiting_requests: int = 1024  # engine requests admitted but not yet running; more get 429
+    admission_threads: int = 2  # threads that tokenize prompts and compile constraints, off the engine thread
+    shutdown_grace_s: float = 5.0  # on SIGTERM, in-flight requests get this long to finish, then end with "abort"
 
 
 @dataclass
@@ -125,6 +135,23 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"runner.attention: unknown choice '{cfg.runner.attention}'; valid choices: auto, torch, triton")
     if cfg.model.path is None and cfg.model.preset is None:
         raise ConfigError("model: give model.path=DIR or model.preset=NAME")
+    check_server(cfg.server)
+
+
+SERVER_LIMITS = (
+    "max_body_bytes", "max_prompt_chars", "max_n", "max_prompts", "max_choices", "max_score_continuations",
+    "max_waiting_requests", "admission_threads",
+)
+
+
+def check_server(server: Any) -> None:
+    for key in SERVER_LIMITS:
+        if server[key] < 1:
+            raise ConfigError(f"server.{key}: must be >= 1, got {server[key]}")
+    if server.shutdown_grace_s < 0:
+        raise ConfigError(f"server.shutdown_grace_s: must be >= 0, got {server.shutdown_grace_s}")
+    if server.api_key is not None and not str(server.api_key):
+        raise ConfigError("server.api_key: must not be empty (leave it unset for no key)")
 
 
 def check_groups(cfg: DictConfig, registries: dict[str, Registry]) -> None:

@@ -15,3 +15,7 @@ class CheckpointError(MoeframeError):
 
 class RequestError(MoeframeError, ValueError):
     """One request is invalid (empty prompt, too long, bad constraint); the engine serves the rest."""
+
+
+class OverloadedError(MoeframeError):
+    """The server's waiting queue is full: the request was not admitted (HTTP 429); retrying later may succeed."""

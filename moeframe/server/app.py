@@ -3,10 +3,17 @@
 ``build_app`` starts the engine thread; the app's lifespan stops it. The
 app holds no engine state of its own: everything it reports comes from the
 engine thread, between steps.
+
+Around the routes, outermost first: ``CatchAll`` (an unexpected error is a
+counted 500 on a connection that stays usable), ``BodyLimit`` (413 before a
+large body is read), ``RequireAPIKey`` (401, when a key is set) and
+``RefuseWhileDraining`` (503 once shutdown began). ``server`` holds the
+limits and the key (``conf``'s ``server`` section).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,14 +22,19 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from moeframe.api import Engine
+from moeframe.config import ServerConfig
 from moeframe.server.async_engine import AsyncEngine
+from moeframe.server.auth import RequireAPIKey, resolve_api_key
+from moeframe.server.body_limit import BodyLimit
 from moeframe.server.chat_format import ChatFormat, end_of_turn_ids
 from moeframe.server.engine_loop import EngineLoop
-from moeframe.server.errors import APIError, install_error_handlers
+from moeframe.server.errors import APIError, CatchAll, ErrorCounter, install_error_handlers
+from moeframe.server.limits import RequestLimits
 from moeframe.server.metrics import ServerMetrics, metrics_snapshot
 from moeframe.server.openai_routes import OpenAIRoutes
 from moeframe.server.protocol import ModelCard, ModelList, ScoreRequest, now_s
-from moeframe.server.scoring import continuation_logprobs
+from moeframe.server.scoring import scored_inputs, token_logprobs_of
+from moeframe.server.shutdown import GracefulShutdown, RefuseWhileDraining
 
 
 def chat_format_of(engine: Engine) -> ChatFormat:
@@ -33,23 +45,40 @@ def chat_format_of(engine: Engine) -> ChatFormat:
     return ChatFormat(getattr(tokenizer, "chat_template", None), special)
 
 
-def build_app(engine: Engine, model_name: str) -> FastAPI:
+def build_app(engine: Engine, model_name: str, server: ServerConfig | None = None) -> FastAPI:
+    server = server or ServerConfig()
     metrics = ServerMetrics()
+    counter = ErrorCounter(metrics.rejected.inc, lambda status: metrics.server_errors.labels(str(status)).inc())
     chat = chat_format_of(engine)
     end_of_turn = end_of_turn_ids(chat, engine.tokenizer)
-    engine_loop = EngineLoop(engine, on_finish=metrics.observe_finished)
+    engine_loop = EngineLoop(
+        engine,
+        on_finish=metrics.observe_finished,
+        max_waiting=server.max_waiting_requests,
+        admission_threads=server.admission_threads,
+    )
     async_engine = AsyncEngine(engine_loop)
+    limits = RequestLimits.of(server)
+    shutdown = GracefulShutdown(engine_loop, server.shutdown_grace_s)
     created = now_s()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        shutdown.loop = asyncio.get_running_loop()
         yield
         engine_loop.close()
 
     app = FastAPI(title="moeframe", lifespan=lifespan)
     app.state.engine_loop = engine_loop
-    install_error_handlers(app, metrics.rejected.inc)
-    app.include_router(OpenAIRoutes(async_engine, model_name, chat, end_of_turn).router)
+    app.state.shutdown = shutdown
+    install_error_handlers(app, counter)
+    app.add_middleware(RefuseWhileDraining, shutdown=shutdown, counter=counter)
+    api_key = resolve_api_key(server.api_key)
+    if api_key is not None:
+        app.add_middleware(RequireAPIKey, api_key=api_key, counter=counter)
+    app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes, counter=counter)
+    app.add_middleware(CatchAll, counter=counter)
+    app.include_router(OpenAIRoutes(async_engine, model_name, chat, end_of_turn, limits).router)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -82,7 +111,12 @@ def build_app(engine: Engine, model_name: str) -> FastAPI:
 
     @app.post("/score")
     async def score(body: ScoreRequest) -> dict[str, Any]:
-        logprobs = await async_engine.call(lambda e: continuation_logprobs(e, body.prompt, body.continuations))
+        """Tokenized off the engine thread; one forward per continuation, so streams step between them."""
+        limits.score(body)
+        inputs = await async_engine.off_loop(lambda e: scored_inputs(e, body.prompt, body.continuations))
+        logprobs = []
+        for full, start in inputs:
+            logprobs.append(await async_engine.call(lambda e, full=full, start=start: token_logprobs_of(e, full, start)))
         return {"logprobs": logprobs}
 
     return app

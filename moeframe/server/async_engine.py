@@ -46,10 +46,15 @@ class AsyncEngine:
         self.loop = engine_loop
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
+        """``fn(engine)`` on the engine thread, between steps."""
         return await asyncio.wrap_future(self.loop.call(fn))
 
+    async def off_loop(self, fn: Callable[[Engine], T]) -> T:
+        """``fn(engine)`` on an admission thread: work that needs no engine state, such as tokenizing."""
+        return await asyncio.wrap_future(self.loop.off_loop(fn))
+
     async def submit(self, submission: Submission) -> RequestStream:
-        """Admit a submission; raises the engine's RequestError when one of its prompts is invalid."""
+        """Admit a submission; raises RequestError when one of its prompts is invalid, OverloadedError when full."""
         stream = RequestStream(self.loop, len(submission.prompts))
         aio_loop = asyncio.get_running_loop()
         future = self.loop.submit(submission, lambda u: aio_loop.call_soon_threadsafe(stream.queue.put_nowait, u))

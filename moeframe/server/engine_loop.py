@@ -1,6 +1,6 @@
 """One thread owns the Engine and steps it while work is pending; other threads talk to it by commands.
 
-The Engine is not thread-safe, so every touch of it (tokenising, admitting,
+The Engine is not thread-safe, so every touch of its state (admitting,
 stepping, aborting, reading stats, scoring) runs on this thread, the way
 SGLang's scheduler process and vLLM's engine-core busy loop own their
 engine. Callers enqueue commands and get a ``concurrent.futures.Future``
@@ -8,6 +8,14 @@ back; each admitted request gets a callback that receives an
 :class:`Update` after every step that gave it tokens, the last one carrying
 its finish reason. Requests of all callers share the same continuous
 batches because they all sit in the same scheduler.
+
+The heavy per-request work that needs no engine state, tokenizing prompts
+and compiling constraints (``Engine.make_request``), runs on a small pool
+of admission threads instead, so a long prompt or a slow schema delays its
+own request only, never the others' streams (SGLang tokenizes in its
+TokenizerManager process for the same reason). The loop thread then only
+adds the prepared requests. A submission that would grow the waiting queue
+past ``max_waiting`` is refused at once with :class:`OverloadedError`.
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from moeframe.api import Engine, SamplingParams
 from moeframe.engine.request import Request, Status
-from moeframe.errors import RequestError
+from moeframe.errors import OverloadedError, RequestError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,12 +77,23 @@ class _Tracked:
 
 
 class EngineLoop:
-    def __init__(self, engine: Engine, on_finish: OnFinish | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        on_finish: OnFinish | None = None,
+        max_waiting: int | None = None,
+        admission_threads: int = 2,
+    ) -> None:
         self.engine = engine
         self.on_finish = on_finish
+        self.max_waiting = max_waiting
         self._commands: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._tracked: dict[int, _Tracked] = {}
         self._token_texts: dict[int, str] = {}
+        self._admission = ThreadPoolExecutor(admission_threads, thread_name_prefix="moeframe-admit")
+        self._queue_lock = threading.Lock()
+        self._num_reserved = 0  # requests of submissions being prepared or added: counted as waiting
+        self._num_waiting = 0  # the scheduler's waiting queue as of the last step (written by the engine thread)
         self._thread = threading.Thread(target=self._run, name="moeframe-engine", daemon=True)
         self._thread.start()
 
@@ -93,39 +112,80 @@ class EngineLoop:
         return future
 
     def submit(self, submission: Submission, on_update: OnUpdate) -> Future[list[int]]:
-        """Admit every prompt of a submission; the future holds their request ids, or a RequestError."""
-        return self.call(lambda engine: self._admit(engine, submission, on_update))
+        """Admit every prompt of a submission; the future holds their request ids, or a RequestError.
+
+        Raises OverloadedError at once (nothing is tokenized) when the
+        waiting queue has no room for the submission's requests.
+        """
+        size = len(submission.prompts)
+        self._reserve(size)
+        future: Future[list[int]] = Future()
+
+        def prepare() -> None:
+            try:
+                requests = prepare_requests(self.engine, submission)
+            except BaseException as err:
+                self._unreserve(size)
+                future.set_exception(err)
+                return
+            self._commands.put(lambda: self._add(requests, on_update, future, size))
+
+        self._admission.submit(prepare)
+        return future
+
+    def off_loop(self, fn: Callable[[Engine], T]) -> Future[T]:
+        """Run ``fn(engine)`` on an admission thread: for work that reads no engine state (tokenizing)."""
+        return self._admission.submit(fn, self.engine)
 
     def abort(self, rids: list[int]) -> None:
         self._commands.put(lambda: self._abort(rids))
+
+    def abort_all(self) -> None:
+        """End every request in flight with finish_reason "abort" (graceful shutdown)."""
+        self._commands.put(lambda: self._abort(list(self._tracked)))
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests admitted or being admitted that have not finished."""
+        return len(self._tracked) + self._num_reserved
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def close(self) -> None:
+        self._admission.shutdown(wait=False, cancel_futures=True)
         self._commands.put(None)
         self._thread.join(timeout=30)
 
-    # ---- engine thread ----
-    def _admit(self, engine: Engine, submission: Submission, on_update: OnUpdate) -> list[int]:
-        max_context = engine.built.max_context
-        requests = []
-        for prompt, params in zip(submission.prompts, submission.params, strict=True):
-            req = engine.make_request(prompt, params)
-            room = max_context - len(req.prompt_ids)
-            if submission.fill_context:
-                params.max_new_tokens = room
-            elif params.max_new_tokens > room:
-                raise RequestError(
-                    f"this model's maximum context length is {max_context} tokens; the prompt has "
-                    f"{len(req.prompt_ids)} tokens and {params.max_new_tokens} more were asked for"
+    def _reserve(self, size: int) -> None:
+        with self._queue_lock:
+            waiting = self._num_waiting + self._num_reserved
+            if self.max_waiting is not None and waiting + size > self.max_waiting:
+                raise OverloadedError(
+                    f"the server's waiting queue is full ({waiting} requests waiting, at most {self.max_waiting}; "
+                    f"server.max_waiting_requests): retry later"
                 )
-            requests.append(req)
+            self._num_reserved += size
+
+    def _unreserve(self, size: int) -> None:
+        with self._queue_lock:
+            self._num_reserved -= size
+
+    # ---- engine thread ----
+    def _add(self, requests: list[Request], on_update: OnUpdate, future: Future[list[int]], size: int) -> None:
         for index, req in enumerate(requests):
             self._tracked[req.rid] = _Tracked(index, on_update)
-            engine.core.add(req)
-        return [r.rid for r in requests]
+            self.engine.core.add(req)
+        self._count_waiting()
+        self._unreserve(size)
+        if not future.set_running_or_notify_cancel():
+            self._abort([r.rid for r in requests])
+            return
+        future.set_result([r.rid for r in requests])
+
+    def _count_waiting(self) -> None:
+        self._num_waiting = len(self.engine.core.scheduler.waiting)
 
     def _abort(self, rids: list[int]) -> None:
         for rid in rids:
@@ -145,6 +205,7 @@ class EngineLoop:
             except Exception as err:  # a failed step must not take the server down
                 log.exception("engine step failed; failing the running requests")
                 updated = self._fail_all(f"internal engine error: {err}")
+            self._count_waiting()
             self._publish(updated)
 
     def _drain(self, block: bool) -> bool:
@@ -219,3 +280,21 @@ class EngineLoop:
                 tracked.on_update(update)
             except Exception:  # a caller that went away must not stop the others
                 log.exception("delivering an update of request %d failed", req.rid)
+
+
+def prepare_requests(engine: Engine, submission: Submission) -> list[Request]:
+    """Tokenize, validate and compile every prompt of a submission (any thread); RequestError for a bad one."""
+    max_context = engine.built.max_context
+    requests = []
+    for prompt, params in zip(submission.prompts, submission.params, strict=True):
+        req = engine.make_request(prompt, params)
+        room = max_context - len(req.prompt_ids)
+        if submission.fill_context:
+            params.max_new_tokens = room
+        elif params.max_new_tokens > room:
+            raise RequestError(
+                f"this model's maximum context length is {max_context} tokens; the prompt has "
+                f"{len(req.prompt_ids)} tokens and {params.max_new_tokens} more were asked for"
+            )
+        requests.append(req)
+    return requests

@@ -24,7 +24,10 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("moeframe_requests", "Finished engine requests", ["finish_reason"], registry=r)
-        self.rejected = Counter("moeframe_rejected_requests", "HTTP requests refused as invalid", registry=r)
+        self.rejected = Counter("moeframe_rejected_requests", "HTTP requests refused (4xx, routing misses aside)", registry=r)
+        self.server_errors = Counter(
+            "moeframe_server_errors", "HTTP responses with a 5xx status", ["status"], registry=r
+        )
         self.prompt_tokens = Counter("moeframe_prompt_tokens", "Prompt tokens of finished requests", registry=r)
         self.cached_tokens = Counter("moeframe_cached_prompt_tokens", "Prompt tokens served from the KV cache", registry=r)
         self.generation_tokens = Counter("moeframe_generation_tokens", "Generated tokens", registry=r)

@@ -20,6 +20,7 @@ from moeframe.server.async_engine import AsyncEngine, RequestStream
 from moeframe.server.chat_format import ChatFormat, message_text
 from moeframe.server.engine_loop import Submission
 from moeframe.server.errors import APIError
+from moeframe.server.limits import RequestLimits
 from moeframe.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
 from moeframe.server.response_shapes import ChatShape, CompletionShape, ResponseShape
 from moeframe.server.responses import ChoiceResult, Reply, event_stream
@@ -64,15 +65,18 @@ class OpenAIRoutes:
         model_name: str,
         chat: ChatFormat,
         end_of_turn_ids: list[int],
+        limits: RequestLimits,
     ) -> None:
         self.engine, self.model_name, self.chat = engine, model_name, chat
         self.end_of_turn_ids = end_of_turn_ids
+        self.limits = limits
         self.router = APIRouter()
         self.router.add_api_route("/v1/completions", self.completions, methods=["POST"], response_model=None)
         self.router.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], response_model=None)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Any:
         self.check_model(body.model)
+        self.limits.completion(body)
         prompts = split_prompts(body.prompt)
         params = [p for _ in prompts for p in sampling_params(body, body.max_tokens, body.logprobs)]
         submission = Submission([p for p in prompts for _ in range(body.n)], params)
@@ -80,7 +84,8 @@ class OpenAIRoutes:
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         self.check_model(body.model)
-        prompt = self.render_chat(body.messages)
+        self.limits.chat(body)
+        prompt = await self.engine.off_loop(lambda _: self.render_chat(body.messages))
         max_tokens = body.max_completion_tokens or body.max_tokens
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = sampling_params(body, max_tokens, top, self.end_of_turn_ids)
@@ -88,9 +93,11 @@ class OpenAIRoutes:
         return await self.respond(body, submission, ChatShape(want_logprobs=body.logprobs), request)
 
     def check_model(self, model: str) -> None:
+        """An unknown model is 404 ``model_not_found``, as OpenAI answers (its client raises NotFoundError)."""
         if model != self.model_name:
             raise APIError(
                 f"the model '{model}' does not exist; this server serves '{self.model_name}'",
+                404,
                 param="model",
                 code="model_not_found",
             )

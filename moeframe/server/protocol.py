@@ -5,19 +5,71 @@ completions and chat completions; extra fields that SGLang and vLLM accept
 beside them (``regex``, ``choices``, ``top_k``, ``ignore_eos``,
 ``stop_token_ids``) are accepted here too. A body that does not validate
 becomes an HTTP 400 with an OpenAI error body (see ``errors.py``).
+
+Types are strict, as OpenAI's own API checks them: a boolean is ``true`` or
+``false`` (not ``"yes"`` or ``1``), a number is not a string, integers fit
+64 bits, floats are finite, and every string is valid Unicode (JSON can
+spell a lone surrogate, which no tokenizer can encode). Limits that a
+server's operator sets (prompt length, ``n``, ...) are checked by
+``limits.py``, after the body has its types.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+def fits_64_bits(value: int) -> int:
+    if not -(2**63) <= value < 2**63:
+        raise PydanticCustomError("int64", "Input should be an integer that fits in 64 bits (signed)")
+    return value
+
+
+# JSON integers are unbounded; the engine's (seeds, token ids, counts) are 64-bit
+Int64 = Annotated[int, AfterValidator(fits_64_bits)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+def first_invalid_string(value: Any) -> str | None:
+    """The path of the first string in a JSON value that is not valid Unicode (a lone surrogate), else None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path or "body"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                stack.append((where, key))
+                stack.append((where, child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{i}", child) for i, child in enumerate(item))
+    return None
+
+
+class RequestBody(_Body):
+    """A whole request body: its strings are checked for valid Unicode once, wherever they are."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def refuse_invalid_unicode(cls, raw: Any) -> Any:
+        where = first_invalid_string(raw)
+        if where is not None:
+            raise PydanticCustomError(
+                "invalid_unicode", "{where} is not valid Unicode (it holds a lone surrogate)", {"where": where}
+            )
+        return raw
 
 
 # OpenAI fields this server does not implement, with the values that ask for nothing (accepted)
@@ -47,21 +99,21 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class SamplingFields(_Body):
+class SamplingFields(RequestBody):
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Int64 | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=128)
+    n: Int64 = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     # beyond OpenAI, as SGLang and vLLM accept them
-    top_k: int = -1
+    top_k: Int64 = -1
     ignore_eos: bool = False
-    stop_token_ids: list[int] = Field(default_factory=list)
+    stop_token_ids: list[Int64] = Field(default_factory=list)
     regex: str | None = None
     choices: list[str] | None = None
 
@@ -77,9 +129,9 @@ class SamplingFields(_Body):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    prompt: str | list[str] | list[Int64] | list[list[Int64]]
+    max_tokens: Int64 | None = Field(default=16, ge=1)
+    logprobs: Int64 | None = Field(default=None, ge=0, le=20)
     echo: bool = False
 
 
@@ -91,8 +143,8 @@ class ChatMessage(_Body):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    top_logprobs: Int64 | None = Field(default=None, ge=0, le=20)
+    max_completion_tokens: Int64 | None = Field(default=None, ge=1)
 
 
 def new_id(prefix: str) -> str:
@@ -182,7 +234,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class ScoreRequest(_Body):
+class ScoreRequest(RequestBody):
     """Beyond OpenAI: token log-probabilities of continuations of a prompt (the DSL's ``select``)."""
 
     prompt: str

@@ -25,23 +25,34 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
     return n
 
 
-def continuation_logprobs(engine: Engine, prompt: str, continuations: list[str]) -> list[list[float]]:
-    """Per continuation, the log-probability of each of its tokens given everything before it."""
+def scored_inputs(engine: Engine, prompt: str, continuations: list[str]) -> list[tuple[list[int], int]]:
+    """Per continuation, the token ids of prompt + continuation and where its scored tokens start.
+
+    Tokenizing only: the server runs it on an admission thread.
+    """
     if not continuations:
         raise RequestError("give at least one continuation to score")
     prompt_ids = engine.encode(prompt)
-    scored = []
+    inputs = []
     for text in continuations:
         full = engine.encode(prompt + text)
-        start = max(1, common_prefix_len(prompt_ids, full))
-        if start >= len(full):
-            scored.append([])
-            continue
-        logits = engine.score(full)
-        logp = torch.log_softmax(logits[start - 1 : len(full) - 1].float(), dim=-1)
-        targets = torch.tensor(full[start:], device=logp.device)
-        scored.append(logp.gather(-1, targets[:, None])[:, 0].tolist())
-    return scored
+        inputs.append((full, max(1, common_prefix_len(prompt_ids, full))))
+    return inputs
+
+
+def token_logprobs_of(engine: Engine, full: list[int], start: int) -> list[float]:
+    """The log-probability of each of ``full[start:]`` given everything before it (one forward: engine thread)."""
+    if start >= len(full):
+        return []
+    logits = engine.score(full)
+    logp = torch.log_softmax(logits[start - 1 : len(full) - 1].float(), dim=-1)
+    targets = torch.tensor(full[start:], device=logp.device)
+    return logp.gather(-1, targets[:, None])[:, 0].tolist()
+
+
+def continuation_logprobs(engine: Engine, prompt: str, continuations: list[str]) -> list[list[float]]:
+    """Per continuation, the log-probability of each of its tokens given everything before it."""
+    return [token_logprobs_of(engine, full, start) for full, start in scored_inputs(engine, prompt, continuations)]
 
 
 def best_choice(logprobs: list[list[float]]) -> int:
