@@ -61,7 +61,7 @@ class Engine:
         self.cfg = cfg
         self.built: BuiltEngine = build(cfg, weights)
         self.spec = self.built.spec
-        self.tokenizer = load_tokenizer(self.built.checkpoint)
+        self.tokenizer = load_tokenizer(self.built.tokenizer_dir)
         self._constraints: Any = None
         self._constraints_lock = threading.Lock()
         jump_forward = bool(OmegaConf.select(cfg, "constraint.jump_forward", default=False))
@@ -232,6 +232,7 @@ class Engine:
             "jump_forward_tokens": core.stats.jump_forward_tokens,
             "batch_dependent_routing": built.batch_dependent_routing,
             "expert_weight_bytes": expert_weight_bytes(built.model),
+            "experts_kernel": built.experts_kernel,
         }
         if built.recorder is not None:
             stats["expert_load"] = built.recorder.stats() | {"counts": built.recorder.load_counts().tolist()}

@@ -107,6 +107,7 @@ def engine_metrics(stats: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_bytes": stats.get("peak_memory_bytes", peak_rss_bytes()),
         "batch_dependent_routing": stats["batch_dependent_routing"],
         "expert_weight_bytes": stats["expert_weight_bytes"],
+        "experts_kernel": stats["experts_kernel"],
     }
     if "expert_load" in stats:
         metrics.update({f"expert_load_{k}": v for k, v in stats["expert_load"]["total"].items()})

@@ -49,6 +49,7 @@ def test_run_folder_holds_config_metrics_outputs_and_heatmap(recorded_run: Path)
     assert len(lines) == recorded["metrics"]["requests"] == 3
     assert all(len(line["token_ids"]) == 4 and line["finish_reason"] == "length" for line in lines)
     assert sum(len(line["token_ids"]) for line in lines) == recorded["metrics"]["generated_tokens"]
+    assert recorded["metrics"]["experts_kernel"] == "reference"  # experts=auto on the CPU
     counts = torch.tensor(recorded["stats"]["expert_load"]["counts"])
     assert int(counts.sum()) == recorded["metrics"]["expert_load_kept"]
     assert (recorded_run / "expert_load.png").stat().st_size > 0

@@ -25,6 +25,7 @@ from moeframe.engine.policies import SCHEDULERS
 from moeframe.engine.pruning import calibrate, calibration_token_ids, check_pruning, prune
 from moeframe.engine.scheduler import Scheduler
 from moeframe.experts import EXPERTS
+from moeframe.experts.auto import kernel_name
 from moeframe.gpu.l2_prefetch import set_gemv_tail_prefetch, set_l2_prefetch
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
@@ -51,6 +52,7 @@ class BuiltEngine:
     device: torch.device
     dtype: torch.dtype
     checkpoint: Path | None
+    tokenizer_dir: Path | None  # the checkpoint's, or a vocabulary-matched one made for random weights
     spec: ModelSpec
     model: CausalLM
     pool: KVPool
@@ -59,6 +61,7 @@ class BuiltEngine:
     runner: ModelRunner
     parallel: ParallelStrategy
     recorder: ExpertLoadRecorder | None
+    experts_kernel: str  # the registered name of the expert kernel that runs (experts=auto resolved)
     batch_dependent_routing: bool
     max_context: int
 
@@ -107,6 +110,14 @@ def engine_groups() -> dict[str, Registry]:
         "constraint": CONSTRAINTS,
         "scheduler": SCHEDULERS,
     }
+
+
+def tokenizer_dir(cfg: DictConfig, path: Path | None) -> Path | None:
+    if path is not None:
+        return path
+    from moeframe.model.presets import ensure_tokenizer
+
+    return ensure_tokenizer(cfg.model.preset, cfg.model.cache_dir)
 
 
 def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> BuiltEngine:
@@ -189,6 +200,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         device=device,
         dtype=dtype,
         checkpoint=path,
+        tokenizer_dir=tokenizer_dir(cfg, path),
         spec=spec,
         model=model,
         pool=pool,
@@ -197,6 +209,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         runner=runner,
         parallel=parallel,
         recorder=recorder,
+        experts_kernel=kernel_name(kernel),
         batch_dependent_routing=batch_dependent,
         max_context=max_context,
     )

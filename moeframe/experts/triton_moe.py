@@ -25,6 +25,7 @@ has it (moeframe/gpu/pdl.py).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -324,9 +325,19 @@ class TritonMoEParams:
             raise ValueError(f"down_topk_sum_tokens must be >= 0, got {self.down_topk_sum_tokens}")
 
 
+def triton_interpreted() -> bool:
+    """Whether Triton will interpret kernels on the CPU (TRITON_INTERPRET, as Triton itself reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 @EXPERTS.register("triton", params=TritonMoEParams)
 class TritonFusedMoE(ExpertsKernel):
-    def __init__(self, params: TritonMoEParams, **_: object) -> None:
+    def __init__(self, params: TritonMoEParams, device: torch.device | None = None, **_: object) -> None:
+        if device is not None and device.type != "cuda" and not triton_interpreted():
+            raise ValueError(
+                f"Triton kernels need a CUDA device, and this run's device is {device.type} "
+                "(set TRITON_INTERPRET=1 to interpret them, slowly); on the CPU choose experts=auto, grouped_mm or reference"
+            )
         self.use_tuned_configs = params.use_tuned_configs
         self.single_pass_tokens = params.single_pass_tokens
         self.down_topk_sum_tokens = params.down_topk_sum_tokens

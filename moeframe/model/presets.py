@@ -6,7 +6,9 @@ top-3 routing, GQA ratios of 1, 2 and 4, per-head and full q/k norms, MLA with
 a q LoRA, grouped routing, a shared expert with and without a gate, tied
 embeddings, and an embedding padded beyond the tokenizer (as Qwen's is).
 Real presets carry the published config.json values of their hub checkpoints
-and are config-only (too big to write with random weights).
+and are config-only (too big to write with random weights): they run with
+random weights made on the device, and a tokenizer of their exact
+vocabulary made once (``ensure_tokenizer``).
 
 ``ensure_checkpoint`` writes a tiny preset once into a cache folder keyed by
 a hash of its config and the maker's format version, the way the hub cache
@@ -23,13 +25,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+import tokenizers
 import transformers
 from transformers import PretrainedConfig
 
 from moeframe.errors import ConfigError
 from moeframe.model.checkpoint_maker import FORMAT_VERSION, hub_config_dict, make_checkpoint
+from moeframe.model.tokenizer import save_tokenizer, vocab_matched_tokenizer
+
+# Bump when vocab_matched_tokenizer's rules change: cached tokenizers are keyed on it.
+TOKENIZER_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -244,17 +252,43 @@ def ensure_checkpoint(preset: str, cache_dir: str | Path | None = None) -> Path:
     spec = get_preset(preset)
     if spec.config_only:
         raise ConfigError(
-            f"model.preset: '{preset}' is config-only (real shapes, no weights); "
+            f"model.preset: '{preset}' is config-only (real shapes, no weights): run it with model.random_weights=true; "
             f"presets with weights: {', '.join(tiny_presets())}"
         )
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "checkpoints"
-    final = root / checkpoint_key(preset)
+    return made_once(
+        root / checkpoint_key(preset),
+        lambda staging: make_checkpoint(
+            preset_config(preset), staging, seed=0, tokenizer_vocab_size=spec.tokenizer_vocab_size
+        ),
+    )
+
+
+def ensure_tokenizer(preset: str, cache_dir: str | Path | None = None) -> Path:
+    """A folder with a tokenizer of exactly the preset's vocabulary and eos id, for its random-weight runs; made once.
+
+    Real shapes have no checkpoint here, so without it no text workload could
+    run on them (model/tokenizer.py says how the ids are filled).
+    """
+    config = preset_config(preset)
+    eos = config.eos_token_id
+    eos_id = int((eos[0] if isinstance(eos, (list, tuple)) else eos) if eos is not None else 0)
+    blob = json.dumps([config.vocab_size, eos_id, TOKENIZER_FORMAT_VERSION, tokenizers.__version__])
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "tokenizers"
+    return made_once(
+        root / f"tokenizer-{preset}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}",
+        lambda staging: save_tokenizer(vocab_matched_tokenizer(config.vocab_size, eos_id), staging),
+    )
+
+
+def made_once(final: Path, make: Callable[[Path], object]) -> Path:
+    """``final``, made by ``make`` into a staging folder renamed into place, so concurrent makers never see half of it."""
     if final.is_dir():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        make_checkpoint(preset_config(preset), staging, seed=0, tokenizer_vocab_size=spec.tokenizer_vocab_size)
+        make(staging)
         os.rename(staging, final)
     except OSError:
         if not final.is_dir():

@@ -5,10 +5,16 @@ download is possible, so one is trained in-process with the `tokenizers`
 library, the way GPT-2 and Qwen2 tokenizers are built (byte-level BPE, no
 unknown token). `<|endoftext|>` is id 0 and serves as bos, eos and pad;
 `<|im_start|>` / `<|im_end|>` give a ChatML chat template (Qwen's format).
+
+Real vocabularies (32k to 152k ids) are more than the sample text has merges
+for (about 10.8k), so ``vocab_matched_tokenizer`` trains what the text
+supports and fills the rest of the ids with byte strings no merge produces,
+the way Qwen pads its embedding past its tokenizer, but here every id decodes.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +28,8 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END)
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+# Merges trained for a large vocabulary: well under what the sample text yields, so every tokenizers version reaches it.
+BPE_TRAINED_MAX = 8192
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -54,6 +62,35 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}")
     return Tokenizer.from_str(_trained(vocab_size))
+
+
+def vocab_matched_tokenizer(vocab_size: int, eos_id: int) -> Tokenizer:
+    """Exactly ``vocab_size`` ids with ``<|endoftext|>`` at ``eos_id`` (the config's eos), deterministic.
+
+    Up to ``BPE_TRAINED_MAX`` ids are a trained BPE; the rest are fillers: two-
+    then three-character strings of the byte-level alphabet that are not yet
+    tokens, in a fixed order. Encoding never yields a filler (no merge makes
+    one); decoding one gives its bytes, so any id a random-weight model
+    samples decodes. The end-of-text token swaps ids with the token at
+    ``eos_id``, so the tokenizer's eos is the model's.
+    """
+    if not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos id {eos_id} is outside the vocabulary of {vocab_size}")
+    data = json.loads(train_tokenizer(min(vocab_size, BPE_TRAINED_MAX)).to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    fillers = (a + b for a in alphabet for b in alphabet)
+    fillers3 = (a + b + c for a in alphabet for b in alphabet for c in alphabet)
+    for token in itertools.chain(fillers, fillers3):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(token, len(vocab))
+    by_id = {token_id: token for token, token_id in vocab.items()}
+    old_eos, displaced = vocab[EOS_TOKEN], by_id[eos_id]
+    vocab[EOS_TOKEN], vocab[displaced] = eos_id, old_eos
+    for added in data["added_tokens"]:
+        added["id"] = vocab[added["content"]]
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:

@@ -15,11 +15,14 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import torch
+from omegaconf import OmegaConf
 
 from moeframe.config import RoutingConfig
 
 if TYPE_CHECKING:
     from moeframe.api import Engine
+
+NATIVE = {"name": "native"}
 
 
 def fidelity(router_logits: torch.Tensor, native_logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -37,9 +40,16 @@ def fidelity(router_logits: torch.Tensor, native_logits: torch.Tensor, targets: 
 
 
 def measure_fidelity(engine: "Engine", text: str, chunk_tokens: int, max_chunks: int) -> dict[str, float]:
-    """KL vs native, top-1 agreement and both perplexities over up to ``max_chunks`` chunks of ``text``."""
+    """KL vs native, top-1 agreement and both perplexities over up to ``max_chunks`` chunks of ``text``.
+
+    An engine that already routes natively with every routing axis off is its
+    own baseline: no second engine (a real-shape model and its KV pool would
+    not fit twice on one GPU).
+    """
     # native routing with every routing axis off (no temperature, skipping or pruning)
-    native = engine.variant({"router": {"name": "native"}, "routing": asdict(RoutingConfig())})
+    baseline = {"router": NATIVE, "routing": asdict(RoutingConfig())}
+    already_native = all(OmegaConf.to_container(engine.cfg[key], resolve=True) == value for key, value in baseline.items())
+    native = engine if already_native else engine.variant(baseline)
     ids = engine.encode(text)
     chunk = min(chunk_tokens, engine.built.max_context)
     totals = {"kl": 0.0, "agree": 0.0, "nll_router": 0.0, "nll_native": 0.0, "positions": 0}
@@ -48,9 +58,11 @@ def measure_fidelity(engine: "Engine", text: str, chunk_tokens: int, max_chunks:
         if len(piece) < 2:
             break
         inputs, targets = piece[:-1], torch.tensor(piece[1:])
-        part = fidelity(engine.score(inputs).cpu(), native.score(inputs).cpu(), targets)
+        logits = engine.score(inputs).cpu()
+        part = fidelity(logits, logits if already_native else native.score(inputs).cpu(), targets)
         totals = {k: totals[k] + part[k] for k in totals}
-    native.close()
+    if not already_native:
+        native.close()
     n = max(totals["positions"], 1)
     return {
         "kl_vs_native": totals["kl"] / n,

@@ -110,3 +110,21 @@ def test_batch1_cuda_graph_decode_equals_eager_under_each_decode_switch(switch: 
     assert tokens == eager.generate(ids, params)[0].token_ids
     if switch in SAME_NUMBERS:
         assert tokens == engine(path, "experts=triton", "runner.cuda_graph=true").generate(ids, params)[0].token_ids
+
+
+def test_real_shape_random_weights_run_the_default_workload_from_the_cli(tmp_path) -> None:
+    """Issue 21: OLMoE-1B-7B's shape with random weights and its made tokenizer, the fast kernels chosen by auto."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "moeframe.run", "model=olmoe-1b-7b", "model.random_weights=true", "device=cuda",
+         "workload.num_requests=4", "workload.progress=false", "runner.cuda_graph_batch_sizes=[1,2,4]",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert metrics["experts_kernel"] == "triton" and metrics["errors"] == 0
+    assert 4 <= metrics["generated_tokens"] <= 4 * 32 and metrics["fidelity_positions"] == 128

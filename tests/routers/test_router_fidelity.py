@@ -11,18 +11,27 @@ from moeframe.workloads import WORKLOADS
 from moeframe.workloads.fidelity import fidelity
 
 
-def run_fidelity(path, router: str) -> dict:
-    engine = Engine.from_overrides(
+def fidelity_engine(path, router: str) -> Engine:
+    return Engine.from_overrides(
         [f"model.path={path}", "device=cpu", "dtype=float32", f"router={router}", "workload=router_fidelity",
          "workload.progress=false", "workload.num_requests=2", "workload.max_new_tokens=4", "workload.max_chunks=2",
          "workload.chunk_tokens=48"]
     )  # fmt: skip
+
+
+def run_fidelity(path, router: str) -> dict:
+    engine = fidelity_engine(path, router)
     return WORKLOADS.build(engine.cfg.workload).run(engine)
 
 
-def test_native_router_has_zero_kl_and_full_agreement(checkpoint_factory) -> None:
-    metrics = run_fidelity(checkpoint_factory("tiny-olmoe"), "native")
-    assert metrics["kl_vs_native"] < 1e-9
+def test_native_router_is_its_own_baseline_scoring_as_a_second_native_engine_does(checkpoint_factory) -> None:
+    engine = fidelity_engine(checkpoint_factory("tiny-olmoe"), "native")
+    ids = engine.encode("Mixture-of-experts models route each token to a few experts.")
+    second = engine.variant({"router": {"name": "native"}})
+    assert torch.equal(engine.score(ids), second.score(ids))
+    second.close()
+    metrics = WORKLOADS.build(engine.cfg.workload).run(engine)
+    assert metrics["kl_vs_native"] == 0.0
     assert metrics["top1_agreement"] == 1.0
     assert math.isclose(metrics["perplexity"], metrics["perplexity_native"], rel_tol=1e-6)
 
