@@ -19,11 +19,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from moeframe.config import CONF_DIR, override_problem, unknown_choice
+from moeframe.cache.base import CacheStats
 from moeframe.engine.builder import BuiltEngine, build
 from moeframe.engine.core import EngineCore
 from moeframe.engine.pruning import expert_weight_bytes
 from moeframe.engine.request import GenerateOutput, Request, Status
 from moeframe.engine.sampling_params import SamplingParams
+from moeframe.engine.warmup import warm_up
 from moeframe.errors import ConfigError, RequestError
 
 __all__ = ["Engine", "GenerateOutput", "SamplingParams", "compose_config"]
@@ -75,6 +77,25 @@ class Engine:
             apply_bitmask=None,
         )
         self._ids = itertools.count()
+        self.warmup_s: float | None = None
+        if cfg.runner.warmup and self.built.device.type == "cuda":
+            self.warm_up()
+
+    def warm_up(self) -> float:
+        """Run engine/warmup.py's request shapes through this engine, then forget them: the cache, the step
+        counters and the expert load start from zero. Returns the seconds it took (also ``stats()["warmup_s"]``)."""
+        built = self.built
+        self.warmup_s = warm_up(
+            self.core, list(built.cfg.runner.cuda_graph_batch_sizes), built.scheduler.params.max_batch_tokens,
+            self.spec.vocab_size, built.max_context,
+        )  # fmt: skip
+        built.cache.clear()
+        built.cache.stats = CacheStats()
+        if built.recorder is not None:
+            built.recorder.reset()
+        if built.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(built.device)
+        return self.warmup_s
 
     @classmethod
     def from_overrides(cls, overrides: list[str]) -> "Engine":
@@ -219,6 +240,7 @@ class Engine:
         stats: dict[str, Any] = {
             "num_slots": built.pool.num_slots,
             "kv_bytes_per_token": built.pool.kv_bytes_per_token,
+            "warmup_s": self.warmup_s,
             "num_free_slots": built.pool.num_free_slots,
             "num_cached_tokens": built.cache.num_cached_tokens(),
             "num_running": len(built.scheduler.running),

@@ -50,6 +50,7 @@ class RunnerConfig:
     early_launch_norm: bool = False  # the add + top-k sum + RMSNorm before qkv as a Triton kernel letting qkv launch first (model/layers/early_norm.py; slower)
     l2_prefetch: bool = False  # the o projection prefetches the next layer's qkv weight into L2, weight streams load evict-first (gpu/l2_prefetch.py; slower)
     gemv_tail_prefetch: bool = False  # a prefetching GEMV's first wave prefetches the rows of its second into L2 (gpu/l2_prefetch.py; slower)
+    warmup: bool = True  # on CUDA, run every request shape once at build so no request pays a compile (engine/warmup.py)
     mla_cache: str = "decompressed"  # decompressed | latent: MLA's KV layout (model/layers/mla.py)
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
 
