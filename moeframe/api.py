@@ -24,6 +24,7 @@ from moeframe.engine.builder import BuiltEngine, build
 from moeframe.engine.core import EngineCore
 from moeframe.engine.pruning import expert_weight_bytes
 from moeframe.engine.request import GenerateOutput, Request, Status
+from moeframe.engine.route_store import SlotRoutes
 from moeframe.engine.sampling_params import SamplingParams
 from moeframe.engine.warmup import warm_up
 from moeframe.errors import ConfigError, RequestError
@@ -75,6 +76,7 @@ class Engine:
             self.built.max_context,
             jump_forward=jump_forward,
             apply_bitmask=None,
+            routes=SlotRoutes(self.built.pool.num_slots, self.built.routes.num_layers) if self.built.routes else None,
         )
         self._ids = itertools.count()
         self.warmup_s: float | None = None
@@ -150,11 +152,31 @@ class Engine:
         if len(ids) + 1 > self.built.pool.num_slots:
             raise RequestError(f"the prompt has {len(ids)} tokens but the KV pool holds only {self.built.pool.num_slots}")
         req = Request(rid=next(self._ids), prompt_ids=ids, params=params)
+        if params.return_routed_experts and self.core.routes is None:
+            raise RequestError("return_routed_experts needs an engine started with runner.routes=true")
+        if params.replay_routes is not None:
+            req.replay_ids = self.replay_ids(params.replay_routes)
         if params.seed is not None:
             req.generator = torch.Generator(device="cpu").manual_seed(params.seed)
         if params.constraint_kwargs:
             req.constraint = self.constraint_state(params)
         return req
+
+    def replay_ids(self, routes: Any) -> torch.Tensor:
+        """Routes to follow as [n, MoE layers, k] int64, checked against the model (router=replay only)."""
+        if not self.built.runner.replays_routes:
+            raise RequestError("replay_routes needs router=replay")
+        try:
+            ids = torch.as_tensor(routes, dtype=torch.int64).cpu()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise RequestError(f"replay_routes must be integers laid out [tokens, MoE layers, k]: {err}") from None
+        moe = self.spec.moe
+        num_layers = sum(self.spec.sparse_layers)
+        if ids.dim() != 3 or ids.shape[1] != num_layers or ids.shape[2] < 1:
+            raise RequestError(f"replay_routes must be laid out [tokens, {num_layers} MoE layers, k], got {list(ids.shape)}")
+        if ((ids < -1) | (ids >= moe.num_experts)).any():
+            raise RequestError(f"replay_routes ids must be experts in [0, {moe.num_experts}) or -1")
+        return ids
 
     def constraint_state(self, params: SamplingParams) -> Any:
         """A fresh state of the request's compiled constraint; RequestError if it cannot start any output.

@@ -52,6 +52,8 @@ class RunnerConfig:
     gemv_tail_prefetch: bool = False  # a prefetching GEMV's first wave prefetches the rows of its second into L2 (gpu/l2_prefetch.py; slower)
     warmup: bool = True  # on CUDA, run every request shape once at build so no request pays a compile (engine/warmup.py)
     mla_cache: str = "decompressed"  # decompressed | latent: MLA's KV layout (model/layers/mla.py)
+    routes: bool = False  # record each token's experts per MoE layer, for SamplingParams.return_routed_experts (model/layers/routes.py)
+    routes_weights: bool = False  # with routes, also their weights
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
 
 
@@ -134,6 +136,8 @@ def validate(cfg: DictConfig) -> None:
     resolve_dtype(cfg.dtype, device)
     if cfg.runner.attention not in ("auto", "torch", "triton"):
         raise ConfigError(f"runner.attention: unknown choice '{cfg.runner.attention}'; valid choices: auto, torch, triton")
+    if cfg.runner.routes_weights and not cfg.runner.routes:
+        raise ConfigError("runner.routes_weights: routes' weights are recorded only with runner.routes=true")
     if cfg.model.path is None and cfg.model.preset is None:
         raise ConfigError("model: give model.path=DIR or model.preset=NAME")
     check_server(cfg.server)

@@ -32,6 +32,7 @@ from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.early_norm import set_early_launch_norm
 from moeframe.model.layers.fusion import set_compile
 from moeframe.model.layers.moe import MoEBlock
+from moeframe.model.layers.routes import RouteBuffer
 from moeframe.model.layers.small_gemv import set_decode_gemv
 from moeframe.model.layers.mla import with_mla_cache
 from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
@@ -62,6 +63,7 @@ class BuiltEngine:
     parallel: ParallelStrategy
     recorder: ExpertLoadRecorder | None
     experts_kernel: str  # the registered name of the expert kernel that runs (experts=auto resolved)
+    routes: RouteBuffer | None
     batch_dependent_routing: bool
     max_context: int
 
@@ -184,15 +186,24 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device)
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)
-    runner = ModelRunner(model, pool, device, cfg.runner.attention, cfg.runner.overlap)
+    routes = None
+    if cfg.runner.routes:
+        if not spec.is_moe:
+            raise ConfigError("runner.routes: this model has no MoE layers, so no routes to record")
+        moe_layers = [i for i, sparse in enumerate(spec.sparse_layers) if sparse]
+        step_tokens = max(policy.params.max_batch_tokens, *cfg.runner.cuda_graph_batch_sizes)
+        routes = RouteBuffer(moe_layers, step_tokens, device, weights=cfg.runner.routes_weights)
+    replays = any(r.replays_routes for r in routers.values())
+    runner = ModelRunner(model, pool, device, cfg.runner.attention, cfg.runner.overlap, routes, replays)
     if routing.prune_experts is not None:
         token_ids = calibration_token_ids(path, routing.calibration_text, routing.calibration_tokens)
         prune(model, calibrate(model, cache, pool, runner.forward, token_ids, routing.prune_by), routing.prune_experts)
         if recorder is not None:
             recorder.reset()  # the calibration's forwards are not the run's
     batch_dependent = any(r.batch_dependent for r in routers.values())
-    # Padding rows would join a batch-dependent router's choice, so those run eagerly.
-    capturable = not batch_dependent and parallel.cuda_graph_safe and cfg.runner.attention != "torch"
+    # Padding rows would join a batch-dependent router's choice, and a graph cannot take routes to
+    # follow step by step, so those run eagerly.
+    capturable = not batch_dependent and not replays and parallel.cuda_graph_safe and cfg.runner.attention != "torch"
     if device.type == "cuda" and cfg.runner.cuda_graph and capturable:
         runner.capture_cuda_graphs(list(cfg.runner.cuda_graph_batch_sizes), max_context)
     return BuiltEngine(
@@ -210,6 +221,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         parallel=parallel,
         recorder=recorder,
         experts_kernel=kernel_name(kernel),
+        routes=routes,
         batch_dependent_routing=batch_dependent,
         max_context=max_context,
     )

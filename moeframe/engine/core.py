@@ -23,6 +23,11 @@ its batches are the same: a request that arrives while a step is in flight
 joins one step later, which changes nothing for greedy and seeded rows but
 hands unseeded rows, which share the global generator in batch order,
 different draws.
+
+With routes recorded (``runner.routes``), each step's routes are copied to
+the host beside its token ids and stored per KV slot (engine/route_store.py)
+in the order the steps ran, before its tokens are appended; a request that
+asked for them reads its slots' rows when it ends (``routes_of``).
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from moeframe.engine.constrained import forced_run, mask_constrained
 from moeframe.engine.detokenizer import Detokenize, IncrementalDetokenizer
-from moeframe.engine.model_runner import ModelRunner, StepLogits
+from moeframe.engine.model_runner import HostRoutes, ModelRunner, StepLogits
 from moeframe.engine.request import Request, Status
+from moeframe.engine.route_store import SlotRoutes
 from moeframe.engine.sampler import Draw, sample, to_device, token_logprobs
 from moeframe.engine.scheduler import ScheduledBatch, Scheduler
 
@@ -63,6 +70,7 @@ class LaunchedStep:
 
     scheduled: ScheduledBatch
     out: StepLogits
+    out_slots: np.ndarray | None = None  # the KV slot of each token of the step, when routes are stored
 
 
 class EngineCore:
@@ -75,6 +83,7 @@ class EngineCore:
         max_context: int,
         jump_forward: bool = False,
         apply_bitmask: Callable | None = None,
+        routes: SlotRoutes | None = None,
     ) -> None:
         self.scheduler, self.runner = scheduler, runner
         self.detokenize = detokenize
@@ -83,6 +92,7 @@ class EngineCore:
         self.max_context = max_context
         self.jump_forward = jump_forward
         self.apply_bitmask = apply_bitmask
+        self.routes = routes
         self.stats = StepStats()
         self.requests: dict[int, Request] = {}
         self.in_flight: LaunchedStep | None = None  # launched ahead by the last step, processed by the next
@@ -114,16 +124,17 @@ class EngineCore:
                 return self.unblock()
             launched = self.launch(scheduled)
         ready = self.count_tokens(launched.scheduled)
-        if not ready:
-            return []
-        rows = self.ahead_rows(launched.scheduled, ready)
+        rows = self.ahead_rows(launched.scheduled, ready) if ready else None
         if rows is None:
-            return self.sample_and_update(launched, ready)
+            self.store_routes(launched)
+            return self.sample_and_update(launched, ready) if ready else []
         reqs = [launched.scheduled.requests[i] for i in ready]
         draw = self.sample_on_device(launched, ready)
         flags = draw.ids if draw.invalid is None else torch.cat([draw.ids, draw.invalid.long()])
         host_ids = self.runner.read_back(flags)
+        host_routes = self.runner.read_back_routes(launched.out.routes) if launched.out.routes is not None else None
         self.launch_ahead(reqs, [launched.scheduled.requests[i] for i in rows], draw.ids)
+        self.store_routes(launched, host_routes)
         read = host_ids.tolist()
         tokens, invalid = read[: len(reqs)], read[len(reqs) :]
         self.update(reqs, tokens, {j: NON_FINITE for j, bad in enumerate(invalid) if bad})
@@ -131,7 +142,29 @@ class EngineCore:
 
     def launch(self, scheduled: ScheduledBatch, input_ids: torch.Tensor | None = None) -> LaunchedStep:
         self.stats.forward_steps += 1
-        return LaunchedStep(scheduled, self.runner.run(scheduled, input_ids))
+        out_slots = self.step_slots(scheduled) if self.routes is not None else None
+        return LaunchedStep(scheduled, self.runner.run(scheduled, input_ids), out_slots)
+
+    @staticmethod
+    def step_slots(scheduled: ScheduledBatch) -> np.ndarray:
+        """The slot each token of the step writes, in the step's token order (taken at launch: the cache may
+        swap a request's slots for equal cached ones before the step is processed)."""
+        return np.fromiter(
+            (slot for req, n in zip(scheduled.requests, scheduled.num_new_tokens) for slot in req.slots[len(req.slots) - n :]),
+            dtype=np.int64,
+        )
+
+    def store_routes(self, launched: LaunchedStep, host: HostRoutes | None = None) -> None:
+        """Store a step's routes by slot once they reach the host (``host``: a copy already started)."""
+        if self.routes is None or launched.out.routes is None:
+            return
+        host = host or self.runner.read_back_routes(launched.out.routes)
+        ids, weights = host.wait()
+        self.routes.scatter(launched.out_slots, ids, weights)
+
+    def routes_of(self, req: Request, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The routes of the request's tokens from ``start`` up to those whose routes are final (``num_routed``)."""
+        return self.routes.gather(req.slots[start : req.num_routed])
 
     def count_tokens(self, scheduled: ScheduledBatch) -> list[int]:
         """Count the step's tokens; the rows whose request samples its next token now."""
@@ -305,6 +338,8 @@ class EngineCore:
         return None
 
     def finish(self, req: Request, reason: str, error: str | None = None) -> None:
+        if req.params.return_routed_experts and self.routes is not None:
+            req.routed_experts, req.routed_expert_weights = self.routes_of(req)
         self.scheduler.finish(req)
         req.finish_reason = reason
         if error is not None:

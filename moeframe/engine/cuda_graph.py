@@ -45,6 +45,7 @@ from moeframe.cache.pool import KVPool
 from moeframe.engine.greedy import argmax_rows
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.context import AttendFn, ForwardContext
+from moeframe.model.layers.routes import RouteBuffer, StepRoutes
 
 ALIGN = 16  # int64 elements: every input starts on a 128-byte boundary
 
@@ -121,13 +122,23 @@ class CudaGraphRunner:
     read back on another (ModelRunner.read_back) while step n + 1 runs: between
     two greedy replays the compute stream waits on an event, with no copy of its own.
     The padding rows of such a step keep the ids the argmax left there (token
-    ids all the same: padding rows touch the scratch slot only).
+    ids all the same: padding rows touch the scratch slot only). With a
+    RouteBuffer the graph of buffer s also writes its routes into half s.
     """
 
     def __init__(
-        self, model: CausalLM, pool: KVPool, attend: AttendFn, batch_sizes: list[int], max_context: int, device: torch.device
+        self,
+        model: CausalLM,
+        pool: KVPool,
+        attend: AttendFn,
+        batch_sizes: list[int],
+        max_context: int,
+        device: torch.device,
+        routes: RouteBuffer | None = None,
+        moe_index: dict[int, int] | None = None,
     ) -> None:
         self.model, self.pool, self.attend = model, pool, attend
+        self.routes = None if routes is None else StepRoutes(moe_index or {}, routes)
         self.batch_sizes = sorted(set(batch_sizes))
         max_bs = self.batch_sizes[-1]
         scratch = pool.alloc(1)
@@ -173,7 +184,9 @@ class CudaGraphRunner:
         )
 
     def forward_static(self, bs: int, side: int) -> torch.Tensor:
-        ctx = ForwardContext(self.static_batch(bs, side), self.pool.k, self.pool.v, self.attend)
+        if self.routes is not None:
+            self.routes.record.use(side)
+        ctx = ForwardContext(self.static_batch(bs, side), self.pool.k, self.pool.v, self.attend, self.routes)
         return self.model(ctx)
 
     @torch.inference_mode()

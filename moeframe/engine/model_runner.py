@@ -11,6 +11,12 @@ launched before step n's tokens reach the host, and ``read_back`` copies
 step n's ids into pinned memory on a stream of its own, so reading them
 waits for step n alone and step n+1 does not wait for the copy (vLLM v1's
 async output copy, SGLang's overlap scheduler).
+
+With ``runner.routes`` the MoE layers write each step's routes into the
+runner's RouteBuffer (model/layers/routes.py), eager and captured steps
+alike; ``read_back_routes`` copies them to the host on the same side
+stream. A router that follows given routes (``router=replay``) gets each
+step's rows of them from its requests (``replay_inputs``).
 """
 
 from __future__ import annotations
@@ -29,12 +35,35 @@ from moeframe.engine.request import Request
 from moeframe.engine.scheduler import ScheduledBatch
 from moeframe.model.causal_lm import CausalLM
 from moeframe.model.layers.context import ForwardContext
+from moeframe.model.layers.routes import RouteBuffer, StepRoutes
 
 
 @dataclass
 class StepLogits:
     logits: torch.Tensor  # [B, V] float32, one row per scheduled request
     argmax: torch.Tensor | None = None  # [B] logits.argmax(-1), when the CUDA graph computed it already
+    routes: RoutesOnDevice | None = None  # the step's routes, when the runner records them
+
+
+@dataclass
+class RoutesOnDevice:
+    """A step's routes in one half of the RouteBuffer: ids [T, L, k] and weights (or None)."""
+
+    ids: torch.Tensor
+    weights: torch.Tensor | None
+    half: int
+
+
+class HostRoutes:
+    """A step's routes on their way to the host; ``wait`` returns them once copied."""
+
+    def __init__(self, ids: torch.Tensor, weights: torch.Tensor | None, copied: torch.cuda.Event | None = None) -> None:
+        self.ids, self.weights, self.copied = ids, weights, copied
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.ids, self.weights
 
 
 class HostIds:
@@ -51,7 +80,14 @@ class HostIds:
 
 class ModelRunner:
     def __init__(
-        self, model: CausalLM, pool: KVPool, device: torch.device, attention: str = "auto", overlap: bool = True
+        self,
+        model: CausalLM,
+        pool: KVPool,
+        device: torch.device,
+        attention: str = "auto",
+        overlap: bool = True,
+        routes: RouteBuffer | None = None,
+        replays_routes: bool = False,
     ) -> None:
         self.model, self.pool, self.device = model, pool, device
         self.attend = get_attention_backend(attention, device)
@@ -60,6 +96,12 @@ class ModelRunner:
         self.pinned_ids: torch.Tensor | None = None
         self.ids_copied: torch.cuda.Event | None = None
         self.readback_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.routes = routes  # where each step's routes go (runner.routes), or None
+        self.replays_routes = replays_routes  # whether the routers follow routes given per request
+        self.moe_index = {i: j for j, i in enumerate(i for i, sparse in enumerate(model.spec.sparse_layers) if sparse)}
+        self.routes_half = 1  # the RouteBuffer half the last step wrote
+        self.routes_copied = [torch.cuda.Event() for _ in range(2)] if routes is not None and device.type == "cuda" else None
+        self.pinned_routes: list[torch.Tensor | None] = [None, None]  # ids, weights
 
     def capture_cuda_graphs(self, batch_sizes: list[int], max_context: int) -> None:
         """Capture decode for these batch sizes (CUDA only); later decode steps replay them.
@@ -68,7 +110,9 @@ class ModelRunner:
         captured: the runner then stays eager and says so.
         """
         try:
-            self.graphs = CudaGraphRunner(self.model, self.pool, self.attend, batch_sizes, max_context, self.device)
+            self.graphs = CudaGraphRunner(
+                self.model, self.pool, self.attend, batch_sizes, max_context, self.device, self.routes, self.moe_index
+            )
         except RuntimeError as err:
             warnings.warn(f"CUDA-graph capture failed, decoding eagerly: {str(err).splitlines()[0]}", stacklevel=2)
             self.graphs = None
@@ -98,11 +142,79 @@ class ModelRunner:
         """
         graphs = self.graphs
         if graphs is not None and len(scheduled.requests) <= graphs.max_batch_size and all(n == 1 for n in scheduled.num_new_tokens):
-            return StepLogits(*graphs.replay_decode(*self.decode_inputs(scheduled.requests), input_ids, self.ids_copied))
+            half = self.take_routes_half(graphs.side)  # the graph of buffer s writes routes half s
+            out = graphs.replay_decode(*self.decode_inputs(scheduled.requests), input_ids, self.ids_copied)
+            return StepLogits(*out, routes=self.step_routes_out(half, len(scheduled.requests)))
         batch = self.make_batch(scheduled)
         if input_ids is not None:
             batch.input_ids = input_ids
-        return StepLogits(self.forward(batch))
+        replay = self.replay_inputs(scheduled) if self.replays_routes else None
+        if self.routes is None and replay is None:
+            return StepLogits(self.forward(batch))
+        half = self.take_routes_half(1 - self.routes_half) if self.routes is not None else 0
+        logits = self.forward(batch, StepRoutes(self.moe_index, self.routes, replay))
+        return StepLogits(logits, routes=self.step_routes_out(half, batch.num_tokens))
+
+    def take_routes_half(self, half: int) -> int:
+        """Let the next step write RouteBuffer half ``half`` once the last copy out of it is done."""
+        if self.routes is None:
+            return half
+        if self.routes_copied is not None:
+            torch.cuda.current_stream().wait_event(self.routes_copied[half])
+        self.routes.use(half)
+        self.routes_half = half
+        return half
+
+    def step_routes_out(self, half: int, num_tokens: int) -> RoutesOnDevice | None:
+        if self.routes is None:
+            return None
+        return RoutesOnDevice(*self.routes.view(half, num_tokens), half)
+
+    def replay_inputs(self, scheduled: ScheduledBatch) -> torch.Tensor | None:
+        """The step's routes to follow [T, L, k] from its requests' ``replay_ids``; None if no request gives any.
+
+        A token past a request's given routes gets a row of -1 (routed natively).
+        """
+        given = [req.replay_ids for req in scheduled.requests]
+        if all(ids is None for ids in given):
+            return None
+        width = next(ids for ids in given if ids is not None).shape[1:]
+        rows = []
+        for req, ids, n in zip(scheduled.requests, given, scheduled.num_new_tokens):
+            start = len(req.slots) - n
+            part = torch.full((n, *width), -1, dtype=torch.int64)
+            if ids is not None and start < ids.shape[0]:
+                taken = ids[start : start + n]
+                part[: taken.shape[0]] = taken
+            rows.append(part)
+        return torch.cat(rows).to(self.device, non_blocking=True)
+
+    def read_back_routes(self, routes: RoutesOnDevice) -> HostRoutes:
+        """Start copying a step's routes to the host, off the compute stream (as ``read_back``).
+
+        The next step that writes the same half waits for this copy
+        (``take_routes_half``); on the CPU the routes are cloned, since the
+        next step writes over them before the host stores these.
+        """
+        if routes.ids.device.type != "cuda" or self.readback_stream is None:
+            return HostRoutes(routes.ids.clone(), None if routes.weights is None else routes.weights.clone())
+        hosts = []
+        for i, tensor in enumerate((routes.ids, routes.weights)):
+            if tensor is None:
+                hosts.append(None)
+                continue
+            pinned = self.pinned_routes[i]
+            if pinned is None or pinned.numel() < tensor.numel():
+                pinned = self.pinned_routes[i] = torch.empty(max(tensor.numel(), 1 << 16), dtype=tensor.dtype, pin_memory=True)
+            hosts.append(pinned[: tensor.numel()].view(tensor.shape))
+        stream = self.readback_stream
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for host, tensor in zip(hosts, (routes.ids, routes.weights)):
+                if tensor is not None:
+                    host.copy_(tensor, non_blocking=True)
+            self.routes_copied[routes.half].record()
+        return HostRoutes(hosts[0], hosts[1], self.routes_copied[routes.half])
 
     def read_back(self, ids: torch.Tensor) -> HostIds:
         """Start copying ``ids`` [B] to the host once the work queued so far is done, off the compute stream.
@@ -129,8 +241,9 @@ class ModelRunner:
         return HostIds(host, self.ids_copied)
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        if self.graphs is not None and self.graphs.can_run(batch):
+    def forward(self, batch: ForwardBatch, routes: StepRoutes | None = None) -> torch.Tensor:
+        """Logits of a batch; ``routes``: what the forward records and follows (a served step's; None for scoring)."""
+        if routes is None and self.graphs is not None and self.graphs.can_run(batch):
             return self.graphs.replay(batch)
-        ctx = ForwardContext(batch=batch, k_cache=self.pool.k, v_cache=self.pool.v, attend=self.attend)
+        ctx = ForwardContext(batch=batch, k_cache=self.pool.k, v_cache=self.pool.v, attend=self.attend, routes=routes)
         return self.model(ctx)

@@ -37,6 +37,11 @@ class GenerateOutput:
     error: str | None = None
     ttft_s: float | None = None
     latency_s: float | None = None
+    # SamplingParams.return_routed_experts: [tokens, MoE layers, k] expert ids (int32) of every token the
+    # model computed, in order: the prompt, then each generated token but the last (no step reads it);
+    # the weights beside them when the engine records them (runner.routes_weights)
+    routed_experts: torch.Tensor | None = None
+    routed_expert_weights: torch.Tensor | None = None
 
 
 @dataclass(eq=False)  # requests are compared by identity: queues test membership often
@@ -62,6 +67,9 @@ class Request:
     token_times_s: list[float] = field(default_factory=list)
     finished_s: float | None = None
     num_preemptions: int = 0
+    replay_ids: torch.Tensor | None = None  # [n, L, k] int64 routes to follow (router=replay), from SamplingParams
+    routed_experts: torch.Tensor | None = None  # set when it ends, if asked for
+    routed_expert_weights: torch.Tensor | None = None
     # Trailing output_ids that are PLACEHOLDER_ID: tokens being computed when the next step was
     # scheduled (vLLM v1's num_output_placeholders). Only within one engine step, 0 between steps.
     num_placeholders: int = 0
@@ -128,4 +136,11 @@ class Request:
             error=self.error,
             ttft_s=None if self.first_token_s is None else self.first_token_s - self.arrival_s,
             latency_s=end - self.arrival_s,
+            routed_experts=self.routed_experts,
+            routed_expert_weights=self.routed_expert_weights,
         )
+
+    @property
+    def num_routed(self) -> int:
+        """Tokens whose routes are final: the computed ones, short of a token fed only to a step still ahead."""
+        return min(len(self.slots), self.num_tokens - 1)

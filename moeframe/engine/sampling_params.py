@@ -44,6 +44,10 @@ class SamplingParams:
     choices: list[str] | None = None
     grammar: str | None = None
     structural_tag: StructuralTag | None = None  # tagged JSON segments, e.g. tool calls
+    # routes as data: return each computed token's experts per MoE layer (needs runner.routes=true);
+    # follow given routes [tokens, MoE layers, k] (needs router=replay), in the layout routed_experts returns
+    return_routed_experts: bool = False
+    replay_routes: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -71,6 +75,8 @@ class SamplingParams:
             raise RequestError("stop_token_ids must be a list of integers")
         if not isinstance(self.ignore_eos, bool) or not isinstance(self.json_object, bool):
             raise RequestError("ignore_eos and json_object must be booleans")
+        if not isinstance(self.return_routed_experts, bool):
+            raise RequestError(f"return_routed_experts must be true or false, got {self.return_routed_experts!r}")
 
     @property
     def constraint_kwargs(self) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class DecoderLayer(nn.Module):
             h = self.self_attn(x, positions, ctx)
         if self.is_sparse:
             # The post-attention norm runs inside the router's gate launch where it has one (CUDA decode).
-            return self.mlp.forward_residual(h, residual, self.post_attention_layernorm, ctx.batch.input_ids, positions)
+            return self.mlp.forward_residual(h, residual, self.post_attention_layernorm, ctx.batch.input_ids, positions, ctx.routes)
         x, residual = self.post_attention_layernorm.add_forward(h, residual)
         return self.mlp(x), residual
 

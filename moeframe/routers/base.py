@@ -34,6 +34,7 @@ class RouteContext:
     token_ids: torch.Tensor | None = None
     correction_bias: torch.Tensor | None = None
     positions: torch.Tensor | None = None  # each token's position in its sequence
+    replay_ids: torch.Tensor | None = None  # [T, k] ids to follow, -1 rows where none is given (router=replay)
 
 
 class NormedRouting(NamedTuple):
@@ -52,6 +53,9 @@ class Router(ABC):
     # False for a router whose plan ignores the gate logits (hash, random): a step on
     # the logits (routing.temperature, expert pruning) cannot act on it and is refused.
     reads_gate_logits: bool = True
+    # True when the router follows given routes (RouteContext.replay_ids): the runner then
+    # builds them per step from the requests, and decodes eagerly (a graph's inputs are fixed).
+    replays_routes: bool = False
 
     @abstractmethod
     def route(self, gate_logits: torch.Tensor, ctx: RouteContext) -> RoutingPlan:

@@ -8,6 +8,7 @@ import torch
 
 from moeframe.attention import AttendFn, QKVPrologue, attend_with_prologue
 from moeframe.attention.batch import ForwardBatch
+from moeframe.model.layers.routes import StepRoutes
 
 
 @dataclass
@@ -16,6 +17,7 @@ class ForwardContext:
     k_cache: list[torch.Tensor]  # per layer [S, Hkv, Dk]
     v_cache: list[torch.Tensor]  # per layer [S, Hkv, Dv]
     attend: AttendFn
+    routes: StepRoutes | None = None  # where the MoE layers record routes, and routes they follow
 
     def attend_prologue(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prologue: QKVPrologue, layer_idx: int, scale: float

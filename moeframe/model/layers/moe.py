@@ -20,6 +20,7 @@ from torch import nn
 
 from moeframe.experts.base import ExpertsKernel
 from moeframe.model.layers.mlp import GatedMLP
+from moeframe.model.layers.routes import StepRoutes
 from moeframe.model.layers.topk_sum import MoEOutput, plus, reduced
 from moeframe.model.spec import MoESpec
 from moeframe.routers.base import RouteContext, Router
@@ -100,6 +101,7 @@ class MoEBlock(nn.Module):
         norm: nn.Module,
         token_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        routes: StepRoutes | None = None,
     ) -> tuple[MoEOutput, torch.Tensor]:
         """(self(norm(h + residual)), h + residual): the block with the residual add and norm before it.
 
@@ -107,14 +109,21 @@ class MoEBlock(nn.Module):
         softmax routing fold it into their gate launch on CUDA decode batches;
         elsewhere it is ``norm.add_forward`` then ``forward``, number for number.
         The output's top-k sum may be pending: ``RMSNorm.add_forward`` takes it.
+        ``routes``: the forward's routes to record and to follow (model/layers/routes.py).
         """
-        ctx = self._route_context(token_ids, positions)
+        replay = None if routes is None else routes.replay_ids(self.layer_idx)
+        ctx = self._route_context(token_ids, positions, replay)
         routed = self.router.route_residual(h, residual, norm, self.gate.weight, ctx)
-        return self._run(routed.hidden_states, routed.plan), routed.residual
+        out = self._run(routed.hidden_states, routed.plan)
+        if routes is not None and routes.record is not None:
+            routes.record.record(self.layer_idx, routed.plan)
+        return out, routed.residual
 
-    def _route_context(self, token_ids: torch.Tensor | None, positions: torch.Tensor | None) -> RouteContext:
+    def _route_context(
+        self, token_ids: torch.Tensor | None, positions: torch.Tensor | None, replay_ids: torch.Tensor | None = None
+    ) -> RouteContext:
         bias = self.e_score_correction_bias if self.spec.has_correction_bias else None
-        return RouteContext(token_ids=token_ids, correction_bias=bias, positions=positions)
+        return RouteContext(token_ids=token_ids, correction_bias=bias, positions=positions, replay_ids=replay_ids)
 
     def _run(self, x: torch.Tensor, plan: RoutingPlan) -> MoEOutput:
         rows = plan if self.expert_rows is None else RoutingPlan(self.expert_rows[plan.topk_ids], plan.topk_weights)
