@@ -154,8 +154,11 @@ class Engine:
         req = Request(rid=next(self._ids), prompt_ids=ids, params=params)
         if params.return_routed_experts and self.core.routes is None:
             raise RequestError("return_routed_experts needs an engine started with runner.routes=true")
-        if params.replay_routes is not None:
-            req.replay_ids = self.replay_ids(params.replay_routes)
+        replay = params.replay_routes
+        if replay is None and self.built.replay_file is not None:
+            replay = self.built.replay_file.lookup(ids)
+        if replay is not None:
+            req.replay_ids = self.replay_ids(replay)
         if params.seed is not None:
             req.generator = torch.Generator(device="cpu").manual_seed(params.seed)
         if params.constraint_kwargs:

@@ -131,6 +131,8 @@ def save_outputs(engine: Engine, path: Path, logger: RunLogger) -> None:
                 "cached_tokens": req.cached_tokens or 0,
                 "text": req.text,
             }
+            if req.routed_experts is not None:
+                line["routed_experts"] = req.routed_experts.tolist()
             out.write(json.dumps(line) + "\n")
             rows.append([req.rid, len(req.prompt_ids), len(req.output_ids), req.cached_tokens or 0, req.finish_reason, req.text])
     logger.log_file(path)

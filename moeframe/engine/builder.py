@@ -42,6 +42,7 @@ from moeframe.registry import Registry
 from moeframe.routers import ROUTERS, Router
 from moeframe.routers.adjust import Adjustments, adjusted
 from moeframe.routers.gate_topk import set_fused_norm
+from moeframe.routers.replay import ReplayParams, RoutesFile
 from moeframe.telemetry.expert_load import ExpertLoadRecorder
 
 CPU_DEFAULT_SLOTS = 16384
@@ -64,6 +65,7 @@ class BuiltEngine:
     recorder: ExpertLoadRecorder | None
     experts_kernel: str  # the registered name of the expert kernel that runs (experts=auto resolved)
     routes: RouteBuffer | None
+    replay_file: RoutesFile | None  # router=replay's routes file, looked up by prompt
     batch_dependent_routing: bool
     max_context: int
 
@@ -120,6 +122,13 @@ def tokenizer_dir(cfg: DictConfig, path: Path | None) -> Path | None:
     from moeframe.model.presets import ensure_tokenizer
 
     return ensure_tokenizer(cfg.model.preset, cfg.model.cache_dir)
+
+
+def replay_file(cfg: DictConfig) -> RoutesFile | None:
+    _, params = ROUTERS.parse_params(cfg.router)
+    if isinstance(params, ReplayParams) and params.routes_file is not None:
+        return RoutesFile(params.routes_file)
+    return None
 
 
 def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> BuiltEngine:
@@ -222,6 +231,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         recorder=recorder,
         experts_kernel=kernel_name(kernel),
         routes=routes,
+        replay_file=replay_file(cfg),
         batch_dependent_routing=batch_dependent,
         max_context=max_context,
     )

@@ -69,6 +69,7 @@ class AdjustedRouter(Router):
             )
         self.base, self.adjustments = base, adjustments
         self.batch_dependent = base.batch_dependent
+        self.replays_routes = base.replays_routes
         self.logit_mask: torch.Tensor | None = None  # [E] float32: 0 for kept experts, -inf for pruned ones
 
     def keep_only(self, kept: torch.Tensor, num_experts: int) -> None:

@@ -96,7 +96,10 @@ def drive(
     while pending or in_flight:
         while pending and (limit is None or len(in_flight) < limit):
             sub = pending.popleft()
-            req = engine.add_request(sub.prompt_ids, params.sampling(len(run.requests)))
+            sampling = params.sampling(len(run.requests))
+            # an engine that records routes returns them for every request (outputs.jsonl keeps them)
+            sampling.return_routed_experts = engine.core.routes is not None
+            req = engine.add_request(sub.prompt_ids, sampling)
             in_flight[req.rid] = (req, sub)
             run.requests.append(req)
             run.submissions.append(sub)
