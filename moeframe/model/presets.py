@@ -8,7 +8,10 @@ embeddings, and an embedding padded beyond the tokenizer (as Qwen's is).
 Real presets carry the published config.json values of their hub checkpoints
 and are config-only (too big to write with random weights): they run with
 random weights made on the device, and a tokenizer of their exact
-vocabulary made once (``ensure_tokenizer``).
+vocabulary made once (``ensure_tokenizer``). Trained presets (``trained-*``)
+are checkpoints trained here by tools/train_moe.py: the tiny ones ship in
+moeframe/data/checkpoints/, the GPU-sized one is trained into the cache; they
+are the ones whose perplexity and routing mean something.
 
 ``ensure_checkpoint`` writes a tiny preset once into a cache folder keyed by
 a hash of its config and the maker's format version, the way the hub cache
@@ -210,12 +213,17 @@ def tiny_presets() -> list[str]:
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ConfigError(f"model.preset: unknown preset '{name}'; valid presets: {', '.join(sorted(PRESETS))}")
+        valid = sorted(PRESETS) + sorted(TRAINED_PRESETS)
+        raise ConfigError(f"model.preset: unknown preset '{name}'; valid presets: {', '.join(valid)}")
     return PRESETS[name]
 
 
 def preset_config(name: str) -> PretrainedConfig:
-    """The transformers config of a preset (tiny or real)."""
+    """The transformers config of a preset (tiny, real, or trained: read from its checkpoint)."""
+    if name in TRAINED_PRESETS:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(ensure_checkpoint(name)))
     preset = get_preset(name)
     return getattr(transformers, preset.config_class)(**preset.kwargs)
 
@@ -247,8 +255,40 @@ def checkpoint_key(name: str) -> str:
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+# Checkpoints trained by tools/train_moe.py (recipes in moeframe/training/recipes.py; each folder's
+# README.md is its model card). "shipped": in moeframe/data/checkpoints/, so no run trains them;
+# "cache": trained on a GPU into $MOEFRAME_CACHE/trained/ (too big to ship).
+TRAINED_PRESETS: dict[str, str] = {
+    "trained-tiny-olmoe": "shipped",
+    "trained-olmoe-small": "cache",
+}
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+
+
+def trained_presets(where: str | None = None) -> list[str]:
+    return sorted(name for name, kind in TRAINED_PRESETS.items() if where is None or kind == where)
+
+
+def trained_checkpoint_dir(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Where a trained preset's checkpoint lives (and where tools/train_moe.py writes it by default).
+
+    A "cache" preset is looked up under ``cache_dir`` (model.cache_dir) when given.
+    """
+    if TRAINED_PRESETS.get(name) == "shipped":
+        return SHIPPED_CHECKPOINTS / name
+    return (Path(cache_dir) if cache_dir is not None else cache_root() / "trained") / name
+
+
 def ensure_checkpoint(preset: str, cache_dir: str | Path | None = None) -> Path:
-    """The folder of a tiny preset's checkpoint (seed 0), made on first use."""
+    """The folder of a preset's checkpoint: a trained one's, or a tiny random one's (seed 0) made on first use."""
+    if preset in TRAINED_PRESETS:
+        folder = trained_checkpoint_dir(preset, cache_dir)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(
+                f"model.preset: the trained checkpoint '{preset}' is not at {folder}; train it with "
+                f"`python tools/train_moe.py --recipe {preset}` (add --device cuda for a GPU) or give model.path=DIR"
+            )
+        return folder
     spec = get_preset(preset)
     if spec.config_only:
         raise ConfigError(

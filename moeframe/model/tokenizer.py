@@ -1,4 +1,4 @@
-"""A byte-level BPE tokenizer trained here, on the shipped sample text.
+"""A byte-level BPE tokenizer trained here: on the shipped sample text, or on a training corpus.
 
 Tiny checkpoints need a real tokenizer of an exact vocabulary size, and no hub
 download is possible, so one is trained in-process with the `tokenizers`
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,8 +40,10 @@ CHATML_TEMPLATE = (
 )
 
 
-@lru_cache(maxsize=None)
-def _trained(vocab_size: int) -> str:
+def train_bpe(texts: Iterator[str] | list[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of at most ``vocab_size`` tokens trained on ``texts``, with moeframe's special tokens."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -50,7 +53,13 @@ def _trained(vocab_size: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(sample_text().split("\n\n"), trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+@lru_cache(maxsize=None)
+def _trained(vocab_size: int) -> str:
+    tokenizer = train_bpe(sample_text().split("\n\n"), vocab_size)
     got = tokenizer.get_vocab_size()
     if got != vocab_size:
         raise ValueError(f"the sample text yields {got} BPE tokens, not the {vocab_size} asked for")
@@ -58,9 +67,7 @@ def _trained(vocab_size: int) -> str:
 
 
 def train_tokenizer(vocab_size: int) -> Tokenizer:
-    """A byte-level BPE of exactly ``vocab_size`` tokens; trained once per size per process."""
-    if vocab_size < MIN_VOCAB_SIZE:
-        raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}")
+    """A byte-level BPE of exactly ``vocab_size`` tokens on the sample text; trained once per size per process."""
     return Tokenizer.from_str(_trained(vocab_size))
 
 
