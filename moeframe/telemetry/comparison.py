@@ -30,7 +30,7 @@ KEY_METRICS = (
     ("expert_load_drop_rate", "drop rate"),
 )
 # words of workload-specific metrics worth a column: router fidelity, constrained decoding
-EXTRA_METRIC_WORDS = ("kl", "agreement", "perplexity", "validity", "mask", "steps")
+EXTRA_METRIC_WORDS = ("kl", "agreement", "perplexity", "accuracy", "validity", "mask", "steps")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from moeframe.workloads import WORKLOADS
 from moeframe.workloads.driver import ClientParams, ClientRun, ClientWorkload, Submission, drive
-from moeframe.workloads.fidelity import measure_fidelity
+from moeframe.workloads.fidelity import measure_fidelity, scoring_text
 from moeframe.workloads.prompts import PROMPTS
 
 if TYPE_CHECKING:
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 class MixedParams(ClientParams):
     num_requests: int = 16
     max_new_tokens: int = 32
-    fidelity_chunks: int = 2  # chunks of the sample text scored against native routing (0: skip)
-    fidelity_chunk_tokens: int = 64
+    fidelity_chunks: int = 4  # chunks of held-out (else sample) text scored against native routing (0: skip)
+    fidelity_chunk_tokens: int = 128
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,7 +43,7 @@ class MixedWorkload(ClientWorkload):
         metrics = super().run(engine)
         p = self.params
         if p.fidelity_chunks and engine.spec.is_moe and engine.tokenizer is not None:
-            from moeframe.data import sample_text
-
-            metrics.update(measure_fidelity(engine, sample_text(), p.fidelity_chunk_tokens, p.fidelity_chunks))
+            text, heldout = scoring_text(engine, None)
+            metrics.update(measure_fidelity(engine, text, p.fidelity_chunk_tokens, p.fidelity_chunks))
+            metrics["fidelity_heldout"] = heldout
         return metrics

@@ -52,4 +52,18 @@ def test_fidelity_sums_match_hand_computation() -> None:
     q = torch.softmax(router[1], -1)
     assert math.isclose(got["kl"], float((p * (p / q).log()).sum()), rel_tol=1e-6)
     assert got["agree"] == 1
+    assert got["correct_router"] == 2 and got["correct_native"] == 1
     assert math.isclose(got["nll_native"], math.log(2) - math.log(torch.softmax(native[1], -1)[1].item()), rel_tol=1e-6)
+
+
+def test_checkpoint_heldout_text_is_scored_when_present(checkpoint_factory, tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "with-heldout"
+    shutil.copytree(checkpoint_factory("tiny-olmoe"), folder)
+    plain = run_fidelity(folder, "top1")
+    (folder / "heldout.txt").write_text("class Stack:\n    def push(self, item):\n        self.items.append(item)\n" * 20)
+    held = run_fidelity(folder, "top1")
+    assert plain["fidelity_heldout"] is False and held["fidelity_heldout"] is True
+    assert held["perplexity_native"] != plain["perplexity_native"]
+    assert 0.0 <= held["next_token_accuracy"] <= 1.0 and 0.0 <= held["next_token_accuracy_native"] <= 1.0
