@@ -9,6 +9,7 @@ a program renders roles exactly as the server's chat endpoint would.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import httpx
@@ -16,12 +17,16 @@ import httpx
 from moeframe.errors import RequestError
 from moeframe.frontend.backend import Backend
 from moeframe.frontend.ir import Gen
+from moeframe.server.auth import API_KEY_ENV
 from moeframe.server.chat_format import ChatFormat
 
 
 class ServerBackend(Backend):
-    def __init__(self, base_url: str, timeout_s: float = 300.0) -> None:
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, base_url: str, timeout_s: float = 300.0, api_key: str | None = None) -> None:
+        """``api_key``: the server's key (default $MOEFRAME_API_KEY), sent as a Bearer token when set."""
+        key = api_key or os.environ.get(API_KEY_ENV)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
         info = self._get("/model_info")
         self.model = info["model"]
         self.chat = ChatFormat(info["chat_template"])
