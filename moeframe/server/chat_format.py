@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from moeframe.errors import RequestError
@@ -36,9 +37,22 @@ class ChatFormat:
         env.globals["raise_exception"] = _raise
         self._template = env.from_string(self.template_source)
         self._special = dict(special_tokens or {})
+        # a template that reads ``tools`` renders tool definitions, calls and results itself (Qwen2.5, Hermes)
+        self.supports_tools = "tools" in meta.find_undeclared_variables(env.parse(self.template_source))
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **self._special)
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The prompt text of ``messages``; ``tools`` (OpenAI tool definitions) only if ``supports_tools``."""
+        if tools is not None and not self.supports_tools:
+            raise ValueError("this chat template does not render tools; format them into the messages instead")
+        extra = {"tools": tools} if tools is not None else {}
+        return self._template.render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **extra, **self._special
+        )
 
     def role_affixes(self, role: str) -> tuple[str, str]:
         """The text before and after a message's content in a turn of ``role``."""

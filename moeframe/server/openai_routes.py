@@ -2,7 +2,8 @@
 
 Each endpoint keeps only what is its own: completions split ``prompt`` into
 prompts (each run n times), chat renders ``messages`` through the chat
-template and stops at the end of the assistant's turn. Both then admit one
+template and stops at the end of the assistant's turn, with its tools
+(``tool_calls.py``: the calls' constraint, the prompt, the response shape). Both then admit one
 submission, all or none, and answer through the shared ``Reply`` with their
 ``ResponseShape``. Either way a client that disconnects has its requests
 aborted, so their KV slots go back to the cache at once.
@@ -17,14 +18,15 @@ from fastapi import APIRouter, Request
 
 from moeframe.errors import RequestError
 from moeframe.server.async_engine import AsyncEngine, RequestStream
-from moeframe.server.chat_format import ChatFormat, message_text
+from moeframe.server.chat_format import ChatFormat
 from moeframe.server.engine_loop import Submission
 from moeframe.server.errors import APIError
 from moeframe.server.limits import RequestLimits
 from moeframe.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
-from moeframe.server.response_shapes import ChatShape, CompletionShape, ResponseShape
+from moeframe.server.response_shapes import CompletionShape, ResponseShape
 from moeframe.server.responses import ChoiceResult, Reply, event_stream
 from moeframe.server.sampling import sampling_params
+from moeframe.server.tool_calls import ToolPlan
 
 
 def split_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
@@ -85,12 +87,13 @@ class OpenAIRoutes:
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         self.check_model(body.model)
         self.limits.chat(body)
-        prompt = await self.engine.off_loop(lambda _: self.render_chat(body.messages))
+        tools = ToolPlan.of(body)
+        prompt = await self.engine.off_loop(lambda _: self.render_chat(body.messages, tools))
         max_tokens = body.max_completion_tokens or body.max_tokens
         top = (body.top_logprobs or 0) if body.logprobs else None
-        params = sampling_params(body, max_tokens, top, self.end_of_turn_ids)
+        params = tools.constrain(sampling_params(body, max_tokens, top, self.end_of_turn_ids))
         submission = Submission([prompt] * body.n, params, fill_context=max_tokens is None)
-        return await self.respond(body, submission, ChatShape(want_logprobs=body.logprobs), request)
+        return await self.respond(body, submission, tools.shape(body.logprobs), request)
 
     def check_model(self, model: str) -> None:
         """An unknown model is 404 ``model_not_found``, as OpenAI answers (its client raises NotFoundError)."""
@@ -102,10 +105,9 @@ class OpenAIRoutes:
                 code="model_not_found",
             )
 
-    def render_chat(self, messages: list[ChatMessage]) -> str:
+    def render_chat(self, messages: list[ChatMessage], tools: ToolPlan) -> str:
         try:
-            turns = [{"role": m.role, "content": message_text(m.content)} for m in messages]
-            return self.chat.render(turns, add_generation_prompt=True)
+            return tools.render(self.chat, messages)
         except RequestError as err:
             raise APIError(str(err), param="messages") from None
 

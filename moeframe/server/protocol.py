@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
+
+from moeframe.server.tool_protocol import DeltaToolCall, ToolCall, ToolChoice, ToolDefinition
 
 def fits_64_bits(value: int) -> int:
     if not -(2**63) <= value < 2**63:
@@ -72,7 +74,8 @@ class RequestBody(_Body):
         return raw
 
 
-# OpenAI fields this server does not implement, with the values that ask for nothing (accepted)
+# OpenAI fields this server does not implement, with the values that ask for nothing (accepted);
+# an endpoint that implements one lists it in its ``implemented`` (chat: tools)
 UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "echo": (False,),
     "best_of": (1,),
@@ -81,6 +84,9 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (0, 0.0),
     "frequency_penalty": (0, 0.0),
     "tools": ([],),
+    "functions": ([],),
+    "function_call": ("none",),
+    "tool_choice": ("none",),
 }
 
 
@@ -100,6 +106,7 @@ class StreamOptions(_Body):
 
 
 class SamplingFields(RequestBody):
+    implemented: ClassVar[frozenset[str]] = frozenset()
     model: str
     max_tokens: Int64 | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
@@ -123,7 +130,7 @@ class SamplingFields(RequestBody):
         """A field we would otherwise ignore silently is refused, so no client gets a silently wrong answer."""
         if isinstance(raw, dict):
             for key, neutral in UNSUPPORTED.items():
-                if raw.get(key) is not None and raw[key] not in neutral:
+                if key not in cls.implemented and raw.get(key) is not None and raw[key] not in neutral:
                     raise ValueError(f"'{key}' is not supported by this server")
         return raw
 
@@ -138,13 +145,19 @@ class CompletionRequest(SamplingFields):
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 class ChatCompletionRequest(SamplingFields):
+    implemented = frozenset({"tools", "tool_choice"})
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: Int64 | None = Field(default=None, ge=0, le=20)
     max_completion_tokens: Int64 | None = Field(default=None, ge=1)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 def new_id(prefix: str) -> str:
@@ -192,6 +205,7 @@ class CompletionResponse(ResponseEnvelope[CompletionChoice]):
 class ChatChoiceMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -208,6 +222,7 @@ class ChatCompletionResponse(ResponseEnvelope[ChatChoice]):
 class ChatDelta(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

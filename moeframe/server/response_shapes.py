@@ -47,8 +47,9 @@ class ResponseShape(ABC):
     @abstractmethod
     def chunk_choice(
         self, index: int, text: str, logprobs: LogprobEntries, text_offset: int, finish_reason: str | None
-    ) -> BaseModel:
-        """One choice of a stream chunk: the new ``text`` and ``logprobs``, the latter from ``text_offset`` on."""
+    ) -> BaseModel | None:
+        """One choice of a stream chunk: the new ``text`` and ``logprobs``, the latter from ``text_offset`` on
+        (None: nothing to send yet)."""
 
     def opening_chunk_choices(self, num_choices: int) -> list[BaseModel]:
         """Choices streamed before any text."""

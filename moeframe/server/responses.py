@@ -121,7 +121,8 @@ class Reply:
                 choice = self.shape.chunk_choice(
                     update.index, text, update.new_logprobs, text_offset, update.finish_reason
                 )
-                yield self.chunk([choice])
+                if choice is not None:  # a shape may hold text back (a tool call's start still being written)
+                    yield self.chunk([choice])
             if self.include_usage:
                 yield self.chunk([], count_usage(results, self.choices_per_prompt))
             yield {"data": "[DONE]"}
