@@ -47,7 +47,6 @@ class RunnerConfig:
     decode_attention_prologue: str = "fused"  # fused | separate: q/k norm, rotary and the KV write in the decode attention's split launch or their own (attention/triton_decode.py)
     overlap: bool = True  # launch a greedy decode step before reading the last one's tokens (engine/core.py)
     batched_load_record: bool = True  # count a forward's expert load in one launch at its last MoE layer, not one per layer (telemetry/expert_load.py)
-    early_launch_norm: bool = False  # the add + top-k sum + RMSNorm before qkv as a Triton kernel letting qkv launch first (model/layers/early_norm.py; slower)
     l2_prefetch: bool = False  # the o projection prefetches the next layer's qkv weight into L2, weight streams load evict-first (gpu/l2_prefetch.py; slower)
     gemv_tail_prefetch: bool = False  # a prefetching GEMV's first wave prefetches the rows of its second into L2 (gpu/l2_prefetch.py; slower)
     warmup: bool = True  # on CUDA, run every request shape once at build so no request pays a compile (engine/warmup.py)

@@ -29,7 +29,6 @@ from moeframe.experts.auto import kernel_name
 from moeframe.gpu.l2_prefetch import set_gemv_tail_prefetch, set_l2_prefetch
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
-from moeframe.model.layers.early_norm import set_early_launch_norm
 from moeframe.model.layers.fusion import set_compile
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.routes import RouteBuffer
@@ -145,7 +144,6 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_decode_kv_splits(cfg.runner.decode_kv_splits)
     set_decode_attention_merge(cfg.runner.decode_attention_merge)
     set_decode_attention_prologue(cfg.runner.decode_attention_prologue)
-    set_early_launch_norm(cfg.runner.early_launch_norm)
     set_l2_prefetch(cfg.runner.l2_prefetch)
     set_gemv_tail_prefetch(cfg.runner.gemv_tail_prefetch)
     path, spec, hf_config = model_source(cfg)

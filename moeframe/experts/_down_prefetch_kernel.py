@@ -12,8 +12,7 @@ first load, so its weight stream starts only as gate/up drains; the same move
 as _prefetch_gemv_kernel.py for the dense projections, per assignment here.
 One program reduces each output in one fixed order (float32 products and sum,
 scaled by the routing weight, rounded once), so a step's bits do not vary.
-The tile's two halves (down_weight_tile before the wait, down_store_tile
-after it) are shared with _moe_gemv_one_launch_kernel.py.
+The tile's two halves: down_weight_tile before the wait, down_store_tile after it.
 
 Imported lazily (see triton_moe.py): Triton decides at decoration time
 whether to compile or interpret a kernel.

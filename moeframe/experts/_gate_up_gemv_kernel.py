@@ -12,8 +12,7 @@ its registers hold (the shape of the prefetching GEMVs of
 model/layers/_prefetch_gemv_kernel.py and _down_prefetch_kernel.py, which can
 load before the PDL wait; this one cannot, as the router that names the
 experts runs just before it). Products and sums in float32, SiLU and the
-product in float32, rounded once, one fixed order per output. The tile's body,
-gate_up_gemv_tile, is shared with _moe_gemv_one_launch_kernel.py.
+product in float32, rounded once, one fixed order per output.
 
 Imported lazily (see gate_up_gemv.py): Triton decides at decoration time
 whether to compile or interpret a kernel.

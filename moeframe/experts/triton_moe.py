@@ -6,8 +6,7 @@
     topk_ids -> align (rows in expert order, padded per expert to block_m; no pass at T <= 2,
                        one Triton program at decode sizes, torch ops past that)
       -> act [T*k, I] = silu(x W_gate^T) * (x W_up^T): gate_up_gemv_kernel where each assignment has a
-         block (T <= 2, gemv_gate_up), else gate_up_silu_kernel (gathered rows, fused epilogue);
-         with one_launch_gemv (T <= 2), gate/up and down are one launch: moe_gemv_one_launch_kernel
+         block (T <= 2, gemv_gate_up), else gate_up_silu_kernel (gathered rows, fused epilogue)
       -> T <= down_topk_sum_tokens (off by default): down_topk_sum_kernel: out [T, H] = sum_j weight * act W_down^T
          otherwise: y [T*k, H] = weight * act W_down^T, by down_prefetch_kernel where each assignment
                     has a block (T <= 2, prefetch_down: expert weights loaded before the PDL wait),
@@ -38,7 +37,6 @@ from moeframe.experts.down_prefetch import down_prefetch_rows, run_down_prefetch
 from moeframe.experts.gate_up_gemv import gate_up_gemv_rows, run_gate_up_gemv
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
-from moeframe.experts.moe_gemv_one_launch import OneLaunchCounters, counter_elements, one_launch_fits, run_moe_gemv_one_launch
 from moeframe.gpu.pdl import pdl_args
 from moeframe.model.layers.topk_sum import DEFERRABLE_DTYPES, MoEOutput, PendingTopkSum, reduced, sum_assignments
 from moeframe.routers.plan import RoutingPlan
@@ -204,15 +202,12 @@ def fused_moe(
     down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
     prefetch_down: bool = True,
     gemv_gate_up: bool = True,
-    one_launch_gemv: bool = False,
-    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """hidden [T, H] -> [T, H]: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(hidden[t]), skipping ids of -1."""
     return reduced(
         fused_moe_unreduced(
             hidden, w13, w2, topk_ids, topk_weights, config, one_per_block_tokens,
             single_pass_tokens, down_topk_sum_tokens, down_topk_sum_tile, prefetch_down, gemv_gate_up,
-            one_launch_gemv, counters,
         )
     )  # fmt: skip
 
@@ -230,19 +225,13 @@ def fused_moe_unreduced(
     down_topk_sum_tile: TileConfig = DOWN_TOPK_SUM_TILE,
     prefetch_down: bool = True,
     gemv_gate_up: bool = True,
-    one_launch_gemv: bool = False,
-    counters: torch.Tensor | None = None,
 ) -> MoEOutput:
     """``fused_moe``, but where it would sum the k assignment rows in a generated kernel of their own, the rows unsummed.
 
     ``prefetch_down``: where each assignment has a block of its own (T <= 2)
     the down projection is down_prefetch.py's kernel, which streams its
     expert weights before the PDL wait, overlapping gate/up; ``gemv_gate_up``:
-    there gate/up is gate_up_gemv.py's kernel, one GEMV per assignment;
-    ``one_launch_gemv``: there (unless the down + top-k sum kernel runs) both
-    GEMVs are one launch (moe_gemv_one_launch.py), whichever the other two
-    say, waiting on each other through ``counters`` (int32, zero, left at
-    zero; moe_gemv_one_launch.OneLaunchCounters), fresh ones if None.
+    there gate/up is gate_up_gemv.py's kernel, one GEMV per assignment.
     """
     check_shapes(hidden, w13, w2, topk_ids)
     num_tokens, top_k = topk_ids.shape
@@ -259,16 +248,6 @@ def fused_moe_unreduced(
     # wait, so no launch that writes them may sit between gate/up and down.
     flat_ids, flat_weights = topk_ids.reshape(-1).contiguous(), topk_weights.reshape(-1).float().contiguous()
     act = hidden.new_empty(num_tokens * top_k, two_inter // 2)
-    one_launch = (
-        one_launch_gemv and blocks.one_per_block and num_tokens > down_topk_sum_tokens
-        and one_launch_fits(hidden_size, two_inter // 2, w13.dtype)
-    )  # fmt: skip
-    if one_launch:
-        out = hidden.new_empty(num_tokens * top_k, hidden_size)
-        if counters is None:
-            counters = torch.zeros(counter_elements(flat_ids.numel()), dtype=torch.int32, device=hidden.device)
-        run_moe_gemv_one_launch(hidden, w13, w2, flat_ids, flat_weights, act, out, top_k, counters)
-        return _deferred_sum(out.view(num_tokens, top_k, hidden_size))
     if gemv_gate_up and blocks.one_per_block and gate_up_gemv_rows(hidden_size, w13.dtype) is not None:
         run_gate_up_gemv(hidden, w13, flat_ids, act, top_k)
     else:
@@ -313,10 +292,6 @@ class TritonMoEParams:
     # batches with a block per assignment (T <= 2) run gate/up + SiLU as one GEMV per assignment
     # that issues its whole weight tile at once (gate_up_gemv.py); false keeps the MMA-tiled kernel
     gemv_gate_up: bool = True
-    # batches with a block per assignment (T <= 2) run gate/up and down as one launch whose down
-    # tiles wait on their assignment's gate/up tiles (moe_gemv_one_launch.py), whatever
-    # gemv_gate_up and prefetch_down say; false keeps two launches
-    one_launch_gemv: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.single_pass_tokens <= MAX_SINGLE_PASS_TOKENS:
@@ -344,8 +319,6 @@ class TritonFusedMoE(ExpertsKernel):
         self.defer_topk_sum = params.defer_topk_sum
         self.prefetch_down = params.prefetch_down
         self.gemv_gate_up = params.gemv_gate_up
-        self.one_launch_gemv = params.one_launch_gemv
-        self._counters = OneLaunchCounters()
 
     def forward(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         return reduced(self._run(hidden, w13, w2, plan))
@@ -363,6 +336,5 @@ class TritonFusedMoE(ExpertsKernel):
         return fused_moe_unreduced(
             hidden, w13, w2, plan.topk_ids, plan.topk_weights, config,
             single_pass_tokens=self.single_pass_tokens, down_topk_sum_tokens=self.down_topk_sum_tokens,
-            prefetch_down=self.prefetch_down, gemv_gate_up=self.gemv_gate_up, one_launch_gemv=self.one_launch_gemv,
-            counters=self._counters.on(hidden.device, MAX_ONE_PER_BLOCK_TOKENS * top_k) if self.one_launch_gemv else None,
+            prefetch_down=self.prefetch_down, gemv_gate_up=self.gemv_gate_up,
         )  # fmt: skip

@@ -87,8 +87,6 @@ BATCH1_SWITCHES = [
     (),
     ("runner.l2_prefetch=true",),
     ("runner.decode_attention_prologue=separate",),
-    ("experts.one_launch_gemv=true",),
-    ("runner.early_launch_norm=true",),
     ("runner.gemv_tail_prefetch=true",),
 ]
 # Switches whose kernels compute the same numbers as the defaults (hints, or the same ops in one launch).

@@ -35,7 +35,7 @@ def is_pdl_wait(stmt: ast.stmt) -> bool:
     return (
         isinstance(stmt, ast.Expr)
         and isinstance(stmt.value, ast.Call)
-        and getattr(stmt.value.func, "id", None) in ("pdl_wait", "pdl_launch_then_wait")
+        and getattr(stmt.value.func, "id", None) == "pdl_wait"
         and [getattr(a, "id", None) for a in stmt.value.args] == ["USE_PDL"]
     )
 
@@ -47,12 +47,12 @@ def writes(stmt: ast.stmt) -> list[str]:
 
 
 def test_every_pdl_kernel_waits_once_before_any_store() -> None:
-    wait_helpers = ("gpu/_pdl_jit.py:pdl_wait", "gpu/_pdl_jit.py:pdl_launch_then_wait")
+    wait_helpers = ("gpu/_pdl_jit.py:pdl_wait",)
     kernels = [(name, fn) for name, fn in jit_functions_taking_use_pdl() if name not in wait_helpers]
     assert len(kernels) >= 6
     for name, fn in kernels:
         waits = [i for i, stmt in enumerate(fn.body) if is_pdl_wait(stmt)]
-        assert len(waits) == 1, f"{name} must call pdl_wait(USE_PDL) (or pdl_launch_then_wait) once, at the top level of its body"
+        assert len(waits) == 1, f"{name} must call pdl_wait(USE_PDL) once, at the top level of its body"
         before = [w for stmt in fn.body[: waits[0]] for w in writes(stmt)]
         assert not before, f"{name} writes ({before}) before pdl_wait"
 

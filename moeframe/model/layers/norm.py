@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moeframe.model.layers import early_norm
 from moeframe.model.layers.fusion import fused_on_cuda
 from moeframe.model.layers.topk_sum import MoEOutput, PendingTopkSum, assignment_total, reduced
 
@@ -31,8 +30,6 @@ class RMSNorm(nn.Module):
             x = reduced(x)
             return self(x), x
         if isinstance(x, PendingTopkSum):
-            if early_norm.applies(x.parts, residual):
-                return early_norm.topk_add_rms_norm(x.parts, x.addend, residual, self.weight, self.eps)
             return add_topk_rms_norm(x.parts, x.addend, residual, self.weight, self.eps)
         return add_rms_norm(x, residual, self.weight, self.eps)
 
