@@ -22,6 +22,7 @@ from typing import Any
 import jsonschema
 import torch
 
+from moeframe.constrain.errors import DeadEndError
 from moeframe.constrain.jump_forward import encode_forced
 from moeframe.constrain.structural_tag import StructuralTag
 from moeframe.constrain.vocab import TokenVocab
@@ -145,6 +146,18 @@ class ConstraintState(ABC):
     @abstractmethod
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write this state's allowed tokens into ``bitmask[row]`` (CPU int32 [B, ceil(V/32)])."""
+
+    def dead_end(self, bitmask: torch.Tensor, row: int) -> DeadEndError | None:
+        """After :meth:`fill_bitmask`: the error to end this request with if its row allows no token, else None.
+
+        Compilation refuses constraints whose language is empty where that is
+        decidable, but a tokenizer may still lack every token a state needs;
+        the engine then ends this request alone with finish_reason "error"
+        (sampling from an all-masked row would be undefined).
+        """
+        if bool(bitmask[row].any()):
+            return None
+        return DeadEndError("the constraint allows no token after the output so far: no token spells a valid continuation")
 
     @abstractmethod
     def advance(self, token_id: int) -> bool:

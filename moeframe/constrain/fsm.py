@@ -9,10 +9,20 @@ exactly the byte trie of the choices. The token level comes from
 one the tokenizer would pick for it alone (a trie of canonical token
 sequences would reject the others). EBNF grammars are not regular and are
 refused; use ``constraint=xgrammar`` for them.
+
+A JSON schema is first brought to its normal form and checked keyword by
+keyword (:mod:`moeframe.constrain.schema_support`): what the regex cannot
+enforce is refused by name, never dropped. Compilation is bounded: the regex
+by ``max_regex_chars`` as it is built, the automata by ``max_dfa_states``
+as they grow, and the whole by ``compile_timeout_s``; past any of them the
+request gets a :class:`BudgetError`. A regex or schema whose language is
+empty is refused as :class:`UnsatisfiableError` (the DFA has no accepting
+state), so no request can start on a constraint that allows no output.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +31,10 @@ import torch
 from moeframe.constrain import CONSTRAINTS
 from moeframe.constrain.base import ConstraintBackend, ConstraintSpec, ConstraintState
 from moeframe.constrain.dfa import DEAD, START, ByteDFA, compile_dfa
+from moeframe.constrain.errors import UnsatisfiableError
 from moeframe.constrain.json_regex import schema_to_regex
+from moeframe.constrain.schema_normal import normalize_schema
+from moeframe.constrain.schema_support import check_supported
 from moeframe.constrain.regex_syntax import Alt, literal, parse_regex
 from moeframe.constrain.structural_tag import structural_tag_regex
 from moeframe.constrain.token_index import TokenIndex, VocabTable
@@ -37,6 +50,10 @@ class FSMParams:
     # nesting depth of free-form JSON values (json_object, untyped schemas)
     json_max_depth: int = 2
     max_dfa_states: int = 20000
+    # a schema's regex may not pass this many characters (checked as it is built)
+    max_regex_chars: int = 1_000_000
+    # wall-clock budget of one compilation, seconds
+    compile_timeout_s: float = 10.0
     # longest forced run one jump appends, in bytes
     max_forced_bytes: int = 256
     cache_size: int = 256
@@ -45,9 +62,11 @@ class FSMParams:
         for name in ("max_whitespace", "json_max_depth"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_dfa_states", "max_forced_bytes", "cache_size"):
+        for name in ("max_dfa_states", "max_regex_chars", "max_forced_bytes", "cache_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.compile_timeout_s <= 0:
+            raise ValueError(f"compile_timeout_s must be > 0, got {self.compile_timeout_s}")
 
 
 @dataclass
@@ -109,11 +128,12 @@ class FSMBackend(ConstraintBackend):
         self.table = VocabTable.from_vocab(vocab)
 
     def _compile(self, spec: ConstraintSpec) -> CompiledFSM:
+        deadline = time.monotonic() + self.params.compile_timeout_s
         regex = None
         if spec.kind == "regex":
             regex = spec.regex
         elif spec.kind in ("json_schema", "json_object"):
-            regex = schema_to_regex(spec.schema(), self.params.max_whitespace, self.params.json_max_depth)
+            regex = self._schema_regex(spec.schema())
         elif spec.kind == "structural_tag":
             regex = structural_tag_regex(spec.structural_tag, self._schema_regex)
         elif spec.kind == "grammar":
@@ -122,11 +142,17 @@ class FSMBackend(ConstraintBackend):
             tree = parse_regex(regex)
         else:
             tree = Alt(tuple(literal(choice) for choice in spec.choices or []))
-        dfa = compile_dfa(tree, self.params.max_dfa_states)
+        dfa = compile_dfa(tree, self.params.max_dfa_states, deadline)
+        if not dfa.accepting.any():
+            raise UnsatisfiableError(f"the {spec.kind.replace('_', ' ')} matches no output at all (its language is empty)")
         return CompiledFSM(dfa, TokenIndex(dfa, self.table, self.eos_token_ids), regex)
 
     def _schema_regex(self, schema: dict) -> str:
-        return schema_to_regex(schema, self.params.max_whitespace, self.params.json_max_depth)
+        """The regex of ``schema``'s normal form, refused by keyword where fsm cannot enforce it."""
+        normal = normalize_schema(schema)
+        check_supported(normal, "fsm")
+        p = self.params
+        return schema_to_regex(normal, p.max_whitespace, p.json_max_depth, p.max_regex_chars, p.compile_timeout_s)
 
     def new_state(self, compiled: CompiledFSM) -> FSMState:
         return FSMState(compiled, self.vocab, self.eos_token_ids, self.params.max_forced_bytes)

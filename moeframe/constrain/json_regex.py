@@ -1,16 +1,24 @@
 """JSON Schema -> regex, for the ``fsm`` backend (the approach of Outlines' ``build_regex_from_schema``).
 
-Supported subset: ``type`` (one or a list), ``properties`` written in their
-given order with ``required`` ones mandatory and the rest optional, ``enum``,
-``const``, ``anyOf``, local ``$ref`` into ``$defs``/``definitions``
-(non-recursive), strings with ``minLength``/``maxLength``, ``pattern``
-(matched against the whole string, as Outlines and xgrammar do) or
-``format`` (date, time, date-time, email, uuid, ipv4), integers with any
-bounds, numbers with integral bounds, arrays with ``items``,
-``minItems``/``maxItems``. An object without ``properties`` or a schema
-without ``type`` takes any JSON value nested at most ``max_depth`` deep (JSON
-is not regular, so depth must be bounded). Any other constraining keyword
-raises :class:`RequestError` naming it.
+Takes a schema's normal form (:mod:`moeframe.constrain.schema_normal`) that
+:func:`moeframe.constrain.schema_support.check_supported` passed for ``fsm``:
+``type`` (one or a list), ``properties`` written in their given order with
+``required`` ones mandatory and the rest optional (other properties are not
+written: a narrower language, never a wider one), ``additionalProperties``
+of an object without ``properties``, ``enum``, ``const``, ``anyOf``, local
+``$ref`` into ``$defs``/``definitions`` (non-recursive), strings with
+``minLength``/``maxLength``, ``pattern`` (ECMA-262 search semantics: an
+unanchored side may hold anything) or ``format`` (date, time, date-time,
+email, uuid, ipv4; other formats are annotations), integers with any bounds,
+numbers with integral bounds, arrays with ``items``, ``minItems``/``maxItems``.
+An object without ``properties`` or a schema without ``type`` takes any JSON
+value nested at most ``max_depth`` deep (JSON is not regular, so depth must
+be bounded).
+
+The regex grows with nesting (each optional property repeats the members
+after it), so its size is checked as it is built, against
+``max_regex_chars`` and a deadline: a schema over budget fails in
+milliseconds with :class:`BudgetError` instead of building gigabytes.
 
 Output is compact by default: ``max_whitespace`` whitespace characters are
 allowed around ``, : { } [ ]``, 0 meaning ``json.dumps(separators=(",", ":"))``
@@ -21,9 +29,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from moeframe.constrain.number_regex import UNBOUNDED_INTEGER, UNBOUNDED_NUMBER, integer_range, number_range
+from moeframe.constrain.errors import BudgetError, UnsupportedKeywordError
 from moeframe.constrain.regex_syntax import Alt, Chars, Concat, Node, Repeat, parse_regex
 from moeframe.errors import RequestError
 
@@ -50,32 +60,39 @@ FORMATS = {
     "ipv4": rf"{_OCTET}(?:\.{_OCTET}){{3}}",
 }
 
-# Keywords that only annotate; everything else not handled below is refused.
-ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment", "$defs", "definitions",
-               "additionalProperties", "readOnly", "writeOnly", "deprecated"}
-HANDLED = {"type", "properties", "required", "enum", "const", "anyOf", "$ref", "minLength", "maxLength", "pattern",
-           "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items", "minItems", "maxItems"}
 
 
 class _Converter:
-    def __init__(self, root: dict[str, Any], max_whitespace: int, max_depth: int) -> None:
+    def __init__(self, root: dict[str, Any], max_whitespace: int, max_depth: int, max_chars: int, deadline: float) -> None:
         self.root = root
         self.ws = f"[ \\n\\t]{{0,{max_whitespace}}}" if max_whitespace > 0 else ""
         self.max_depth = max_depth
+        self.max_chars = max_chars
+        self.deadline = deadline
         self.ref_stack: list[str] = []
+
+    def checked(self, regex: str) -> str:
+        """``regex`` if within the budget; BudgetError otherwise."""
+        if len(regex) > self.max_chars:
+            raise BudgetError(f"constraint too large: its regex passes {self.max_chars} characters (fsm max_regex_chars)")
+        if time.monotonic() > self.deadline:
+            raise BudgetError("constraint too large: building its regex passed the compile time budget (compile_timeout_s)")
+        return regex
 
     def token(self, char: str) -> str:
         """A structural character with the whitespace allowed around it."""
         return f"{self.ws}{re.escape(char)}{self.ws}"
 
     def value(self, schema: Any) -> str:
+        return self.checked(self.node(schema))
+
+    def node(self, schema: Any) -> str:
         if schema is True or schema == {}:
             return self.any_value(self.max_depth)
+        if schema is False:
+            return "[^\\s\\S]"
         if not isinstance(schema, dict):
             raise RequestError(f"unsupported JSON schema node {schema!r}")
-        unknown = set(schema) - HANDLED - ANNOTATIONS
-        if unknown:
-            raise RequestError(f"fsm backend does not support JSON schema keyword(s) {sorted(unknown)}")
         if "$ref" in schema:
             return self.ref(schema["$ref"])
         if "const" in schema:
@@ -88,7 +105,7 @@ class _Converter:
             return "(?:" + "|".join(self.value(option) for option in schema["anyOf"]) + ")"
         kind = schema.get("type")
         if kind is None:
-            if "properties" in schema:
+            if "properties" in schema or "additionalProperties" in schema:
                 kind = "object"
             elif "items" in schema:
                 kind = "array"
@@ -116,9 +133,9 @@ class _Converter:
     def ref(self, ref: str) -> str:
         prefix = next((p for p in ("#/$defs/", "#/definitions/") if ref.startswith(p)), None)
         if prefix is None:
-            raise RequestError(f"fsm backend supports only local $ref into $defs/definitions, got {ref!r}")
+            raise UnsupportedKeywordError("$ref", "fsm", f"only local references into $defs/definitions, got {ref!r}")
         if ref in self.ref_stack:
-            raise RequestError(f"fsm backend cannot express the recursive schema reference {ref!r}")
+            raise UnsupportedKeywordError("$ref", "fsm", f"the reference {ref!r} is recursive, which a regex cannot express")
         target = self.root.get(prefix[2:-1], {}).get(ref[len(prefix):])
         if target is None:
             raise RequestError(f"JSON schema $ref {ref!r} points nowhere")
@@ -132,35 +149,33 @@ class _Converter:
         return re.escape(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
 
     def object(self, schema: dict[str, Any]) -> str:
-        properties = schema.get("properties")
+        properties = {k: v for k, v in schema.get("properties", {}).items() if v is not False}
+        extra = schema.get("additionalProperties", {})
         if not properties:
-            if schema.get("additionalProperties") is False:
+            if extra is False:
                 return self.token("{") + self.token("}")
-            return self.any_object(self.max_depth)
+            if extra in ({}, True):
+                return self.any_object(self.max_depth)
+            member = STRING + self.token(":") + self.value(extra)
+            return self.checked(self.token("{") + f"(?:{member}(?:{self.token(',')}{member})*)?" + self.token("}"))
         required = set(schema.get("required", []))
-        missing = required - set(properties)
-        if missing:
-            raise RequestError(f"JSON schema requires properties it does not define: {sorted(missing)}")
         members = [(self.literal(name) + self.token(":") + self.value(sub), name in required)
                    for name, sub in properties.items()]
         return self.token("{") + self.members(members) + self.token("}")
 
     def members(self, members: list[tuple[str, bool]]) -> str:
-        """Members in order, optional ones skippable, commas only between those present."""
+        """Members in order, optional ones skippable, commas only between those present.
+
+        Built from the last member back, so each step's size is checked
+        before the next multiplies it.
+        """
         comma = self.token(",")
-
-        def after_first(i: int) -> str:
-            return "".join(f"{comma}{m}" if req else f"(?:{comma}{m})?" for m, req in members[i:])
-
-        def from_(i: int) -> str:
-            if i == len(members):
-                return ""
-            member, req = members[i]
-            if req:
-                return member + after_first(i + 1)
-            return f"(?:{member}{after_first(i + 1)}|{from_(i + 1)})"
-
-        return from_(0)
+        after = ""  # members i+1.. each behind its comma
+        start = ""  # members i+1.., the first one present without a comma
+        for member, req in reversed(members):
+            start = self.checked(member + after if req else f"(?:{member}{after}|{start})")
+            after = self.checked((f"{comma}{member}" if req else f"(?:{comma}{member})?") + after)
+        return start
 
     def array(self, schema: dict[str, Any]) -> str:
         item = self.value(schema.get("items", {}))
@@ -176,13 +191,12 @@ class _Converter:
         return open_ + (body if lo > 0 else f"(?:{body})?") + close
 
     def string(self, schema: dict[str, Any]) -> str:
-        if "pattern" in schema and "format" in schema:
-            raise RequestError("fsm backend cannot combine 'pattern' and 'format' on one string")
+        known_format = schema.get("format") in FORMATS
+        if "pattern" in schema and known_format:
+            raise UnsupportedKeywordError("format", "fsm", "beside 'pattern'")
         if "pattern" in schema:
-            return f'"{json_string_pattern(schema["pattern"])}"'
-        if "format" in schema:
-            if schema["format"] not in FORMATS:
-                raise RequestError(f"fsm backend does not support string format {schema['format']!r}; supported: {sorted(FORMATS)}")
+            return f'"{json_string_pattern(search_pattern(schema["pattern"]))}"'
+        if known_format:
             return f'"{FORMATS[schema["format"]]}"'
         lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
         if lo == 0 and hi is None:
@@ -196,11 +210,15 @@ class _Converter:
         return integer_range(_ceil(lo), _floor(hi))
 
     def number(self, schema: dict[str, Any]) -> str:
-        if "exclusiveMinimum" in schema or "exclusiveMaximum" in schema:
-            raise RequestError("fsm backend supports exclusive bounds only on integers")
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            if key in schema:
+                raise UnsupportedKeywordError(key, "fsm", "exclusive bounds are enforced only on integers")
         lo, hi = schema.get("minimum"), schema.get("maximum")
         if lo is None and hi is None:
             return UNBOUNDED_NUMBER
+        for key, bound in (("minimum", lo), ("maximum", hi)):
+            if bound is not None and bound != int(bound):
+                raise UnsupportedKeywordError(key, "fsm", f"fractional number bound {bound}")
         return number_range(lo, hi)
 
     def any_value(self, depth: int) -> str:
@@ -237,32 +255,85 @@ def _floor(x: float | None) -> int | None:
     return None if x is None else int(x // 1)
 
 
-def json_string_pattern(pattern: str) -> str:
+ANYTHING = r"[\s\S]*"
+
+
+def search_pattern(pattern: str) -> str:
+    """A full-match regex for JSON Schema's ``pattern`` (ECMA-262 search: unanchored ends match anything).
+
+    Each top-level alternative keeps a leading ``^`` / trailing ``$`` as an
+    anchor and otherwise gets ``[\\s\\S]*`` on that side, so a string
+    matches the result exactly when the pattern finds a match in it.
+    """
+    options, depth, start, i, in_class = [], 0, 0, 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == "]":
+                i += 1
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            options.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    options.append(pattern[start:])
+    out = []
+    for option in options:
+        head = option[1:] if option.startswith("^") else None
+        body = option[1:] if head is not None else option
+        tail = body.endswith("$") and not _escaped(body, len(body) - 1)
+        body = body[:-1] if tail else body
+        out.append(("" if head is not None else ANYTHING) + f"(?:{body})" + ("" if tail else ANYTHING))
+    return out[0] if len(out) == 1 else "|".join(f"(?:{o})" for o in out)
+
+
+def _escaped(text: str, at: int) -> bool:
+    """Whether ``text[at]`` is escaped by an odd run of backslashes before it."""
+    run = 0
+    while at - run - 1 >= 0 and text[at - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1
+
+
+def json_string_pattern(pattern: str, astral_braces: bool = False, escapes: bool = True) -> str:
     """A pattern for a string's characters, rewritten to match their JSON-escaped spelling.
 
     ``"`` and ``\\`` become ``\\"`` and ``\\\\``; control characters are dropped
-    from classes (JSON would need ``\\u`` escapes for them).
+    from classes (JSON would need ``\\u`` escapes for them). ``astral_braces``:
+    spell code points past U+FFFF ``\\u{...}`` (ECMA-262, xgrammar) instead of
+    ``\\U........`` (Python). ``escapes=False`` leaves ``"`` and ``\\`` out
+    altogether (a narrower language), for xgrammar 0.2.8, which rejects
+    escaped spellings inside a repeated alternation.
     """
-    return to_regex(_escape_for_json(parse_regex(pattern)))
+    return to_regex(_escape_for_json(parse_regex(pattern), escapes), astral_braces)
 
 
-def _escape_for_json(node: Node) -> Node:
+def _escape_for_json(node: Node, escapes: bool) -> Node:
     if isinstance(node, Concat):
-        return Concat(tuple(_escape_for_json(n) for n in node.items))
+        return Concat(tuple(_escape_for_json(n, escapes) for n in node.items))
     if isinstance(node, Alt):
-        return Alt(tuple(_escape_for_json(n) for n in node.options))
+        return Alt(tuple(_escape_for_json(n, escapes) for n in node.options))
     if isinstance(node, Repeat):
-        return Repeat(_escape_for_json(node.item), node.min, node.max)
+        return Repeat(_escape_for_json(node.item, escapes), node.min, node.max)
     plain, escaped = [], []
     for lo, hi in node.ranges:
-        for code in (0x22, 0x5C):
+        for code in (0x22, 0x5C) if escapes else ():
             if lo <= code <= hi:
                 escaped.append(Concat((Chars(((0x5C, 0x5C),)), Chars(((code, code),)))))
         for piece in _minus(lo, hi, [(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]):
             plain.append(piece)
     options = ([Chars(tuple(plain))] if plain else []) + escaped
     if not options:
-        raise RequestError("a string pattern allows only control characters, which JSON cannot hold unescaped")
+        raise RequestError("a string pattern allows here only characters that JSON cannot hold unescaped")
     return options[0] if len(options) == 1 else Alt(tuple(options))
 
 
@@ -273,27 +344,40 @@ def _minus(lo: int, hi: int, holes: list[tuple[int, int]]) -> list[tuple[int, in
     return pieces
 
 
-def to_regex(node: Node) -> str:
-    """A syntax tree back to pattern text (Python ``re`` compatible)."""
+def to_regex(node: Node, astral_braces: bool = False) -> str:
+    """A syntax tree back to pattern text (Python ``re`` compatible unless ``astral_braces``)."""
     if isinstance(node, Chars):
-        return "[" + "".join(_class_item(lo, hi) for lo, hi in node.ranges) + "]"
+        return "[" + "".join(_class_item(lo, hi, astral_braces) for lo, hi in node.ranges) + "]"
     if isinstance(node, Concat):
-        return "".join(f"(?:{to_regex(n)})" if isinstance(n, Alt) else to_regex(n) for n in node.items)
+        return "".join(f"(?:{to_regex(n, astral_braces)})" if isinstance(n, Alt) else to_regex(n, astral_braces) for n in node.items)
     if isinstance(node, Alt):
-        return "|".join(to_regex(n) for n in node.options)
+        return "|".join(to_regex(n, astral_braces) for n in node.options)
     hi = "" if node.max is None else str(node.max)
-    return f"(?:{to_regex(node.item)}){{{node.min},{hi}}}"
+    return f"(?:{to_regex(node.item, astral_braces)}){{{node.min},{hi}}}"
 
 
-def _class_item(lo: int, hi: int) -> str:
-    return _class_char(lo) if lo == hi else f"{_class_char(lo)}-{_class_char(hi)}"
+def _class_item(lo: int, hi: int, astral_braces: bool) -> str:
+    first = _class_char(lo, astral_braces)
+    return first if lo == hi else f"{first}-{_class_char(hi, astral_braces)}"
 
 
-def _class_char(code: int) -> str:
-    return f"\\U{code:08x}"
+def _class_char(code: int, astral_braces: bool) -> str:
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\u{{{code:x}}}" if astral_braces else f"\\U{code:08x}"
 
 
-def schema_to_regex(schema: dict[str, Any] | bool, max_whitespace: int = 0, max_depth: int = 2) -> str:
-    """The regex of ``schema``'s instances as compact JSON; :class:`RequestError` when outside the subset."""
+def schema_to_regex(
+    schema: dict[str, Any] | bool,
+    max_whitespace: int = 0,
+    max_depth: int = 2,
+    max_chars: int = 1_000_000,
+    timeout_s: float = 10.0,
+) -> str:
+    """The regex of ``schema``'s instances as compact JSON (a normal form the fsm backend supports).
+
+    :class:`BudgetError` as soon as the regex passes ``max_chars`` or building
+    it passes ``timeout_s``.
+    """
     root = schema if isinstance(schema, dict) else {}
-    return _Converter(root, max_whitespace, max_depth).value(schema)
+    return _Converter(root, max_whitespace, max_depth, max_chars, time.monotonic() + timeout_s).value(schema)

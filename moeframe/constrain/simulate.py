@@ -32,8 +32,9 @@ def constrained_generate(
     """Greedy constrained decoding: (token ids, ending with ``eos_id`` if it stopped; model calls made).
 
     ``logits_fn(token_ids)`` returns the [vocab_size] logits of the next token.
-    Raises RuntimeError if the backend lets a token through that its own state
-    then rejects (a bug, never a model's fault). The two calls per step are
+    Raises :class:`DeadEndError` where the constraint allows no token, and
+    RuntimeError if the backend lets a token through that its own state then
+    rejects (a bug, never a model's fault). The two calls per step are
     the engine's: :func:`mask_logits` and :func:`take_forced_tokens`.
     """
     state = backend.new_state(backend.compile(spec))
@@ -47,10 +48,10 @@ def constrained_generate(
                 break
         logits = logits_fn(token_ids).reshape(1, -1).clone()
         num_forward_steps += 1
-        mask_logits(logits, [state], bitmask)
+        dead = mask_logits(logits, [state], bitmask)
+        if dead:
+            raise dead[0]
         token = int(torch.argmax(logits[0]))
-        if not torch.isfinite(logits[0, token]):
-            raise RuntimeError("the constraint allows no token at all")
         if not state.advance(token):
             raise RuntimeError(f"state rejected token {token} that its own mask allowed")
         token_ids.append(token)

@@ -9,16 +9,32 @@ schema ``{"type": "object"}``. JSON whitespace is bounded the same way as in
 the ``fsm`` backend: compact ``,``/``:`` separators unless ``max_whitespace``
 allows some.
 
-Two xgrammar 0.2.8 gaps are closed by rewriting the schema before compiling
-(:func:`portable_schema`): a string with ``minLength``/``maxLength`` compiles
-to the class ``[^"\\\r\n]``, which lets raw control characters (invalid JSON)
-through and forbids escapes; and its ``date`` and ``ipv4`` formats admit
-February 31st and leading zeros. Both become a ``pattern`` from
-:mod:`moeframe.constrain.json_regex`, so both backends mean the same thing.
+A JSON schema is brought to its normal form and checked keyword by keyword
+first (:mod:`moeframe.constrain.schema_normal`,
+:mod:`moeframe.constrain.schema_support`): xgrammar 0.2.8 silently drops
+``allOf``, ``not``, ``if``, ``uniqueItems``, ``contains``, keywords beside
+``anyOf``, and length limits beside a ``pattern``, and reads ``oneOf`` as
+``anyOf``, so those are merged away where exact and refused by name
+otherwise. :func:`portable_schema` then closes its other gaps: every
+``pattern`` is rewritten by our parser into the JSON-escaped spelling of the
+strings it matches with ECMA-262 search semantics (xgrammar matches the raw
+spelling and anchors both ends); strings with ``minLength``/``maxLength`` get
+that spelling too (its own class lets raw control characters through and
+forbids escapes); the ``date`` and ``ipv4`` formats become our patterns (its
+own admit February 31st and leading zeros); and every place that takes any
+JSON value (``{}``, an object's unlisted properties, an array's unlisted
+items) refers to one recursive "any value" schema, because xgrammar's
+built-in one separates array items with ", " even when compact separators
+are asked for, and its strict mode forbids unlisted properties.
+
+Compilation runs in a child process (:mod:`moeframe.constrain.compile_worker`)
+under ``compile_timeout_s`` and ``compile_memory_mb``: xgrammar cannot be
+interrupted, and one real schema took 209 s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +42,15 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
-from moeframe.constrain import CONSTRAINTS
+from moeframe.constrain import CONSTRAINTS, xgrammar_process
 from moeframe.constrain.base import ConstraintBackend, ConstraintSpec, ConstraintState
-from moeframe.constrain.json_regex import FORMATS, STRING_CHAR
+from moeframe.constrain.compile_worker import shared_worker
+from moeframe.constrain.dfa import prune
+from moeframe.constrain.errors import UnsatisfiableError, UnsupportedKeywordError
+from moeframe.constrain.json_regex import FORMATS, STRING_CHAR, json_string_pattern, search_pattern
+from moeframe.constrain.regex_syntax import parse_regex
+from moeframe.constrain.schema_normal import DEFINITIONS, SCHEMA_LISTS, SCHEMA_MAPS, SCHEMA_VALUES, normalize_schema
+from moeframe.constrain.schema_support import check_supported
 from moeframe.constrain.structural_tag import StructuralTag
 from moeframe.constrain.vocab import TokenVocab
 from moeframe.errors import RequestError
@@ -41,31 +63,80 @@ class XGrammarParams:
     max_whitespace: int = 0
     max_threads: int = 8
     cache_size: int = 256
+    # budget of one compilation in the compiler process: wall clock (s) and memory growth (MB)
+    compile_timeout_s: float = 10.0
+    compile_memory_mb: int = 1024
+    # objects with properties but no additionalProperties: also write unlisted ones (JSON Schema's meaning)
+    open_objects: bool = False
 
     def __post_init__(self) -> None:
         if self.max_whitespace < 0:
             raise ValueError(f"max_whitespace must be >= 0, got {self.max_whitespace}")
-        for name in ("max_threads", "cache_size"):
+        for name in ("max_threads", "cache_size", "compile_memory_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.compile_timeout_s <= 0:
+            raise ValueError(f"compile_timeout_s must be > 0, got {self.compile_timeout_s}")
 
 
-def portable_schema(schema: Any) -> Any:
-    """``schema`` with length-bounded plain strings and our known formats spelled as patterns."""
-    if isinstance(schema, list):
-        return [portable_schema(item) for item in schema]
+ANY_VALUE = "moeframe_any_value"
+ANY_REF = {"$ref": f"#/$defs/{ANY_VALUE}"}
+ANY_VALUE_SCHEMA = {"anyOf": [{"type": "null"}, {"type": "boolean"}, {"type": "number"}, {"type": "string"},
+                              {"type": "array", "items": ANY_REF}, {"type": "object", "additionalProperties": ANY_REF}]}
+
+
+def portable_schema(schema: Any, open_objects: bool = False) -> Any:
+    """A normal-form schema rewritten so that xgrammar enforces what it says (see the module docstring).
+
+    ``open_objects``: an object with ``properties`` but no
+    ``additionalProperties`` may also hold other properties (JSON Schema's
+    meaning); otherwise only its listed ones are written, a narrower language
+    (xgrammar's strict mode, and what the fsm backend writes).
+    """
+    out = _portable(schema, open_objects)
+    if not isinstance(out, dict):
+        return out
+    if out == ANY_REF or ANY_VALUE in json.dumps(out):
+        out = {**(out if out != ANY_REF else {"$ref": ANY_REF["$ref"]}), "$defs": {**out.get("$defs", {}), ANY_VALUE: ANY_VALUE_SCHEMA}}
+    return out
+
+
+def _portable(schema: Any, open_objects: bool) -> Any:
+    if schema is True or schema == {}:
+        return ANY_REF
     if not isinstance(schema, dict):
         return schema
-    out = {key: portable_schema(value) for key, value in schema.items()}
+    out = dict(schema)
+    for key in SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _portable(sub, open_objects) for name, sub in out[key].items()}
+    for key in SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_portable(sub, open_objects) for sub in out[key]]
+    for key in SCHEMA_VALUES:
+        if key in out:
+            out[key] = _portable(out[key], open_objects)
     kinds = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
-    if "string" not in kinds or "pattern" in out:
-        return out
-    if out.get("format") in FORMATS:
+    if ("object" in kinds or (None in kinds and "properties" in out)) and (open_objects or not out.get("properties")):
+        out.setdefault("additionalProperties", ANY_REF)
+    if "array" in kinds:
+        out.setdefault("items", ANY_REF)
+    if "string" in kinds or {"pattern", "format", "minLength", "maxLength"} & set(out):
+        _portable_string(out)
+    return out
+
+
+def _portable_string(out: dict[str, Any]) -> None:
+    if "pattern" in out:
+        try:
+            out["pattern"] = f"^{json_string_pattern(search_pattern(out['pattern']), astral_braces=True, escapes=False)}$"
+        except RequestError as err:
+            raise UnsupportedKeywordError("pattern", "xgrammar", str(err)) from None
+    elif out.get("format") in FORMATS:
         out["pattern"] = f"^{FORMATS[out.pop('format')]}$"
-    elif "format" not in out and ("minLength" in out or "maxLength" in out):
+    elif "minLength" in out or "maxLength" in out:
         lo, hi = int(out.pop("minLength", 0)), out.pop("maxLength", None)
         out["pattern"] = f"^{STRING_CHAR}{{{lo},{'' if hi is None else int(hi)}}}$"
-    return out
 
 
 JSON_OBJECT_EBNF = r"""root ::= object
@@ -120,44 +191,52 @@ class XGrammarState(ConstraintState):
         self.matcher.rollback(num_tokens)
 
 
+def tokenizer_info(token_bytes: list[bytes], vocab_size: int, eos_token_ids: tuple[int, ...]) -> xgr.TokenizerInfo:
+    return xgr.TokenizerInfo(list(token_bytes), xgr.VocabType.RAW, vocab_size=vocab_size, stop_token_ids=list(eos_token_ids))
+
+
 class XGrammarBackend(ConstraintBackend):
     def __init__(self, params: XGrammarParams, vocab: TokenVocab, eos_token_ids: tuple[int, ...]) -> None:
         super().__init__(vocab, eos_token_ids, params.jump_forward, params.cache_size)
         self.params = params
-        info = xgr.TokenizerInfo(
-            list(vocab.token_bytes), xgr.VocabType.RAW, vocab_size=vocab.vocab_size, stop_token_ids=list(eos_token_ids)
-        )
-        self.compiler = xgr.GrammarCompiler(info, max_threads=params.max_threads, cache_enabled=False)
+        self.info = tokenizer_info(list(vocab.token_bytes), vocab.vocab_size, eos_token_ids)
+        init = (list(vocab.token_bytes), vocab.vocab_size, tuple(eos_token_ids), params.max_threads, params.max_whitespace)
+        key = (hashlib.sha256(b"\0".join(vocab.token_bytes)).hexdigest(), *init[1:])
+        self.worker = shared_worker(xgrammar_process.__file__, init, key, params.compile_timeout_s, params.compile_memory_mb)
 
     def _compile(self, spec: ConstraintSpec) -> xgr.CompiledGrammar:
+        kind, text = self.grammar_text(spec)
         try:
-            if spec.kind == "json_object":
-                return self.compiler.compile_grammar(json_object_grammar(self.params.max_whitespace))
-            if spec.kind == "json_schema":
-                return self._compile_schema(json.dumps(portable_schema(spec.schema())))
-            if spec.kind == "regex":
-                return self.compiler.compile_regex(spec.regex)
-            if spec.kind == "choices":
-                return self.compiler.compile_grammar(choices_grammar(list(spec.choices or [])))
-            if spec.kind == "structural_tag":
-                return self.compiler.compile_structural_tag(json.dumps(self._structural_tag(spec.structural_tag)))
-            return self.compiler.compile_grammar(spec.grammar)
-        except RequestError:
-            raise
-        except Exception as err:  # xgrammar reports bad input as RuntimeError/ValueError subclasses
-            raise RequestError(f"xgrammar cannot compile this {spec.kind}: {str(err).strip()}") from None
+            serialized = self.worker.call("compile", kind, text)
+        except RequestError as err:
+            if type(err) is not RequestError:
+                raise
+            raise RequestError(f"xgrammar cannot compile this {spec.kind}: {err}") from None
+        return xgr.CompiledGrammar.deserialize_json(serialized, self.info)
 
-    def _compile_schema(self, schema: str) -> xgr.CompiledGrammar:
-        if self.params.max_whitespace == 0:
-            return self.compiler.compile_json_schema(schema, any_whitespace=False, separators=(",", ":"))
-        return self.compiler.compile_json_schema(
-            schema, any_whitespace=True, max_whitespace_cnt=self.params.max_whitespace
-        )
+    def grammar_text(self, spec: ConstraintSpec) -> tuple[str, str]:
+        """What the compiler process compiles: (json_schema | regex | ebnf, its text)."""
+        if spec.kind == "json_object":
+            return "ebnf", json_object_grammar(self.params.max_whitespace)
+        if spec.kind == "json_schema":
+            schema = normalize_schema(spec.schema())
+            check_supported(schema, "xgrammar")
+            return "json_schema", json.dumps(portable_schema(schema, self.params.open_objects))
+        if spec.kind == "regex":
+            check_regex_nonempty(spec.regex or "")
+            return "regex", spec.regex or ""
+        if spec.kind == "choices":
+            return "ebnf", choices_grammar(list(spec.choices or []))
+        if spec.kind == "structural_tag":
+            return "structural_tag", json.dumps(self._structural_tag(spec.structural_tag))
+        return "ebnf", spec.grammar or ""
 
     def _schema_grammar(self, schema: dict[str, Any]) -> str:
         """EBNF of ``schema`` with the whitespace of ``_compile_schema`` (a structural tag's JSON content
         takes no compact separators of its own, so its schema goes in as a grammar)."""
-        text = json.dumps(portable_schema(schema))
+        normal = normalize_schema(schema)
+        check_supported(normal, "xgrammar")
+        text = json.dumps(portable_schema(normal, self.params.open_objects))
         if self.params.max_whitespace == 0:
             return str(xgr.Grammar.from_json_schema(text, any_whitespace=False, separators=(",", ":")))
         grammar = xgr.Grammar.from_json_schema(text, any_whitespace=True, max_whitespace_cnt=self.params.max_whitespace)
@@ -193,6 +272,16 @@ class XGrammarBackend(ConstraintBackend):
 
     def new_state(self, compiled: xgr.CompiledGrammar) -> XGrammarState:
         return XGrammarState(compiled, self.vocab, self.eos_token_ids)
+
+
+def check_regex_nonempty(regex: str) -> None:
+    """:class:`UnsatisfiableError` if ``regex`` provably matches nothing (read by our parser; its syntax errors are xgrammar's to report)."""
+    try:
+        tree = parse_regex(regex)
+    except RequestError:
+        return
+    if prune(tree) is None:
+        raise UnsatisfiableError(f"the regex {regex!r} matches no output at all (its language is empty)")
 
 
 @CONSTRAINTS.register("xgrammar", params=XGrammarParams)
