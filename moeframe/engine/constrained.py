@@ -23,31 +23,40 @@ from moeframe.engine.request import Request
 ApplyBitmask = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-def mask_constrained(logits: torch.Tensor, reqs: list[Request], apply_bitmask: ApplyBitmask) -> list[int]:
+DEAD_END = "the constraint allows no token at this point (its language is empty or it reached a dead end)"
+
+
+def mask_constrained(logits: torch.Tensor, reqs: list[Request], apply_bitmask: ApplyBitmask) -> dict[int, str]:
     """Restrict each constrained row to its state's tokens (only the canonical token in a forced run).
 
-    Returns the rows whose constraint allows no token at all (a dead end:
-    the engine ends those requests with an error). Such a row is left
-    unmasked, so sampling it stays defined; its token is never used.
+    Returns row -> error for the rows whose constraint allows no token at
+    all (a dead end) or raised while filling its mask: the engine ends those
+    requests alone with an error. Such a row is left unmasked, so sampling
+    it stays defined; its token is never used.
     """
     constrained = [i for i, r in enumerate(reqs) if r.constraint is not None]
     if not constrained:
-        return []
+        return {}
     words = (logits.shape[-1] + 31) // 32
     bitmask = torch.full((len(reqs), words), -1, dtype=torch.int32)
-    dead = []
+    failed: dict[int, str] = {}
     for i in constrained:
-        forced = reqs[i].constraint.forced_continuation()
-        if forced:
-            bitmask[i] = 0
-            bitmask[i, forced[0] // 32] = single_bit_word(forced[0] % 32)
-            continue
-        reqs[i].constraint.fill_bitmask(bitmask, i)
-        if not bitmask[i].any():
+        try:
+            forced = reqs[i].constraint.forced_continuation()
+            if forced:
+                bitmask[i] = 0
+                bitmask[i, forced[0] // 32] = single_bit_word(forced[0] % 32)
+                continue
+            reqs[i].constraint.fill_bitmask(bitmask, i)
+        except Exception as err:  # a backend failing on one request's constraint fails that request only
+            failed[i] = f"the constraint failed: {type(err).__name__}: {err}"
+        else:
+            if not bitmask[i].any():
+                failed[i] = DEAD_END
+        if i in failed:
             bitmask[i] = -1
-            dead.append(i)
     apply_bitmask(logits, bitmask.to(logits.device))
-    return dead
+    return failed
 
 
 def single_bit_word(bit: int) -> int:

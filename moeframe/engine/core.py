@@ -49,7 +49,6 @@ from moeframe.engine.scheduler import ScheduledBatch, Scheduler
 
 
 NON_FINITE = "the logits of this request are not finite (NaN or infinity), so no token can be drawn from them"
-DEAD_END = "the constraint allows no token at this point (its language is empty or it reached a dead end)"
 
 
 @dataclass
@@ -246,12 +245,12 @@ class EngineCore:
             logits, argmax = logits[ready], None
         else:
             reqs = scheduled.requests
-        dead = self.mask(logits, reqs)
-        if dead is not None:
+        failed = self.mask(logits, reqs)
+        if failed is not None:
             argmax = None
         draw = sample(logits, reqs, argmax)
         errors = {j: NON_FINITE for j, bad in enumerate(draw.invalid.tolist()) if bad} if draw.invalid is not None else {}
-        errors |= {j: DEAD_END for j in dead or ()}
+        errors |= failed or {}
         want_logprobs = [r.params.logprobs for r in reqs if r.params.logprobs is not None]
         logprobs = token_logprobs(logits, draw.ids, max(want_logprobs)) if want_logprobs else None
         if logprobs is not None:
@@ -281,14 +280,14 @@ class EngineCore:
                 self.finish(req, "error", error)
                 req.output_ids.pop()
 
-    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> list[int] | None:
-        """Apply constraint masks to the logits in place; the rows left with no token, or None if none was masked."""
+    def mask(self, logits: torch.Tensor, reqs: list[Request]) -> dict[int, str] | None:
+        """Apply constraint masks to the logits in place; row -> error of the rows that cannot go on, None if none was masked."""
         if self.apply_bitmask is not None and any(r.constraint is not None for r in reqs):
             start = time.perf_counter()
-            dead = mask_constrained(logits, reqs, self.apply_bitmask)
+            failed = mask_constrained(logits, reqs, self.apply_bitmask)
             self.stats.mask_time_s += time.perf_counter() - start
             self.stats.masked_rows += sum(r.constraint is not None for r in reqs)
-            return dead
+            return failed
         return None
 
     def accept(self, req: Request, token: int, now: float) -> None:
@@ -299,19 +298,11 @@ class EngineCore:
         self.stats.generated_tokens += 1
         reason = self.stop_reason(req, token)
         if reason is None and req.constraint is not None:
-            if not req.constraint.advance(token):
-                req.error = f"token {token} was sampled outside the constraint"
+            try:
+                reason = self.advance_constraint(req, token)
+            except Exception as err:  # a backend failing on one request's constraint fails that request only
+                req.error = f"the constraint failed: {type(err).__name__}: {err}"
                 reason = "error"
-            elif token in req.constraint.eos_token_ids:
-                # the constraint allowed EOS because its output is complete: nothing may follow,
-                # ignore_eos or not (SGLang ends a request whose grammar terminated the same way)
-                reason = "stop"
-            elif self.jump_forward:
-                forced = forced_run(req, req.params.max_new_tokens - len(req.output_ids))
-                req.output_ids.extend(forced)
-                self.stats.jump_forward_tokens += len(forced)
-                if forced:
-                    reason = self.stop_reason(req, req.output_ids[-1])
         req.text = self.detokenizer(req.detokenized, req.output_ids)
         if reason is None:
             reason = self.stop_string(req)
@@ -321,6 +312,23 @@ class EngineCore:
             reason = "length"
         if reason is not None:
             self.finish(req, reason)
+
+    def advance_constraint(self, req: Request, token: int) -> str | None:
+        """Advance the request's constraint by its new token (and a forced run after it); its finish reason, if any."""
+        if not req.constraint.advance(token):
+            req.error = f"token {token} was sampled outside the constraint"
+            return "error"
+        if token in req.constraint.eos_token_ids:
+            # the constraint allowed EOS because its output is complete: nothing may follow,
+            # ignore_eos or not (SGLang ends a request whose grammar terminated the same way)
+            return "stop"
+        if self.jump_forward:
+            forced = forced_run(req, req.params.max_new_tokens - len(req.output_ids))
+            req.output_ids.extend(forced)
+            self.stats.jump_forward_tokens += len(forced)
+            if forced:
+                return self.stop_reason(req, req.output_ids[-1])
+        return None
 
     def stop_reason(self, req: Request, token: int) -> str | None:
         if token in req.params.stop_token_ids:

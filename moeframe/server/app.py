@@ -82,8 +82,11 @@ def build_app(engine: Engine, model_name: str, server: ServerConfig | None = Non
 
     @app.get("/health")
     async def health() -> dict[str, str]:
+        """503 once the engine thread stopped or shutdown began, so a load balancer sends no more requests here."""
         if not engine_loop.alive:
             raise APIError("the engine thread has stopped", 503, "server_error")
+        if shutdown.draining:
+            raise APIError("the server is shutting down", 503, "server_error")
         return {"status": "ok"}
 
     @app.get("/stats")

@@ -14,7 +14,8 @@ import torch
 
 from moeframe import SamplingParams
 from moeframe.constrain.bitmask import apply_bitmask
-from moeframe.engine.core import DEAD_END, NON_FINITE
+from moeframe.engine.constrained import DEAD_END
+from moeframe.engine.core import NON_FINITE
 from moeframe.engine.request import Request
 from moeframe.engine.sampler import sample
 
@@ -85,6 +86,40 @@ def test_a_constraint_that_dead_ends_ends_its_request_with_an_error_never_stop(m
     assert len(dead.output_ids) == 2
     assert [r.output_ids for r in others] == others_alone(engine)
     assert engine.built.pool.num_free_slots == engine.built.pool.num_slots - engine.built.cache.num_cached_tokens()
+
+
+class RaisesAfter(DeadEndAfter):
+    """A constraint state whose backend raises after ``steps`` tokens, in ``where`` (mask filling or advancing)."""
+
+    def __init__(self, steps: int, where: str) -> None:
+        super().__init__(steps)
+        self.where = where
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        if self.left <= 0 and self.where == "fill_bitmask":
+            raise RuntimeError("backend bug")
+        bitmask[row] = -1
+
+    def advance(self, token_id: int) -> bool:
+        self.left -= 1
+        if self.left < 0 and self.where == "advance":
+            raise RuntimeError("backend bug")
+        return True
+
+
+@pytest.mark.parametrize("where", ["fill_bitmask", "advance"])
+def test_a_constraint_backend_that_raises_fails_its_request_only(make_engine, where) -> None:
+    engine = make_engine("cache=none")
+    engine.core.apply_bitmask = apply_bitmask
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    reqs = [engine.make_request(p, q) for p, q in zip(PROMPTS, [GREEDY, params, SEEDED])]
+    reqs[1].constraint = RaisesAfter(2, where)
+    for req in reqs:
+        engine.core.add(req)
+    while engine.core.has_work():
+        engine.step()
+    assert reqs[1].finish_reason == "error" and "backend bug" in reqs[1].error
+    assert [reqs[0].output_ids, reqs[2].output_ids] == others_alone(engine)
 
 
 @pytest.mark.parametrize("overlap", ["true", "false"])
