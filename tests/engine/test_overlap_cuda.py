@@ -117,3 +117,29 @@ def test_arrivals_between_overlapped_graph_steps_give_the_tokens_of_eager_decode
         ahead.append(made.core.stats.ahead_steps)
     assert outputs[0] == outputs[1]
     assert ahead[0] == ahead[1] > 0
+
+
+@pytest.mark.parametrize("cuda_graph", ["true", "false"])
+def test_a_poisoned_row_fails_alone_beside_a_tiny_temperature_row_on_cuda(checkpoint_factory, cuda_graph: str) -> None:
+    """Issue 24 on the overlapped CUDA path: a sampled row whose logits turn NaN ends with an error, and a row
+    at temperature 1e-38 samples without overflow; the others run to their length (tests/engine/test_request_isolation.py
+    checks the tokens exactly on the CPU, where float32 logits leave no ties at the maximum)."""
+    path = checkpoint_factory("tiny-olmoe")
+    made = engine(path, "experts=triton", f"runner.cuda_graph={cuda_graph}", "runner.overlap=true")
+    greedy = SamplingParams(max_new_tokens=20, ignore_eos=True)
+    tiny = SamplingParams(max_new_tokens=20, ignore_eos=True, temperature=1e-38, seed=1)
+    victim = SamplingParams(max_new_tokens=20, ignore_eos=True, temperature=1.0, seed=9)
+    run = made.built.runner.run
+
+    def poisoned(scheduled, input_ids=None):
+        out = run(scheduled, input_ids)
+        for row, req in enumerate(scheduled.requests):
+            if req.params is victim and len(req.output_ids) >= 3:
+                out.logits[row] = float("nan")
+        return out
+
+    made.built.runner.run = poisoned
+    outs = made.generate(prompts(made.spec.vocab_size, 3), [greedy, victim, tiny])
+    assert made.core.stats.ahead_steps > 0
+    assert outs[1].finish_reason == "error" and "not finite" in outs[1].error and len(outs[1].token_ids) == 3
+    assert [(o.finish_reason, len(o.token_ids)) for o in (outs[0], outs[2])] == [("length", 20)] * 2
