@@ -1,4 +1,4 @@
-"""The pieces a program appends to its state: text, ``gen``, ``select``, role turns, and sequences of them.
+"""The pieces a program appends to its state: text, ``gen``, ``select``, ``tool_call``, role turns, sequences.
 
 SGLang's frontend language (Zheng et al. 2024, "SGLang: Efficient Execution
 of Structured Language Model Programs") builds programs from the same
@@ -8,8 +8,12 @@ primitives; here they are plain dataclasses that a state executes in order.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
+
+from moeframe.frontend.tool_schema import function_schema
 
 
 class Expr:
@@ -62,6 +66,25 @@ class Select(Expr):
 
 
 @dataclass
+class ToolCall(Expr):
+    """Let the model call one of ``tools`` (Python functions) and go on with the result.
+
+    The model picks the function (when there are several) and writes its
+    arguments under the constraint of the function's signature schema; the
+    function runs on those arguments; ``name`` holds its result and
+    ``name + "_call"`` the call ``{"name", "arguments"}``. See
+    :mod:`moeframe.frontend.tool_step` for the text it appends.
+    """
+
+    name: str
+    tools: list[Callable[..., Any]]
+    schemas: list[dict[str, Any]]
+    max_tokens: int = 128
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+@dataclass
 class Role(Expr):
     role: str
     content: Expr
@@ -75,7 +98,7 @@ def as_expr(value: ExprLike) -> Expr:
         return value
     if isinstance(value, str):
         return Text(value)
-    raise TypeError(f"a program appends text, gen(), select() or a role turn; got {type(value).__name__}")
+    raise TypeError(f"a program appends text, gen(), select(), tool_call() or a role turn; got {type(value).__name__}")
 
 
 def gen(
@@ -99,6 +122,25 @@ def select(name: str, choices: list[str], method: Literal["logprob", "constraint
     if method not in ("logprob", "constraint"):
         raise ValueError(f"select method must be 'logprob' or 'constraint', got {method!r}")
     return Select(name, list(choices), method)
+
+
+def tool_call(
+    name: str,
+    tools: Callable[..., Any] | list[Callable[..., Any]],
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> ToolCall:
+    """A call of one of ``tools``; their schemas come from their signatures (TypeError if one cannot)."""
+    functions = list(tools) if isinstance(tools, (list, tuple)) else [tools]
+    if not functions or not all(callable(f) for f in functions):
+        raise ValueError("tool_call needs a function or a non-empty list of functions")
+    schemas = [function_schema(f) for f in functions]
+    names = [s["name"] for s in schemas]
+    bad = [n for n in names if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", n)]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"tool names must be distinct and match [a-zA-Z0-9_-]{{1,64}}; got {names}")
+    return ToolCall(name, functions, schemas, max_tokens, temperature, seed)
 
 
 def system(content: ExprLike) -> Role:

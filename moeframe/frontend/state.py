@@ -16,7 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from moeframe.frontend.backend import Backend
-from moeframe.frontend.ir import Expr, ExprLike, Gen, Role, Select, Seq, Text, as_expr
+from moeframe.frontend.ir import Expr, ExprLike, Gen, Role, Select, Seq, Text, ToolCall, as_expr
+from moeframe.frontend.tool_step import run_tool_call
+from moeframe.server.tool_format import HERMES
 
 
 class ProgramState:
@@ -25,6 +27,7 @@ class ProgramState:
         self._text = text
         self._variables: dict[str, Any] = dict(variables or {})
         self._messages: list[dict[str, str]] = []
+        self._tool_responses: list[str] = []  # results of calls made inside the role turn being run
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moeframe-program")
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
@@ -104,6 +107,8 @@ class ProgramState:
             value = self.backend.select(self._text, node)
             self._text += value
             self._variables[node.name] = value
+        elif isinstance(node, ToolCall):
+            self._run_tool_call(node, role)
         elif isinstance(node, Role):
             self._run_role(node)
         else:
@@ -116,6 +121,21 @@ class ProgramState:
         self._run(node.content, node.role)
         self._messages.append({"role": node.role, "content": self._text[start:]})
         self._text += after
+        if self._tool_responses:
+            responses, self._tool_responses = self._tool_responses, []
+            self._run_role(Role("user", Text(HERMES.separator.join(responses))))
+
+    def _run_tool_call(self, node: ToolCall, role: str | None) -> None:
+        """The call goes where the program is; its result right after it, or, inside a role, in a user turn
+        after that turn (where Qwen2.5's template puts tool results)."""
+        outcome = run_tool_call(self.backend, self._text, node)
+        self._text += outcome.call_text
+        self._variables[node.name] = outcome.result
+        self._variables[f"{node.name}_call"] = outcome.call
+        if role is None:
+            self._text += HERMES.separator + outcome.response_text
+        else:
+            self._tool_responses.append(outcome.response_text)
 
 
 class ForkGroup:
