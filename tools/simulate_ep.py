@@ -2,11 +2,14 @@
 
     python tools/simulate_ep.py outputs/DATE/TIME/metrics.json --preset olmoe-1b-7b --tokens 8192
     python tools/simulate_ep.py counts.json --preset qwen3-30b-a3b --gpus 8 16 32 64 --redundant 4 --network-gbps 25
+    python tools/simulate_ep.py metrics.json --preset qwen3-30b-a3b --gpus 16 32 --stages 1 2 4 --micro-batches 4
 
 The loads (a run's metrics.json, or a counts file {"counts": [[...]]}) give
 each layer's expert distribution; the preset gives the shapes (its expert
 count must match the recording). The cost model and its assumptions are in
-moeframe/parallel/ep_cost.py; every assumption is an argument here.
+moeframe/parallel/ep_cost.py; every assumption is an argument here. With
+``--stages``, a second table splits each GPU count into pipeline stages of
+expert-parallel groups (moeframe/parallel/pp_cost.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from moeframe.model.families import family_of
 from moeframe.model.presets import PRESETS, preset_config
 from moeframe.parallel.ep_cost import Hardware, MoEShape, estimate
 from moeframe.parallel.load_file import read_expert_counts
+from moeframe.parallel.pp_cost import estimate_pipeline
 
 COLUMNS = [
     ("gpus", "{:d}"), ("nodes", "{:d}"), ("experts_per_gpu", "{:d}"), ("imbalance", "{:.3f}"),
@@ -26,9 +30,15 @@ COLUMNS = [
 ]
 
 
-def table(rows: list[dict]) -> str:
-    cells = [[name for name, _ in COLUMNS]] + [[fmt.format(row[name]) for name, fmt in COLUMNS] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+PIPELINE_COLUMNS = [
+    ("gpus", "{:d}"), ("stages", "{:d}"), ("ep_size", "{:d}"), ("micro_batches", "{:d}"), ("stage_ms", "{:.3f}"),
+    ("moe_step_ms", "{:.3f}"), ("bubble_share", "{:.2f}"), ("p2p_gb", "{:.4f}"), ("tokens_per_s", "{:,.0f}"),
+]
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    cells = [[name for name, _ in columns]] + [[fmt.format(row[name]) for name, fmt in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -42,6 +52,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--redundant", type=int, default=0, help="EPLB replicas per layer")
     parser.add_argument("--bytes-per-value", type=int, default=2, help="activation and weight bytes (2: bf16, 1: fp8)")
+    parser.add_argument("--stages", type=int, nargs="+", default=[], help="pipeline stages to split each GPU count into")
+    parser.add_argument("--micro-batches", type=int, default=4, help="micro-batches per pipelined step")
     for f in fields(Hardware):
         flag = f"--{f.name.replace('_', '-')}"
         if f.type in (bool, "bool"):
@@ -66,6 +78,11 @@ def main() -> None:
     skipped = [n for n in args.gpus if n > counts.shape[1]]
     if skipped:
         print(f"skipped {skipped}: more GPUs than experts")
+    grid = [(n, s) for n in args.gpus for s in args.stages if n % s == 0 and n // s <= counts.shape[1] and s <= shape.num_sparse_layers]
+    if grid:
+        print(f"\npipeline x expert: stages of gpus/stages expert-parallel GPUs, {args.micro_batches} micro-batches per step")
+        rows = [estimate_pipeline(counts, shape, s, n // s, args.tokens, args.micro_batches, hw, args.redundant) for n, s in grid]
+        print(table(rows, PIPELINE_COLUMNS))
 
 
 if __name__ == "__main__":

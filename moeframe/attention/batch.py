@@ -56,6 +56,29 @@ class ForwardBatch:
     def max_kv_len(self) -> int:
         return max(self.kv_lens)
 
+    def select_requests(self, lo: int, hi: int) -> "ForwardBatch":
+        """Requests ``lo:hi`` as a batch of their own (a pipeline micro-batch), slicing the device tensors.
+
+        Offsets come from the host lengths, so nothing waits for the device.
+        ``logits_indices`` holds either one row per request or every token's
+        row (``all_logits``); a decode batch is both, and either slice agrees.
+        """
+        q_ptr, kv_ptr = cumsum(self.q_lens), cumsum(self.kv_lens)
+        q_lo, q_hi, kv_lo, kv_hi = q_ptr[lo], q_ptr[hi], kv_ptr[lo], kv_ptr[hi]
+        rows = self.logits_indices
+        rows = rows[q_lo:q_hi] if rows.shape[0] == self.num_tokens else rows[lo:hi]
+        return ForwardBatch(
+            input_ids=self.input_ids[q_lo:q_hi],
+            positions=self.positions[q_lo:q_hi],
+            out_slots=self.out_slots[q_lo:q_hi],
+            q_indptr=self.q_indptr[lo : hi + 1] - q_lo,
+            kv_indptr=self.kv_indptr[lo : hi + 1] - kv_lo,
+            kv_indices=self.kv_indices[kv_lo:kv_hi],
+            logits_indices=rows - q_lo,
+            q_lens=self.q_lens[lo:hi],
+            kv_lens=self.kv_lens[lo:hi],
+        )
+
     @staticmethod
     def build(
         new_tokens: list[list[int]],

@@ -6,6 +6,8 @@ Requests own slot lists; attention gathers through them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -19,12 +21,15 @@ class KVPool:
         v_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        held_layers: Sequence[bool] | None = None,
     ) -> None:
+        """``held_layers[i]`` False: layer i runs on another rank (a pipeline stage), so it gets no slots here."""
         if num_slots < 1:
             raise ValueError(f"the KV pool needs at least one slot, got {num_slots}")
         self.num_slots = num_slots
-        self.k = [torch.zeros(num_slots, kv_heads, k_dim, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(num_slots, kv_heads, v_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        held = [True] * num_layers if held_layers is None else list(held_layers)
+        self.k = [torch.zeros(num_slots if h else 0, kv_heads, k_dim, dtype=dtype, device=device) for h in held]
+        self.v = [torch.zeros(num_slots if h else 0, kv_heads, v_dim, dtype=dtype, device=device) for h in held]
         # Popped from the end: low slots first, so small runs stay compact.
         self._free: list[int] = list(range(num_slots - 1, -1, -1))
 

@@ -9,7 +9,7 @@ backend.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from moeframe.model.layers.routes import RouteBuffer
 from moeframe.model.layers.small_gemv import set_decode_gemv
 from moeframe.model.layers.mla import with_mla_cache
 from moeframe.model.loader import assemble_model, load_model, load_spec, random_model
-from moeframe.model.spec import ModelSpec
+from moeframe.model.spec import AttentionSpec, ModelSpec
 from moeframe.parallel import PARALLEL, ParallelStrategy
 from moeframe.registry import Registry
 from moeframe.routers import ROUTERS, Router
@@ -77,13 +77,13 @@ def checkpoint_path(cfg: DictConfig) -> Path:
     return ensure_checkpoint(cfg.model.preset, cfg.model.cache_dir)
 
 
-def pool_slots(params: Any, spec: ModelSpec, dtype: torch.dtype, device: torch.device, world_size: int) -> int:
+def pool_slots(params: Any, num_layers: int, att: AttentionSpec, dtype: torch.dtype, device: torch.device) -> int:
+    """Slots from ``cache.max_tokens``, else a fraction of free GPU memory over a slot's bytes in this rank's layers."""
     if params.max_tokens is not None:
         return params.max_tokens
     if device.type != "cuda":
         return CPU_DEFAULT_SLOTS
-    att = spec.attention
-    per_slot = KVPool.bytes_per_slot(spec.num_layers, att.cache_kv_heads, att.k_dim, att.v_dim, dtype)
+    per_slot = KVPool.bytes_per_slot(num_layers, att.cache_kv_heads, att.k_dim, att.v_dim, dtype)
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, int(free * params.mem_fraction) // per_slot)
 
@@ -148,12 +148,6 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_gemv_tail_prefetch(cfg.runner.gemv_tail_prefetch)
     path, spec, hf_config = model_source(cfg)
     spec = with_mla_cache(spec, cfg.runner.mla_cache)
-    parallel = PARALLEL.build(cfg.parallel, spec=spec, device=device)
-    kernel = EXPERTS.build(cfg.experts, device=device)
-    recorder = ExpertLoadRecorder(
-        spec.num_layers, spec.moe.num_experts, spec.moe.top_k, cfg.runner.batched_load_record,
-        last_moe_layer=max(i for i, sparse in enumerate(spec.sparse_layers) if sparse),
-    ) if spec.is_moe else None  # fmt: skip
     routing = cfg.routing
     if routing.prune_experts is not None:
         check_pruning(routing.prune_experts, routing.prune_by, spec, cfg.parallel.name)
@@ -171,6 +165,17 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
 
     # Built here, not inside the model's meta-device construction, so a router's own tensors are real.
     routers = {i: build_router(i) for i, sparse in enumerate(spec.sparse_layers) if sparse} if spec.is_moe else {}
+    batch_dependent = any(r.batch_dependent for r in routers.values())
+    parallel = PARALLEL.build(
+        cfg.parallel, spec=spec, device=device, batch_dependent_routing=batch_dependent, records_routes=cfg.runner.routes
+    )
+    kernel = EXPERTS.build(cfg.experts, device=device)
+    held = [parallel.holds_layer(i) for i in range(spec.num_layers)]
+    sparse_here = [i for i, sparse in enumerate(spec.sparse_layers) if sparse and held[i]]
+    recorder = ExpertLoadRecorder(
+        spec.num_layers, spec.moe.num_experts, spec.moe.top_k, cfg.runner.batched_load_record,
+        last_moe_layer=max(sparse_here, default=None),
+    ) if spec.is_moe else None  # fmt: skip
 
     def moe_factory(layer_idx: int) -> MoEBlock:
         router = routers[layer_idx]
@@ -189,8 +194,8 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         max_context = min(max_context, cfg.model.max_context)
     _, cache_params = CACHES.parse_params(cfg.cache)
     att = parallel.local_attention(spec.attention)
-    slots = pool_slots(cache_params, replace(spec, attention=att), dtype, device, parallel.world_size)
-    pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device)
+    slots = pool_slots(cache_params, sum(held), att, dtype, device)
+    pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device, held)
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)
     routes = None
@@ -201,13 +206,12 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         step_tokens = max(policy.params.max_batch_tokens, *cfg.runner.cuda_graph_batch_sizes)
         routes = RouteBuffer(moe_layers, step_tokens, device, weights=cfg.runner.routes_weights)
     replays = any(r.replays_routes for r in routers.values())
-    runner = ModelRunner(model, pool, device, cfg.runner.attention, cfg.runner.overlap, routes, replays)
+    runner = ModelRunner(model, pool, device, cfg.runner.attention, cfg.runner.overlap, routes, replays, parallel.forward)
     if routing.prune_experts is not None:
         token_ids = calibration_token_ids(path, routing.calibration_text, routing.calibration_tokens)
         prune(model, calibrate(model, cache, pool, runner.forward, token_ids, routing.prune_by), routing.prune_experts)
         if recorder is not None:
             recorder.reset()  # the calibration's forwards are not the run's
-    batch_dependent = any(r.batch_dependent for r in routers.values())
     # Padding rows would join a batch-dependent router's choice, and a graph cannot take routes to
     # follow step by step, so those run eagerly.
     capturable = not batch_dependent and not replays and parallel.cuda_graph_safe and cfg.runner.attention != "torch"

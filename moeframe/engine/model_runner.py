@@ -22,6 +22,7 @@ step's rows of them from its requests (``replay_inputs``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,8 +89,11 @@ class ModelRunner:
         overlap: bool = True,
         routes: RouteBuffer | None = None,
         replays_routes: bool = False,
+        forward: Callable[[CausalLM, ForwardContext], torch.Tensor] | None = None,
     ) -> None:
+        """``forward``: how an eager step runs the model over the ranks (``ParallelStrategy.forward``); default ``model(ctx)``."""
         self.model, self.pool, self.device = model, pool, device
+        self.run_model = forward or CausalLM.__call__
         self.attend = get_attention_backend(attention, device)
         self.graphs: CudaGraphRunner | None = None
         self.overlap = overlap  # whether the engine may launch a decode step before reading the last one's tokens
@@ -246,4 +250,4 @@ class ModelRunner:
         if routes is None and self.graphs is not None and self.graphs.can_run(batch):
             return self.graphs.replay(batch)
         ctx = ForwardContext(batch=batch, k_cache=self.pool.k, v_cache=self.pool.v, attend=self.attend, routes=routes)
-        return self.model(ctx)
+        return self.run_model(self.model, ctx)

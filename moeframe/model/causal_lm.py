@@ -63,6 +63,15 @@ class DecoderLayer(nn.Module):
         return self.mlp(x), residual
 
 
+class HeldElsewhere(nn.Module):
+    """A part of the model (a layer, the embedding, the head) that another pipeline rank holds: no weights here."""
+
+    is_sparse = False
+
+    def forward(self, *_: object) -> None:
+        raise RuntimeError("this part of the model is held by another pipeline stage")
+
+
 class CausalLM(nn.Module):
     def __init__(self, spec: ModelSpec, moe_factory: MoEFactory, hf_config: object | None = None) -> None:
         super().__init__()
@@ -84,10 +93,20 @@ class CausalLM(nn.Module):
 
     def forward(self, ctx: ForwardContext) -> torch.Tensor:
         """Logits [R, V] (float32) of the rows ``ctx.batch.logits_indices`` selects."""
+        h, residual = self.run_layers(self.embed_tokens(ctx.batch.input_ids), None, ctx, range(len(self.layers)))
+        return self.logits(h, residual, ctx)
+
+    def run_layers(
+        self, h: MoEOutput, residual: torch.Tensor | None, ctx: ForwardContext, layers: range
+    ) -> tuple[MoEOutput, torch.Tensor | None]:
+        """Layers ``layers`` in order over the stream (h, residual); a pipeline stage runs its own range."""
+        for i in layers:
+            h, residual = self.layers[i](h, residual, ctx.batch.positions, ctx)
+        return h, residual
+
+    def logits(self, h: MoEOutput, residual: torch.Tensor | None, ctx: ForwardContext) -> torch.Tensor:
+        """The final norm and LM head over the rows that want logits."""
         batch = ctx.batch
-        h, residual = self.embed_tokens(batch.input_ids), None
-        for layer in self.layers:
-            h, residual = layer(h, residual, batch.positions, ctx)
         if not batch.is_decode:  # a decode batch wants every row: no gather
             rows = batch.logits_indices  # a pending top-k sum gathers its tokens' k rows
             h, residual = h[rows], residual[rows]

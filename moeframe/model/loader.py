@@ -21,15 +21,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from moeframe.errors import CheckpointError
-from moeframe.model.causal_lm import CausalLM, MoEFactory
+from moeframe.model.causal_lm import CausalLM, HeldElsewhere, MoEFactory
 from moeframe.model.families import Family, family_of, rename
 from moeframe.model.fp8_checkpoint import FP8, SCALE_SUFFIX, block_size, dequantize_blocks, is_mtp_tensor
 from moeframe.model.layers.attention import qkv_widths
 from moeframe.model.spec import ModelSpec
 
 # Shards the meta-device model for this rank and returns how to cut each full
-# tensor (by our name) to it; the parallel strategy supplies it (moeframe/parallel).
-ShardFn = Callable[[CausalLM], Callable[[str, torch.Tensor], torch.Tensor]]
+# tensor (by our name) to it, None for a tensor another rank holds; the
+# parallel strategy supplies it (moeframe/parallel).
+ShardFn = Callable[[CausalLM], Callable[[str, torch.Tensor], torch.Tensor | None]]
 
 EXPERT_PART = re.compile(r"^layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 QKV_PART = re.compile(r"^(layers\.\d+\.self_attn)\.([qkv])_proj\.(weight|bias)$")
@@ -150,6 +151,8 @@ def assemble_model(
     def place(name: str, tensor: torch.Tensor) -> None:
         if cut is not None:
             tensor = cut(name, tensor)
+            if tensor is None:
+                return
         state[name] = tensor.to(device=device, dtype=tensor_dtype(name, dtype))
 
     for name, tensor in fuse_qkv(spec, tensors, set(expected)):
@@ -217,7 +220,7 @@ def tensor_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
 def finish_model(model: CausalLM, state: dict[str, torch.Tensor]) -> CausalLM:
     """Assign the tensors, tie embeddings where the checkpoint does, convert experts once, eval mode."""
     model.load_state_dict(state, assign=True, strict=False)
-    if model.spec.tie_word_embeddings:
+    if model.spec.tie_word_embeddings and not isinstance(model.lm_head, HeldElsewhere):
         model.lm_head.weight = model.embed_tokens.weight
     prepare_experts(model)
     return model.eval()
@@ -263,7 +266,9 @@ def random_model(
         else:
             state[name] = torch.zeros(ref.shape, dtype=target, device=device)
         if cut is not None:
-            state[name] = cut(name, state[name])
+            kept = cut(name, state.pop(name))
+            if kept is not None:
+                state[name] = kept
     return finish_model(model, state)
 
 

@@ -1,4 +1,4 @@
-"""Parallel strategies (registry "parallel"): single, tensor, expert (torch.distributed)."""
+"""Parallel strategies (registry "parallel"): single, tensor, expert, pipeline (torch.distributed)."""
 
 from moeframe.parallel.base import ParallelStrategy
 from moeframe.registry import Registry, import_components

@@ -13,6 +13,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.moe import ExpertRunner
 from moeframe.model.spec import AttentionSpec
 from moeframe.parallel.slicing import WeightSlicer
@@ -36,6 +39,14 @@ class ParallelStrategy(ABC):
     def shard(self, model: "CausalLM") -> WeightSlicer:
         """Cut the meta-device model down to this rank's part, before loading; the slicer cuts each loaded tensor alike."""
         return WeightSlicer({})
+
+    def holds_layer(self, layer_idx: int) -> bool:
+        """Whether this rank computes layer ``layer_idx`` (and keeps its KV); pipeline stages hold a range."""
+        return True
+
+    def forward(self, model: "CausalLM", ctx: ForwardContext) -> torch.Tensor:
+        """One forward step's logits on this rank; a pipeline runs it stage by stage over micro-batches."""
+        return model(ctx)
 
     def local_attention(self, attention: AttentionSpec) -> AttentionSpec:
         """The attention shape this rank computes and caches (the KV pool is sized from it)."""

@@ -91,3 +91,23 @@ class Comm:
             dist.all_gather(parts, padded, group=self.group)
         self.meter.bytes_sent["all_gather"] += (self.world_size - 1) * padded.numel() * padded.element_size()
         return torch.cat([p[:n] for p, n in zip(parts, rows_per_rank)])
+
+    def send_async(self, tensor: torch.Tensor, dst: int) -> dist.Work:
+        """Start sending ``tensor`` to global rank ``dst`` (a pipeline stage's output); counted, never timed: it overlaps compute."""
+        self.meter.bytes_sent["p2p"] += tensor.numel() * tensor.element_size()
+        self.meter.calls["p2p"] += 1
+        return dist.isend(tensor.contiguous(), dst, group=self.group)
+
+    def recv_async(self, tensor: torch.Tensor, src: int) -> dist.Work:
+        """Post a receive into ``tensor`` from global rank ``src``; the sender counts the bytes."""
+        return dist.irecv(tensor, src, group=self.group)
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        """``tensor`` from global rank ``src`` on every rank, in place; the source sends it to each of the W-1 others."""
+        if self.world_size == 1:
+            return tensor
+        with self._timed("broadcast", tensor):
+            dist.broadcast(tensor, src, group=self.group)
+        if dist.get_rank() == src:
+            self.meter.bytes_sent["broadcast"] += (self.world_size - 1) * tensor.numel() * tensor.element_size()
+        return tensor

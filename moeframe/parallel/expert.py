@@ -89,6 +89,13 @@ def layer_placements(spec: ModelSpec, world_size: int, params: ExpertParams) -> 
     return placed, report
 
 
+def keep_experts(moe: MoEBlock, experts: tuple[int, ...]) -> None:
+    """Cut the meta-device block down to the routed experts ``experts`` (this rank's slots, replicas included)."""
+    local = torch.tensor(experts)
+    moe.w13 = cut(moe.w13, 0, local)
+    moe.w2 = cut(moe.w2, 0, local)
+
+
 @PARALLEL.register("expert", params=ExpertParams)
 class ExpertParallel(ParallelStrategy):
     name = "expert"
@@ -128,9 +135,7 @@ class ExpertParallel(ParallelStrategy):
     def shard(self, model: Any) -> WeightSlicer:
         for i, layer in enumerate(model.layers):
             if isinstance(layer.mlp, MoEBlock):
-                local = torch.tensor(self.placements[i].rank_experts[self.comm.rank])
-                layer.mlp.w13 = cut(layer.mlp.w13, 0, local)
-                layer.mlp.w2 = cut(layer.mlp.w2, 0, local)
+                keep_experts(layer.mlp, self.placements[i].rank_experts[self.comm.rank])
         if self.tp_comm is not None:
             shard_model_tensor_parallel(model, self.tp_size, self.tp_comm.rank, self.tp_comm)
         self.clock.attach(model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ def run_checks(eng: Engine) -> dict:
         "alone_tokens": eng.generate([batch[1]], params)[0].token_ids,
         "stats": eng.stats(),
         "num_params": sum(p.numel() for p in eng.built.model.parameters()),
+        "kv_layers": [k.shape[0] > 0 for k in eng.built.pool.k],
     }
 
 
@@ -54,7 +56,38 @@ def compare(ours: dict, ref: dict) -> dict:
         "kept_assignments": ours["stats"].get("expert_load", {}).get("total", {}).get("kept"),
         "num_params": ours["num_params"],
         "single_num_params": ref["num_params"],
+        "kv_layers": ours["kv_layers"],
     }
+
+
+class OverlapGate:
+    """Holds stage 1 at the start of micro-batch 0 until stage 0 has started micro-batch 1 (a marker file), for 30 s at most.
+
+    Stage 0 can get there only if it does not wait for stage 1 between its
+    micro-batches: if the stages did not overlap, the marker would never come.
+    """
+
+    def __init__(self, marker: Path) -> None:
+        self.marker, self.events, self.saw_marker = marker, [], None
+
+    def __call__(self, stage: int, micro_batch: int, event: str) -> None:
+        self.events.append((stage, micro_batch, event))
+        if (stage, micro_batch, event) == (0, 1, "start"):
+            self.marker.touch()
+        if (stage, micro_batch, event) == (1, 0, "start") and self.saw_marker is None:
+            deadline = time.monotonic() + 30
+            while not self.marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.saw_marker = self.marker.exists()
+
+
+def pipeline_overlap(path: str, out_dir: str) -> dict:
+    """One prefill step of 4 prompts in 2 micro-batches through 2 stages, under the gate."""
+    eng = engine(path, "parallel=pipeline", "parallel.micro_batches=2")
+    gate = OverlapGate(Path(out_dir) / "stage0_started_micro_batch_1")
+    eng.built.parallel.observer = gate
+    eng.generate(prompts(eng.spec.vocab_size) + [[7, 8, 9]], SamplingParams(max_new_tokens=1, ignore_eos=True))
+    return {"saw_marker": gate.saw_marker, "events": gate.events}
 
 
 def start_error(path: str, overrides: list[str]) -> str | None:
@@ -80,6 +113,8 @@ def main(args_file: str, out_dir: str) -> None:
             load_file = write_expert_counts(counts, Path(out_dir) / f"counts_rank{world.rank}.json")
             overrides = ("parallel=expert", "parallel.redundant_experts=3", f"parallel.load_file={load_file}")
             results[f"{name}/expert_redundant"] = compare(run_checks(engine(path, *overrides)), single)
+    if "overlap_model" in args:
+        results["pipeline_overlap"] = pipeline_overlap(args["models"][args["overlap_model"]], out_dir)
     (Path(out_dir) / f"rank{world.rank}.json").write_text(json.dumps(results))
     torch.distributed.destroy_process_group()
 

@@ -1,4 +1,4 @@
-"""Tensor and expert parallel against single, on 2 CPU processes with gloo, launched by torchrun.
+"""Tensor, expert and pipeline parallel against single, on 2 (and 4) CPU processes with gloo, launched by torchrun.
 
 One torchrun group runs every check (tests/parallel/dist_worker.py); each
 test below asserts one behaviour on what the ranks wrote.
@@ -29,7 +29,17 @@ PARITY = [(family, strategy) for family in FAMILIES for strategy in STRATEGIES] 
     ("mixtral-expert-choice", "expert"),
     ("olmoe-random-weights", "tensor"),
     ("olmoe-random-weights", "expert"),
+    ("olmoe", "pipeline"),
+    ("deepseek-v3", "pipeline"),
+    ("deepseek-v3", "pipeline_split"),
+    ("qwen2-tied", "pipeline"),
 ]
+PIPELINE = {
+    "pipeline": ["parallel=pipeline"],
+    # a given split, and more micro-batches than stages (3 prompts: one request each)
+    "pipeline_split": ["parallel=pipeline", "parallel.split=[2,1]", "parallel.micro_batches=4"],
+}
+PIPELINE_PARITY = [(family, strategy) for family, strategy in PARITY if strategy.startswith("pipeline")]
 GRID_FAMILIES = ("mixtral", "deepseek-v3")
 
 
@@ -64,17 +74,24 @@ def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[
     models["olmoe-random-weights"] = None
     # 5 experts over 2 ranks: uneven blocks of 3 and 2
     models["qwen2-moe-e5"] = str(make_checkpoint(make_config("qwen2_moe", num_experts=5, num_experts_per_tok=2), root / "e5", seed=1))
+    # a dense model whose LM head is its embedding: the first and last stages each keep the one tensor
+    models["qwen2-tied"] = str(checkpoint_factory("tiny-qwen2"))
     bad = {
         "tensor_heads_3": (make_checkpoint(make_config("qwen3_moe", num_attention_heads=3, num_key_value_heads=1), root / "h3", seed=1), ["parallel=tensor"]),
         "expert_one_expert": (make_checkpoint(make_config("mixtral", num_local_experts=1, num_experts_per_tok=1), root / "e1", seed=1), ["parallel=expert"]),
         "expert_tp_size_3": (models["mixtral"], ["parallel=expert", "parallel.tp_size=3"]),
+        "pipeline_one_layer": (make_checkpoint(make_config("mixtral", num_hidden_layers=1), root / "l1", seed=1), ["parallel=pipeline"]),
+        "pipeline_split_3": (models["mixtral"], ["parallel=pipeline", "parallel.split=[1,1,0]"]),
+        "pipeline_expert_choice": (models["mixtral"], ["parallel=pipeline", "router=expert_choice"]),
+        "pipeline_routes": (models["mixtral"], ["parallel=pipeline", "runner.routes=true"]),
     }
-    runs = STRATEGIES | {"expert_tp2": EXPERT_TP2}
+    runs = STRATEGIES | PIPELINE | {"expert_tp2": EXPERT_TP2}
     args = {
         "models": models,
         "runs": {family: {s: runs[s] for f, s in PARITY if f == family} for family in models},
         "bad": {name: (str(path), overrides) for name, (path, overrides) in bad.items()},
         "redundant_model": "olmoe",
+        "overlap_model": "olmoe",
         "base": {
             "mixtral-expert-choice": ["router=expert_choice"],
             "olmoe-random-weights": ["model=tiny-olmoe", "model.random_weights=true"],
@@ -85,10 +102,14 @@ def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[
 
 @pytest.fixture(scope="module")
 def grid_ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """4 ranks as 2 expert-parallel groups of 2 tensor-parallel ranks."""
+    """4 ranks: 2 expert-parallel groups of 2 tensor-parallel ranks; 4 pipeline stages; 2 stages of 2 expert-parallel ranks."""
+    root = tmp_path_factory.mktemp("grid")
     models = {family: str(checkpoint_factory(FAMILIES[family])) for family in GRID_FAMILIES}
-    args = {"models": models, "runs": {family: {"expert_tp2": EXPERT_TP2} for family in models}}
-    return launch(4, args, tmp_path_factory.mktemp("grid"))
+    runs = {family: {"expert_tp2": EXPERT_TP2} for family in models}
+    models["mixtral-4-layers"] = str(make_checkpoint(make_config("mixtral", num_hidden_layers=4), root / "l4", seed=1))
+    runs["mixtral-4-layers"] = {"pipeline": ["parallel=pipeline"]}
+    runs["mixtral"]["pipeline_ep2"] = ["parallel=pipeline", "parallel.ep_size=2"]
+    return launch(4, {"models": models, "runs": runs}, root)
 
 
 @pytest.mark.parametrize("family,strategy", PARITY)
@@ -176,3 +197,55 @@ def test_each_rank_holds_only_its_shard_of_the_weights(ranks: list[dict], strate
     for result in ranks:
         check = result[f"deepseek-v3/{strategy}"]
         assert check["num_params"] < check["single_num_params"]
+
+
+@pytest.mark.parametrize("family,strategy", PIPELINE_PARITY)
+def test_pipeline_stages_keep_only_their_layers_weights_and_kv(ranks: list[dict], family: str, strategy: str) -> None:
+    held = []
+    for result in ranks:
+        check = result[f"{family}/{strategy}"]
+        lo, hi = check["parallel_stats"]["stage_layers"][check["parallel_stats"]["stage"]]
+        assert check["kv_layers"] == [lo <= i < hi for i in range(len(check["kv_layers"]))]
+        assert check["num_params"] < check["single_num_params"]
+        held.append(check["kv_layers"])
+    assert [any(layer) for layer in zip(*held)] == [True] * len(held[0])  # every layer on some stage
+
+
+def test_pipeline_split_follows_the_config(ranks: list[dict]) -> None:
+    assert ranks[0]["deepseek-v3/pipeline_split"]["parallel_stats"]["stage_layers"] == [[0, 2], [2, 3]]
+
+
+def test_pipeline_first_stage_sends_and_last_stage_broadcasts_logits(ranks: list[dict]) -> None:
+    first, last = (ranks[r]["olmoe/pipeline"]["parallel_stats"] for r in (0, 1))
+    assert first["bytes_sent"]["p2p"] > 0 and "p2p" not in last["bytes_sent"]
+    assert last["bytes_sent"]["broadcast"] > 0 and "broadcast" not in first["bytes_sent"]
+    assert first["micro_batches_per_step"] > 1
+
+
+def test_pipeline_stage_starts_the_next_micro_batch_while_the_next_stage_runs_the_last(ranks: list[dict]) -> None:
+    """Stage 1, holding micro-batch 0, saw stage 0 start micro-batch 1 (see dist_worker.OverlapGate)."""
+    assert ranks[1]["pipeline_overlap"]["saw_marker"] is True
+    for stage, result in enumerate(ranks):
+        order = [(m, event) for s, m, event in result["pipeline_overlap"]["events"]]
+        assert all(s == stage for s, _, _ in result["pipeline_overlap"]["events"])
+        assert order == [(0, "start"), (0, "done"), (1, "start"), (1, "done")]
+
+
+def test_pipeline_refusals_name_the_problem_on_every_rank(ranks: list[dict]) -> None:
+    for result in ranks:
+        errors = result["errors"]
+        assert "2 stages but the model has 1 layers" in errors["pipeline_one_layer"]
+        assert "parallel.split=[1, 1, 0]" in errors["pipeline_split_3"]
+        assert "batch-dependent router" in errors["pipeline_expert_choice"]
+        assert "set runner.routes=false" in errors["pipeline_routes"]
+
+
+@pytest.mark.parametrize("family,strategy,stages", [("mixtral-4-layers", "pipeline", 4), ("mixtral", "pipeline_ep2", 2)])
+def test_pipeline_on_4_ranks_matches_single(grid_ranks: list[dict], family: str, strategy: str, stages: int) -> None:
+    for result in grid_ranks:
+        check = result[f"{family}/{strategy}"]
+        assert check["logits_rel_error"] < 1e-5
+        assert check["batch_tokens"] == check["single_batch_tokens"]
+        assert check["alone_tokens"] == check["single_alone_tokens"]
+        stats = check["parallel_stats"]
+        assert (stats["num_stages"], stats["ep_size"]) == (stages, 4 // stages)
