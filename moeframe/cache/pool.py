@@ -39,8 +39,8 @@ class KVPool:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """Bytes one token's K and V take over all layers, as allocated."""
-        return sum(t[0].numel() * t.element_size() for t in (*self.k, *self.v))
+        """Bytes one token's K and V take over the layers this pool holds, as allocated."""
+        return sum(t[0].numel() * t.element_size() for t in (*self.k, *self.v) if t.shape[0] > 0)
 
     @property
     def num_free_slots(self) -> int:
