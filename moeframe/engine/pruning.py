@@ -65,7 +65,7 @@ class CalibrationMeter(ExpertsKernel):
 
 
 def moe_blocks(model: CausalLM) -> list[MoEBlock]:
-    return [layer.mlp for layer in model.layers if isinstance(layer.mlp, MoEBlock)]
+    return [layer.mlp for layer in model.layers if layer.is_sparse]  # a pipeline rank's other layers are placeholders, never sparse
 
 
 @torch.inference_mode()
