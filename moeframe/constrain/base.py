@@ -37,8 +37,9 @@ class ConstraintSpec:
 
     ``json_object`` asks for any JSON object (OpenAI's ``response_format``
     ``json_object``); ``structural_tag`` for tagged JSON segments, alone or
-    inside free text (tool calls; see :mod:`moeframe.constrain.structural_tag`). A bad value raises :class:`RequestError`, so the engine
-    rejects that request alone.
+    inside free text (tool calls; see :mod:`moeframe.constrain.structural_tag`).
+    A bad value raises :class:`RequestError`, so the engine rejects that
+    request alone.
     """
 
     regex: str | None = None

@@ -28,6 +28,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
+
 from moeframe.constrain.structural_tag import StructuralTag, Tag
 from moeframe.engine.sampling_params import SamplingParams
 from moeframe.errors import RequestError
@@ -44,6 +46,17 @@ NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": Fals
 
 def parameters_of(tool: ToolDefinition) -> dict[str, Any]:
     return tool.function.parameters if tool.function.parameters is not None else NO_ARGUMENTS
+
+
+def check_parameters(tool: ToolDefinition, where: str) -> None:
+    """A function's parameters are a valid JSON schema of an object (arguments are a JSON object), whatever tool_choice."""
+    schema = parameters_of(tool)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as err:
+        raise APIError(f"{where}.function.parameters is not a valid JSON schema: {err.message}", param="tools") from None
+    if schema.get("type", "object") != "object":
+        raise APIError(f"{where}.function.parameters must describe an object, not {schema['type']!r}", param="tools")
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,8 @@ class ToolPlan:
             if choice not in (None, "none"):
                 raise APIError("tool_choice needs tools; this request defines none", param="tool_choice")
             return cls()
+        for i, tool in enumerate(tools):
+            check_parameters(tool, f"tools[{i}]")
         names = [t.function.name for t in tools]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

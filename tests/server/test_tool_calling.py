@@ -140,6 +140,19 @@ def test_auto_reply_is_well_formed_text_or_calls(client: openai.OpenAI) -> None:
     assert streamed == (choice.message.content, calls, choice.finish_reason)
 
 
+def test_each_of_n_sampled_choices_has_its_own_calls_whole_and_streamed(client: openai.OpenAI) -> None:
+    kwargs = dict(
+        model=MODEL, messages=QUESTION, tools=[WEATHER], tool_choice=NAMED, max_tokens=80, temperature=1.0, seed=7, n=3
+    )
+    whole = client.chat.completions.create(**kwargs).choices
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    for i, choice in enumerate(whole):
+        for call in choice.message.tool_calls:
+            assert_valid_call(call, {"get_weather"})
+        calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+        assert assemble([c for c in chunks if c.choices[0].index == i]) == (None, calls, "tool_calls")
+
+
 def test_tool_choice_none_answers_in_text(client: openai.OpenAI) -> None:
     out = client.chat.completions.create(
         model=MODEL, messages=QUESTION, tools=[WEATHER], tool_choice="none", max_tokens=8, temperature=0
@@ -182,6 +195,14 @@ BAD = {
     "tools_and_response_format": ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "tool_choice"),
     "invalid_parameters_schema": (
         {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "no-such-type"}}}]},
+        "tools",
+    ),
+    "parameters_not_an_object": (
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], "tool_choice": "none"},
+        "tools",
+    ),
+    "unsupported_schema_keyword": (
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "not": {}}}}]},
         None,
     ),
     "legacy_functions": ({"functions": [WEATHER["function"]]}, "functions"),
