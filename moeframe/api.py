@@ -25,6 +25,7 @@ from moeframe.engine.core import EngineCore
 from moeframe.engine.pruning import expert_weight_bytes
 from moeframe.engine.request import GenerateOutput, Request, Status
 from moeframe.engine.route_store import SlotRoutes
+from moeframe.telemetry.expert_distribution import ExpertDistributionRecorder
 from moeframe.engine.sampling_params import SamplingParams
 from moeframe.engine.warmup import warm_up
 from moeframe.errors import ConfigError, RequestError
@@ -77,11 +78,20 @@ class Engine:
             jump_forward=jump_forward,
             apply_bitmask=None,
             routes=SlotRoutes(self.built.pool.num_slots, self.built.routes.num_layers) if self.built.routes else None,
+            distribution=self.distribution_recorder(),
         )
         self._ids = itertools.count()
         self.warmup_s: float | None = None
         if cfg.runner.warmup and self.built.device.type == "cuda":
             self.warm_up()
+
+    def distribution_recorder(self) -> ExpertDistributionRecorder | None:
+        """The expert-distribution recorder (start / stop / dump by mode), for an MoE model."""
+        if not self.spec.is_moe:
+            return None
+        moe_layers = [i for i, sparse in enumerate(self.spec.sparse_layers) if sparse]
+        records_routes = self.built.routes is not None
+        return ExpertDistributionRecorder(self.built.recorder, moe_layers, self.spec.moe.num_experts, records_routes)
 
     def warm_up(self) -> float:
         """Run engine/warmup.py's request shapes through this engine, then forget them: the cache, the step
@@ -94,7 +104,7 @@ class Engine:
         built.cache.clear()
         built.cache.stats = CacheStats()
         if built.recorder is not None:
-            built.recorder.reset()
+            built.recorder.set_aside("warmup")  # zeroed in place: the captured graphs count into these counters
         if built.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(built.device)
         return self.warmup_s
@@ -255,7 +265,10 @@ class Engine:
             from moeframe.attention.batch import ForwardBatch
 
             batch = ForwardBatch.build([list(token_ids)], [slots], self.built.device, all_logits=True)
-            return self.built.runner.forward(batch)
+            if self.built.recorder is None:
+                return self.built.runner.forward(batch)
+            with self.built.recorder.counted_apart("scoring"):  # a scoring pass serves no request
+                return self.built.runner.forward(batch)
         finally:
             self.built.pool.free(slots)
 

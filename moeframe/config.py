@@ -83,6 +83,7 @@ class ServerConfig:
     max_waiting_requests: int = 1024  # engine requests admitted but not yet running; more get 429
     admission_threads: int = 2  # threads that tokenize prompts and compile constraints, off the engine thread
     shutdown_grace_s: float = 5.0  # on SIGTERM, in-flight requests get this long to finish, then end with "abort"
+    run_dir: str | None = None  # where the server writes files (expert-distribution dumps); default outputs/serve/DATE_TIME
 
 
 @dataclass

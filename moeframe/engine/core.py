@@ -46,6 +46,7 @@ from moeframe.engine.request import Request, Status
 from moeframe.engine.route_store import SlotRoutes
 from moeframe.engine.sampler import Draw, sample, to_device, token_logprobs
 from moeframe.engine.scheduler import ScheduledBatch, Scheduler
+from moeframe.telemetry.expert_distribution import ExpertDistributionRecorder
 
 
 NON_FINITE = "the logits of this request are not finite (NaN or infinity), so no token can be drawn from them"
@@ -70,6 +71,7 @@ class LaunchedStep:
     scheduled: ScheduledBatch
     out: StepLogits
     out_slots: np.ndarray | None = None  # the KV slot of each token of the step, when routes are stored
+    starts: list[int] | None = None  # each request's position of its first token in the step, likewise
 
 
 class EngineCore:
@@ -83,6 +85,7 @@ class EngineCore:
         jump_forward: bool = False,
         apply_bitmask: Callable | None = None,
         routes: SlotRoutes | None = None,
+        distribution: ExpertDistributionRecorder | None = None,
     ) -> None:
         self.scheduler, self.runner = scheduler, runner
         self.detokenize = detokenize
@@ -92,6 +95,7 @@ class EngineCore:
         self.jump_forward = jump_forward
         self.apply_bitmask = apply_bitmask
         self.routes = routes
+        self.distribution = distribution  # the expert-distribution recorder, fed each served step's routes
         self.stats = StepStats()
         self.requests: dict[int, Request] = {}
         self.in_flight: LaunchedStep | None = None  # launched ahead by the last step, processed by the next
@@ -141,8 +145,10 @@ class EngineCore:
 
     def launch(self, scheduled: ScheduledBatch, input_ids: torch.Tensor | None = None) -> LaunchedStep:
         self.stats.forward_steps += 1
-        out_slots = self.step_slots(scheduled) if self.routes is not None else None
-        return LaunchedStep(scheduled, self.runner.run(scheduled, input_ids), out_slots)
+        if self.routes is None:
+            return LaunchedStep(scheduled, self.runner.run(scheduled, input_ids))
+        starts = [len(req.slots) - n for req, n in zip(scheduled.requests, scheduled.num_new_tokens)]
+        return LaunchedStep(scheduled, self.runner.run(scheduled, input_ids), self.step_slots(scheduled), starts)
 
     @staticmethod
     def step_slots(scheduled: ScheduledBatch) -> np.ndarray:
@@ -160,6 +166,9 @@ class EngineCore:
         host = host or self.runner.read_back_routes(launched.out.routes)
         ids, weights = host.wait()
         self.routes.scatter(launched.out_slots, ids, weights)
+        if self.distribution is not None and self.distribution.wants_routes:
+            scheduled = launched.scheduled
+            self.distribution.on_pass(scheduled.requests, launched.starts, scheduled.num_new_tokens, ids)
 
     def routes_of(self, req: Request, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The routes of the request's tokens from ``start`` up to those whose routes are final (``num_routed``)."""

@@ -1,4 +1,5 @@
-"""The FastAPI app over one Engine: OpenAI routes plus /health, /stats, /metrics, /v1/models, /model_info, /score.
+"""The FastAPI app over one Engine: OpenAI routes plus /health, /stats, /metrics, /v1/models, /model_info, /score,
+and the expert-distribution recorder's start / stop / dump (expert_distribution_routes.py).
 
 ``build_app`` starts the engine thread; the app's lifespan stops it. The
 app holds no engine state of its own: everything it reports comes from the
@@ -14,8 +15,10 @@ limits and the key (``conf``'s ``server`` section).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,6 +31,7 @@ from moeframe.server.auth import RequireAPIKey, resolve_api_key
 from moeframe.server.body_limit import BodyLimit
 from moeframe.server.chat_format import ChatFormat, end_of_turn_ids
 from moeframe.server.engine_loop import EngineLoop
+from moeframe.server.expert_distribution_routes import ExpertDistributionRoutes
 from moeframe.server.errors import APIError, CatchAll, ErrorCounter, install_error_handlers
 from moeframe.server.limits import RequestLimits
 from moeframe.server.metrics import ServerMetrics, metrics_snapshot
@@ -43,6 +47,10 @@ def chat_format_of(engine: Engine) -> ChatFormat:
         return ChatFormat(None)
     special = {k: getattr(tokenizer, k, None) or "" for k in ("bos_token", "eos_token")}
     return ChatFormat(getattr(tokenizer, "chat_template", None), special)
+
+
+def run_dir(server: ServerConfig) -> Path:
+    return Path(server.run_dir) if server.run_dir else Path("outputs/serve") / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def build_app(engine: Engine, model_name: str, server: ServerConfig | None = None) -> FastAPI:
@@ -79,6 +87,7 @@ def build_app(engine: Engine, model_name: str, server: ServerConfig | None = Non
     app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes, counter=counter)
     app.add_middleware(CatchAll, counter=counter)
     app.include_router(OpenAIRoutes(async_engine, model_name, chat, end_of_turn, limits).router)
+    app.include_router(ExpertDistributionRoutes(async_engine, run_dir(server)).router)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

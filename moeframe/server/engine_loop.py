@@ -28,6 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
 from moeframe.api import Engine, SamplingParams
 from moeframe.engine.request import Request, Status
 from moeframe.errors import OverloadedError, RequestError
@@ -49,6 +51,7 @@ class Update:
     cached_tokens: int
     finish_reason: str | None = None
     error: str | None = None
+    new_routed_experts: list | None = None  # [n, MoE layers, k] ids of the tokens whose routes became final
 
     @property
     def finished(self) -> bool:
@@ -74,6 +77,7 @@ class _Tracked:
     on_update: OnUpdate
     num_sent_tokens: int = 0
     num_sent_logprobs: int = 0
+    num_sent_routes: int = 0
 
 
 class EngineLoop:
@@ -254,6 +258,16 @@ class EngineLoop:
         top = [t | {"token": self._token_text(t["token_id"])} for t in entry.get("top", [])]
         return entry | {"token": self._token_text(entry["token_id"]), "top": top}
 
+    def _new_routes(self, req: Request, tracked: _Tracked) -> list:
+        """The routes that became final since the last update (all that are left once the request ended)."""
+        start = tracked.num_sent_routes
+        if req.is_finished:
+            routes = req.routed_experts[start:] if req.routed_experts is not None else torch.zeros(0)
+        else:
+            routes = self.engine.core.routes_of(req, start)[0]
+        tracked.num_sent_routes += routes.shape[0]
+        return routes.tolist()
+
     def _publish(self, requests: list[Request]) -> None:
         for req in requests:
             tracked = self._tracked.get(req.rid)
@@ -269,6 +283,7 @@ class EngineLoop:
                 cached_tokens=req.cached_tokens or 0,
                 finish_reason=req.finish_reason if req.is_finished else None,
                 error=req.error,
+                new_routed_experts=self._new_routes(req, tracked) if req.params.return_routed_experts else None,
             )
             tracked.num_sent_tokens, tracked.num_sent_logprobs = len(req.output_ids), len(req.logprobs)
             if req.is_finished:

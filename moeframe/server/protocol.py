@@ -3,7 +3,13 @@
 Field names, defaults and shapes follow the OpenAI API reference for
 completions and chat completions; extra fields that SGLang and vLLM accept
 beside them (``regex``, ``choices``, ``top_k``, ``ignore_eos``,
-``stop_token_ids``) are accepted here too. A body that does not validate
+``stop_token_ids``) are accepted here too, as is SGLang's and vLLM's
+``return_routed_experts`` (default false; the engine must record routes,
+``runner.routes=true``): each choice then carries ``routed_experts``, the
+[tokens, MoE layers, k] expert ids of every token the model computed (the
+prompt, then each generated token but the last), and each stream chunk the
+rows that became final since the chunk before, so that a stream's chunks
+concatenate to the whole. A body that does not validate
 becomes an HTTP 400 with an OpenAI error body (see ``errors.py``).
 
 Types are strict, as OpenAI's own API checks them: a boolean is ``true`` or
@@ -123,6 +129,7 @@ class SamplingFields(RequestBody):
     stop_token_ids: list[Int64] = Field(default_factory=list)
     regex: str | None = None
     choices: list[str] | None = None
+    return_routed_experts: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -189,7 +196,13 @@ class ResponseEnvelope(BaseModel, Generic[ChoiceT]):
     usage: Usage | None = None
 
 
-class CompletionChoice(BaseModel):
+class RoutedChoice(BaseModel):
+    """A choice that carries ``routed_experts`` (set as an extra field) only when the request asked for them."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CompletionChoice(RoutedChoice):
     index: int
     text: str
     logprobs: dict[str, Any] | None = None
@@ -208,7 +221,7 @@ class ChatChoiceMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(RoutedChoice):
     index: int
     message: ChatChoiceMessage
     logprobs: dict[str, Any] | None = None
@@ -225,7 +238,7 @@ class ChatDelta(BaseModel):
     tool_calls: list[DeltaToolCall] | None = None
 
 
-class ChatChunkChoice(BaseModel):
+class ChatChunkChoice(RoutedChoice):
     index: int
     delta: ChatDelta
     logprobs: dict[str, Any] | None = None

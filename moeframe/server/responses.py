@@ -35,9 +35,11 @@ class ChoiceResult:
     error: str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    routed_experts: list = field(default_factory=list)
 
     def add(self, update: Update) -> None:
         self.text = update.text
+        self.routed_experts += update.new_routed_experts or []
         self.token_ids += update.new_token_ids
         self.logprobs += update.new_logprobs
         self.finish_reason, self.error = update.finish_reason, update.error
@@ -89,11 +91,15 @@ class Reply:
         self.choices_per_prompt = body.n
         self.stop = stop_strings(body.stop)
         self.include_usage = body.stream_options is not None and body.stream_options.include_usage
+        self.return_routes = body.return_routed_experts
         self.id, self.created = new_id(shape.id_prefix), now_s()
 
     def whole(self, results: list[ChoiceResult]) -> ResponseEnvelope:
         raise_if_failed(results)
         choices = [self.shape.choice(i, r.text, r.logprobs, r.finish_reason) for i, r in enumerate(results)]
+        if self.return_routes:
+            for choice, result in zip(choices, results):
+                choice.routed_experts = result.routed_experts
         return self.shape.response_model(
             id=self.id,
             created=self.created,
@@ -105,6 +111,7 @@ class Reply:
     async def events(self, stream: RequestStream) -> AsyncIterator[dict[str, str]]:
         deltas = [TextDelta(self.stop) for _ in range(stream.size)]
         results = [ChoiceResult() for _ in range(stream.size)]
+        unsent: list[list] = [[] for _ in range(stream.size)]  # routes of updates whose chunk was held back
         try:
             for choice in self.shape.opening_chunk_choices(stream.size):
                 yield self.chunk([choice])
@@ -116,12 +123,16 @@ class Reply:
                     yield error_event(update)
                     continue
                 text = deltas[update.index].next(update.text, update.finished)
-                if not text and not update.finished and not update.new_logprobs:
+                if not text and not update.finished and not update.new_logprobs and not update.new_routed_experts:
                     continue
                 choice = self.shape.chunk_choice(
                     update.index, text, update.new_logprobs, text_offset, update.finish_reason
                 )
+                if self.return_routes:
+                    unsent[update.index] += update.new_routed_experts or []
                 if choice is not None:  # a shape may hold text back (a tool call's start still being written)
+                    if self.return_routes:  # the routes that became final since the last chunk sent
+                        choice.routed_experts, unsent[update.index] = unsent[update.index], []
                     yield self.chunk([choice])
             if self.include_usage:
                 yield self.chunk([], count_usage(results, self.choices_per_prompt))

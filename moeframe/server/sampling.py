@@ -53,6 +53,7 @@ def sampling_params(
             stop=list(stop),
             stop_token_ids=list(body.stop_token_ids) + list(extra_stop_token_ids),
             ignore_eos=body.ignore_eos,
+            return_routed_experts=body.return_routed_experts,
             logprobs=logprobs,
             **constraint,
         )

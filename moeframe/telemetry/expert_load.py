@@ -23,7 +23,8 @@ columns, most of them -1 by design, and those are not drops. Without it, every
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -252,6 +253,8 @@ class ExpertLoadRecorder:
         self.unrouted: torch.Tensor | None = None  # [L] int64, tokens that kept no expert
         self.pending: list[LayerPlan] = []  # batched: plans recorded since the last flush
         self.pending_captured = False  # whether they were recorded during a CUDA-graph capture
+        # passes that serve no request (scoring, warm-up), counted apart: phase -> kept assignments [L, E], tokens [L]
+        self.apart: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def record(self, layer_idx: int, plan: RoutingPlan) -> None:
         if self.counts is None:
@@ -314,6 +317,41 @@ class ExpertLoadRecorder:
     def reset(self) -> None:
         self.pending = []
         self.counts = self.dropped = self.tokens = self.unrouted = None
+        self.apart = {}
+
+    def _live(self) -> list[torch.Tensor]:
+        return [self.counts, self.dropped, self.tokens, self.unrouted]
+
+    def _add_apart(self, phase: str, counts: torch.Tensor, tokens: torch.Tensor) -> None:
+        kept, seen = self.apart.get(phase, (0, 0))
+        self.apart[phase] = (kept + counts.cpu(), seen + tokens.cpu())
+
+    def set_aside(self, phase: str) -> None:
+        """Move all counted so far to ``apart[phase]`` (warm-up) and zero the counters in place.
+
+        In place, not ``reset``: captured CUDA graphs keep adding into these tensors.
+        """
+        self.flush()
+        if self.counts is None:
+            return
+        self._add_apart(phase, self.counts, self.tokens)
+        for live in self._live():
+            live.zero_()
+
+    @contextmanager
+    def counted_apart(self, phase: str) -> Iterator[None]:
+        """Count the forwards run inside as ``phase`` (scoring), not as served: their counts move to ``apart``."""
+        self.flush()
+        before = None if self.counts is None else [t.clone() for t in self._live()]
+        try:
+            yield
+        finally:
+            self.flush()
+            if self.counts is not None:
+                before = before or [torch.zeros_like(t) for t in self._live()]
+                self._add_apart(phase, self.counts - before[0], self.tokens - before[2])
+                for live, old in zip(self._live(), before):
+                    live.copy_(old)
 
     def load_counts(self) -> torch.Tensor:
         """Kept assignments per (layer, expert), [L, E] int64 on the host."""
@@ -359,7 +397,8 @@ class ExpertLoadRecorder:
             "mean_cv": sum(s["cv"] for s in layers) / len(layers) if layers else 0.0,
             "mean_entropy_norm": sum(s["entropy_norm"] for s in layers) / len(layers) if layers else 0.0,
         }
-        return {"layers": layers, "total": total}
+        apart = {phase: {"kept": int(kept.sum()), "tokens": int(tokens.sum())} for phase, (kept, tokens) in self.apart.items()}
+        return {"layers": layers, "total": total, "counted_apart": apart}
 
     def heatmap_png(self, path: str | Path) -> Path:
         """Write a layer x expert heatmap of load / mean load (1 = balanced) to ``path``."""

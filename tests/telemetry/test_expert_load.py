@@ -84,7 +84,8 @@ def test_reset_forgets_everything():
     recorder.reset()
     assert recorder.load_counts().tolist() == [[0, 0]]
     assert recorder.stats() == {"layers": [], "total": {"kept": 0, "dropped": 0, "drop_rate": 0.0, "unrouted_rate": 0.0,
-                                                        "max_mean_load": 0.0, "mean_cv": 0.0, "mean_entropy_norm": 0.0}}
+                                                        "experts_per_token": 0.0, "max_mean_load": 0.0, "mean_cv": 0.0,
+                                                        "mean_entropy_norm": 0.0}, "counted_apart": {}}
 
 
 def test_heatmap_is_a_png_image(tmp_path):
@@ -105,3 +106,15 @@ def test_a_narrower_router_than_the_model_drops_nothing() -> None:
     recorder.record(0, plan)
     layer = recorder.stats()["layers"][0]
     assert layer["dropped"] == 0 and layer["kept"] == 3
+
+
+def test_set_aside_moves_counts_apart_in_place():
+    """Warm-up counts move apart, and the counters stay the same tensors (captured CUDA graphs add into them)."""
+    recorder = ExpertLoadRecorder(num_layers=1, num_experts=2)
+    recorder.record(0, plan([[0], [1], [1]]))
+    counters = recorder.counts
+    recorder.set_aside("warmup")
+    assert recorder.counts is counters and recorder.load_counts().tolist() == [[0, 0]]
+    recorder.record(0, plan([[1]]))
+    assert recorder.load_counts().tolist() == [[0, 1]]
+    assert recorder.stats()["counted_apart"] == {"warmup": {"kept": 3, "tokens": 3}}
