@@ -213,7 +213,7 @@ class Engine:
         state = self._constraints.new_state(compiled)
         bitmask = torch.zeros((1, (self.spec.vocab_size + 31) // 32), dtype=torch.int32)
         state.fill_bitmask(bitmask, 0)
-        if not bitmask.any():
+        if state.dead_end(bitmask, 0) is not None:
             raise RequestError(f"the {spec.kind} constraint matches no text at all, so no output can satisfy it")
         return state
 

@@ -23,16 +23,13 @@ from moeframe.engine.request import Request
 ApplyBitmask = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-DEAD_END = "the constraint allows no token at this point (its language is empty or it reached a dead end)"
-
-
 def mask_constrained(logits: torch.Tensor, reqs: list[Request], apply_bitmask: ApplyBitmask) -> dict[int, str]:
     """Restrict each constrained row to its state's tokens (only the canonical token in a forced run).
 
     Returns row -> error for the rows whose constraint allows no token at
-    all (a dead end) or raised while filling its mask: the engine ends those
-    requests alone with an error. Such a row is left unmasked, so sampling
-    it stays defined; its token is never used.
+    all (``ConstraintState.dead_end``) or raised while filling its mask: the
+    engine ends those requests alone with an error. Such a row is left
+    unmasked, so sampling it stays defined; its token is never used.
     """
     constrained = [i for i, r in enumerate(reqs) if r.constraint is not None]
     if not constrained:
@@ -51,8 +48,9 @@ def mask_constrained(logits: torch.Tensor, reqs: list[Request], apply_bitmask: A
         except Exception as err:  # a backend failing on one request's constraint fails that request only
             failed[i] = f"the constraint failed: {type(err).__name__}: {err}"
         else:
-            if not bitmask[i].any():
-                failed[i] = DEAD_END
+            dead_end = reqs[i].constraint.dead_end(bitmask, i)
+            if dead_end is not None:
+                failed[i] = str(dead_end)
         if i in failed:
             bitmask[i] = -1
     apply_bitmask(logits, bitmask.to(logits.device))
