@@ -6,6 +6,11 @@ In one process: measures copy bandwidth and the bf16 matmul rate, builds a
 random-weight transformers model of the preset on the GPU, hands the same
 tensors to a moeframe Engine, then times decode at several batch sizes and
 an 8 x 1024 prefill on both. Writes JSON and a markdown table.
+
+``--routes`` also builds a second engine on the same weights with
+``runner.routes=true`` and times its decode with every request returning
+its routed experts, batch by batch right after the plain engine's figure:
+the cost of returning routes, measured in the same run (column "with routes").
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[
 def ours_decode_tok_s(engine: Engine, batch: int, prompt_len: int, new_tokens: int, repeats: int = 3) -> float:
     """The median of ``repeats`` runs: one run's host time varies by a few percent on the device machine."""
     prompts = random_prompts(batch, prompt_len, engine.spec.vocab_size, batch)
-    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-    engine.generate(prompts, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    routes = engine.core.routes is not None  # an engine that records routes returns them to every request
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True, return_routed_experts=routes)
+    engine.generate(prompts, SamplingParams(max_new_tokens=4, ignore_eos=True, return_routed_experts=routes))
     rates = []
     for _ in range(repeats):
         requests, _ = engine.generate_requests(prompts, params)
@@ -111,6 +117,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--experts", default="triton")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--routes", action="store_true", help="also time decode with runner.routes=true, routes returned")
     parser.add_argument("--profile", default="", help="batch sizes to profile decode at, e.g. 1,32")
     parser.add_argument("--profile-prefill", action="store_true", help="also profile the 8 x 1024 prefill")
     parser.add_argument("--out", default="benchmarks")
@@ -151,6 +158,9 @@ def main() -> None:
     ]  # fmt: skip
     cfg = compose_config(overrides)
     engine = Engine(cfg, weights=hf_state_tensors(preset_spec(cfg), hf.state_dict()))
+    routed = None
+    if args.routes:
+        routed = Engine(compose_config([*overrides, "runner.routes=true"]), weights=hf_state_tensors(preset_spec(cfg), hf.state_dict()))
     sizes = roofline.model_bytes(engine.built.model, 2)
     spec = engine.spec
     context = args.prompt_len + args.new_tokens // 2
@@ -161,6 +171,7 @@ def main() -> None:
         row["roofline_tok_s"] = batch * result["copy_bytes_s"] / step_bytes
         for name, measure in (
             ("moeframe_tok_s", lambda: ours_decode_tok_s(engine, batch, args.prompt_len, args.new_tokens)),
+            ("routes_tok_s", lambda: routed and ours_decode_tok_s(routed, batch, args.prompt_len, args.new_tokens)),
             ("transformers_tok_s", lambda: None if args.skip_hf else hf_decode_tok_s(hf, batch, args.prompt_len, args.new_tokens, spec.vocab_size)),
         ):
             try:
@@ -270,21 +281,26 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
         f"# {result['preset']} on {result['device']} ({result['date']})",
         "",
         f"Command: `python tools/bench_decode.py --preset {args.preset} --batches {args.batches} "
-        f"--prompt-len {args.prompt_len} --new-tokens {args.new_tokens} --experts {args.experts}`",
+        f"--prompt-len {args.prompt_len} --new-tokens {args.new_tokens} --experts {args.experts}"
+        f"{' --routes' if args.routes else ''}`",
         "",
         f"Versions: {result['versions']}. Copy bandwidth {result['copy_bytes_s'] / 1e12:.2f} TB/s, "
         f"bf16 matmul {result['matmul_flop_s'] / 1e12:.0f} TFLOP/s (measured in the same run).",
         "",
-        "| figure | moeframe tok/s | transformers tok/s | vs transformers | roofline tok/s | of roofline |",
-        "|---|---|---|---|---|---|",
+        "| figure | moeframe tok/s | transformers tok/s | vs transformers | roofline tok/s | of roofline | with routes tok/s | routes / plain |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result.get("decode", []):
         ours, hf, roof = row.get("moeframe_tok_s"), row.get("transformers_tok_s"), row["roofline_tok_s"]
-        lines.append(f"| decode, batch {row['batch']} | {fmt(ours)} | {fmt(hf)} | {ratio(ours, hf)} | {fmt(roof)} | {ratio(ours, roof)} |")
+        routes = row.get("routes_tok_s")
+        lines.append(
+            f"| decode, batch {row['batch']} | {fmt(ours)} | {fmt(hf)} | {ratio(ours, hf)} | {fmt(roof)} | {ratio(ours, roof)} "
+            f"| {fmt(routes)} | {ratio(routes, ours)} |"
+        )
     pre = result.get("prefill")
     if pre:
         ours, hf, roof = pre.get("moeframe_tok_s"), pre.get("transformers_tok_s"), pre["roofline_tok_s"]
-        lines.append(f"| prefill 8 x 1024 | {fmt(ours)} | {fmt(hf)} | {ratio(ours, hf)} | {fmt(roof)} | {ratio(ours, roof)} |")
+        lines.append(f"| prefill 8 x 1024 | {fmt(ours)} | {fmt(hf)} | {ratio(ours, hf)} | {fmt(roof)} | {ratio(ours, roof)} | - | - |")
     if result["errors"]:
         lines += ["", "Errors:", *[f"- {e.splitlines()[0]} ..." for e in result["errors"]]]
     return "\n".join(lines) + "\n"

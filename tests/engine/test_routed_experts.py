@@ -106,3 +106,18 @@ def test_routes_refused_without_runner_routes(olmoe: Path) -> None:
     out = engine.generate([[1, 2, 3]], ROUTES)[0]
     assert out.finish_reason == "error" and "runner.routes=true" in out.error
     assert engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2))[0].routed_experts is None
+
+
+def test_routes_hold_with_jump_forward(olmoe: Path) -> None:
+    """Forced runs are computed in an extend step: their routes are the model's, in token order."""
+    engine = make_engine(olmoe, "constraint=xgrammar", "constraint.jump_forward=true")
+    ids = prompt(engine.spec.vocab_size, 6, seed=8)
+    params = SamplingParams(
+        max_new_tokens=40, regex=r"The answer is (yes|no)\. Thank you for asking, it was a pleasure\.", return_routed_experts=True
+    )
+    out = engine.generate([ids], params)[0]
+    assert out.error is None and engine.stats()["jump_forward_tokens"] > 0
+    computed = out.routed_experts.shape[0]  # a forced run that ends the output is never fed back
+    assert len(ids) <= computed <= len(ids) + len(out.token_ids) - 1
+    ref_ids, _, scores = hf_routes(olmoe, (ids + out.token_ids)[:computed])
+    assert_routes_match(out.routed_experts, ref_ids, scores)
