@@ -79,6 +79,7 @@ class ServerConfig:
     max_n: int = 128  # choices per prompt
     max_prompts: int = 256  # prompts in one /v1/completions call
     max_choices: int = 256  # entries of the `choices` constraint
+    max_stop: int = 64  # entries of `stop` and of `stop_token_ids` (each is checked at every step)
     max_score_continuations: int = 64  # continuations in one /score call
     max_waiting_requests: int = 1024  # engine requests admitted but not yet running; more get 429
     admission_threads: int = 2  # threads that tokenize prompts and compile constraints, off the engine thread
@@ -144,7 +145,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 SERVER_LIMITS = (
-    "max_body_bytes", "max_prompt_chars", "max_n", "max_prompts", "max_choices", "max_score_continuations",
+    "max_body_bytes", "max_prompt_chars", "max_n", "max_prompts", "max_choices", "max_stop", "max_score_continuations",
     "max_waiting_requests", "admission_threads",
 )
 

@@ -22,12 +22,18 @@ class RequestLimits:
     max_n: int
     max_prompts: int
     max_choices: int
+    max_stop: int
     max_score_continuations: int
 
     @classmethod
     def of(cls, server: ServerConfig) -> "RequestLimits":
         return cls(
-            server.max_prompt_chars, server.max_n, server.max_prompts, server.max_choices, server.max_score_continuations
+            server.max_prompt_chars,
+            server.max_n,
+            server.max_prompts,
+            server.max_choices,
+            server.max_stop,
+            server.max_score_continuations,
         )
 
     def _at_most(self, field: str, count: int, limit: int, key: str, what: str) -> None:
@@ -41,6 +47,9 @@ class RequestLimits:
         self._at_most("n", body.n, self.max_n, "max_n", "choices asked for")
         if body.choices is not None:
             self._at_most("choices", len(body.choices), self.max_choices, "max_choices", "entries")
+        if isinstance(body.stop, list):
+            self._at_most("stop", len(body.stop), self.max_stop, "max_stop", "stop strings")
+        self._at_most("stop_token_ids", len(body.stop_token_ids), self.max_stop, "max_stop", "stop token ids")
 
     def completion(self, body: CompletionRequest) -> None:
         self.sampling(body)

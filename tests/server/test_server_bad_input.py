@@ -58,6 +58,8 @@ BAD_BODIES = {
     "n_over_the_limit": ({"model": MODEL, "prompt": "hi", "n": 129}, "n"),
     "too_many_prompts": ({"model": MODEL, "prompt": ["hi"] * 257, "max_tokens": 1}, "prompt"),
     "too_many_choices": ({"model": MODEL, "prompt": "hi", "choices": [f"c{i}" for i in range(257)]}, "choices"),
+    "too_many_stop_strings": ({"model": MODEL, "prompt": "hi", "stop": [f"s{i}" for i in range(65)]}, "stop"),
+    "too_many_stop_token_ids": ({"model": MODEL, "prompt": "hi", "stop_token_ids": list(range(65))}, "stop_token_ids"),
 }
 
 
