@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from moeframe import Engine, SamplingParams
+from moeframe.constrain.structural_tag import StructuralTag, Tag
 from moeframe.workloads import WORKLOADS
 from moeframe.workloads.json_extract import DEFAULT_SCHEMA
 
@@ -72,3 +73,28 @@ def test_json_extract_workload_reports_validity_and_savings(path) -> None:
     assert metrics["same_outputs_without_jump_forward"] is True
     assert metrics["forward_steps_saved"] > 0
     assert metrics["mask_us_per_token"] > 0
+
+
+TOOL_ARGUMENTS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+}
+TOOL_CALL = re.compile(r'<tool_call>\n\{"name": "get_weather", "arguments": (.*?)\}\n</tool_call>', re.DOTALL)
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "fsm"])
+def test_engine_tool_calls_validate_and_jump_forward_keeps_their_tokens(path, backend: str) -> None:
+    begin = '<tool_call>\n{"name": "get_weather", "arguments": '
+    tag = StructuralTag((Tag(begin, TOOL_ARGUMENTS, "}\n</tool_call>"),), "<tool_call>", separator="\n")
+    params = SamplingParams(max_new_tokens=120, structural_tag=tag)
+    prompts = ["Weather in Paris?", "And in Oslo?", "Call the tool:"]
+    with_jf = engine(path, backend, True).generate(prompts, params)
+    without_jf = engine(path, backend, False).generate(prompts, params)
+    assert [o.token_ids for o in with_jf] == [o.token_ids for o in without_jf]
+    for out in with_jf:
+        assert out.finish_reason == "stop", out
+        calls = TOOL_CALL.findall(out.text)
+        assert calls and TOOL_CALL.sub("", out.text).strip("\n") == ""
+        for arguments in calls:
+            jsonschema.validate(json.loads(arguments), TOOL_ARGUMENTS)
