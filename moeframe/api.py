@@ -171,6 +171,9 @@ class Engine:
             req.replay_ids = self.replay_ids(replay)
         if params.seed is not None:
             req.generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        elif self.cfg.deterministic and params.temperature > 0:
+            # sampling per request: an unseeded row would draw from the batch's shared generator
+            req.generator = torch.Generator(device="cpu").manual_seed(int(self.cfg.seed))
         if params.constraint_kwargs:
             req.constraint = self.constraint_state(params)
         return req

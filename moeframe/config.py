@@ -92,6 +92,9 @@ class MoeframeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16
     seed: int = 0
+    # batch-invariant engine: a request's tokens and logprobs do not depend on its batch-mates
+    # (every token computed on its own: model/layers/batch_invariant.py); slower
+    deterministic: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)

@@ -238,3 +238,32 @@ def test_a_leaf_swept_across_choices_keeps_its_column(tmp_path: Path) -> None:
     table = comparison_table(runs)
     assert [row[table.columns.index("constraint.jump_forward")] for row in table.rows] == [True, False, True, False]
     assert [row[table.columns.index("forward_steps")] for row in table.rows] == [18, 83, 18, 83]
+
+
+def test_the_routing_axes_panel_draws_kl_against_experts_per_token_one_line_per_axis(tmp_path):
+    from matplotlib.figure import Figure
+
+    from moeframe.telemetry.plots import draw_quality_cost, routing_axis
+    from moeframe.telemetry.runs import RunRecord
+
+    def run(name: str, router: dict, routing: dict, experts: float, kl: float) -> RunRecord:
+        config = base_config(router=router) | {"routing": {"temperature": 1.0, "skip_beta": 0.0, "prune_experts": None} | routing}
+        return RunRecord(tmp_path / name, config, metrics(1.0, kl_vs_native=kl, expert_load_experts_per_token=experts))
+
+    runs = [
+        run("a", {"name": "top_k", "k": 2}, {}, 2.0, 0.3),
+        run("b", {"name": "top_k", "k": 4}, {}, 4.0, 0.0),
+        run("c", {"name": "top_p", "p": 0.5}, {}, 1.5, 0.4),
+        run("d", {"name": "native"}, {"skip_beta": 0.3}, 3.1, 0.1),
+        run("e", {"name": "native"}, {"prune_experts": 8, "prune_by": "reap"}, 4.0, 0.7),
+    ]
+    assert [routing_axis(r) for r in runs] == ["top_k", "top_k", "top_p", "native + skip", "native + prune (reap)"]
+    ax = Figure().add_subplot()
+    draw_quality_cost(ax, runs)
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+    assert lines == {
+        "native + prune (reap)": ([4.0], [0.7]),
+        "native + skip": ([3.1], [0.1]),
+        "top_k": ([2.0, 4.0], [0.3, 0.0]),
+        "top_p": ([1.5], [0.4]),
+    }

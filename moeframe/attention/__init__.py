@@ -17,12 +17,12 @@ import torch
 
 from moeframe.attention.batch import ForwardBatch
 from moeframe.attention.qkv_prologue import QKVPrologue
-from moeframe.attention.reference import attend_reference
+from moeframe.attention.reference import attend_reference, attend_rows
 from moeframe.errors import ConfigError
 
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, ForwardBatch, float], torch.Tensor]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "rows")  # rows: the torch reference one query at a time (deterministic)
 
 DECODE_MERGES = ("fused", "separate")
 DECODE_PROLOGUES = ("fused", "separate")
@@ -112,6 +112,8 @@ def get_attention_backend(name: str, device: torch.device | str) -> AttendFn:
         raise ConfigError(f"attention backend: unknown choice '{name}'; valid choices: {', '.join(BACKENDS)}")
     if name == "auto":
         name = "triton" if torch.device(device).type == "cuda" else "torch"
+    if name == "rows":
+        return attend_rows
     return TritonAttention() if name == "triton" else attend_reference
 
 
@@ -121,6 +123,7 @@ __all__ = [
     "FusesPrologue",
     "QKVPrologue",
     "attend_reference",
+    "attend_rows",
     "attend_with_prologue",
     "get_attention_backend",
     "set_decode_attention_merge",

@@ -29,6 +29,7 @@ from moeframe.experts.auto import kernel_name
 from moeframe.gpu.l2_prefetch import set_gemv_tail_prefetch, set_l2_prefetch
 from moeframe.gpu.pdl import set_pdl
 from moeframe.model.causal_lm import CausalLM
+from moeframe.model.layers.batch_invariant import set_batch_invariant
 from moeframe.model.layers.fusion import set_compile
 from moeframe.model.layers.moe import MoEBlock
 from moeframe.model.layers.routes import RouteBuffer
@@ -130,6 +131,23 @@ def replay_file(cfg: DictConfig) -> RoutesFile | None:
     return None
 
 
+def deterministic_attention(cfg: DictConfig) -> str:
+    """The attention of ``deterministic=true`` (one query at a time), after refusing what it cannot keep invariant.
+
+    The mode computes every token on its own (model/layers/batch_invariant.py):
+    the reference experts (``experts=auto`` picks them) and attention do, the
+    fused kernels' schedules depend on the batch, and so do collectives over
+    ranks. Its attention syncs with the host, so decode runs eagerly (no CUDA graphs).
+    """
+    if cfg.experts.name not in ("auto", "reference"):
+        raise ConfigError(f"deterministic=true runs experts=reference (got experts={cfg.experts.name})")
+    if cfg.parallel.name != "single":
+        raise ConfigError(f"deterministic=true runs parallel=single (got parallel={cfg.parallel.name})")
+    if cfg.runner.attention == "triton":
+        raise ConfigError("deterministic=true runs the torch attention one query at a time; runner.attention=triton is not invariant")
+    return "rows"
+
+
 def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> BuiltEngine:
     """Every component from the config; ``weights`` (our names) replaces reading the checkpoint."""
     validate(cfg)
@@ -137,7 +155,9 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
-    set_compile(cfg.runner.compile)
+    attention = deterministic_attention(cfg) if cfg.deterministic else cfg.runner.attention
+    set_batch_invariant(cfg.deterministic)
+    set_compile(cfg.runner.compile and not cfg.deterministic)
     set_pdl(cfg.runner.pdl)
     set_decode_gemv(cfg.runner.decode_gemv)
     set_fused_norm(cfg.runner.moe_norm_in_router)
@@ -148,6 +168,8 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     set_gemv_tail_prefetch(cfg.runner.gemv_tail_prefetch)
     path, spec, hf_config = model_source(cfg)
     spec = with_mla_cache(spec, cfg.runner.mla_cache)
+    if cfg.deterministic and spec.attention.mla is not None:
+        raise ConfigError("deterministic=true: multi-latent attention (DeepSeek) is not made batch-invariant yet")
     routing = cfg.routing
     if routing.prune_experts is not None:
         check_pruning(routing.prune_experts, routing.prune_by, spec, cfg.parallel.name)
@@ -169,7 +191,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     parallel = PARALLEL.build(
         cfg.parallel, spec=spec, device=device, batch_dependent_routing=batch_dependent, records_routes=cfg.runner.routes
     )
-    kernel = EXPERTS.build(cfg.experts, device=device)
+    kernel = EXPERTS.build({"name": "reference"} if cfg.deterministic else cfg.experts, device=device)
     held = [parallel.holds_layer(i) for i in range(spec.num_layers)]
     sparse_here = [i for i, sparse in enumerate(spec.sparse_layers) if sparse and held[i]]
     recorder = ExpertLoadRecorder(
@@ -206,7 +228,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         step_tokens = max(policy.params.max_batch_tokens, *cfg.runner.cuda_graph_batch_sizes)
         routes = RouteBuffer(moe_layers, step_tokens, device, weights=cfg.runner.routes_weights)
     replays = any(r.replays_routes for r in routers.values())
-    runner = ModelRunner(model, pool, device, cfg.runner.attention, cfg.runner.overlap, routes, replays, parallel.forward)
+    runner = ModelRunner(model, pool, device, attention, cfg.runner.overlap, routes, replays, parallel.forward)
     if routing.prune_experts is not None:
         token_ids = calibration_token_ids(path, routing.calibration_text, routing.calibration_tokens)
         prune(model, calibrate(model, cache, pool, runner.forward, token_ids, routing.prune_by), routing.prune_experts)
@@ -214,7 +236,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
             recorder.reset()  # the calibration's forwards are not the run's
     # Padding rows would join a batch-dependent router's choice, and a graph cannot take routes to
     # follow step by step, so those run eagerly.
-    capturable = not batch_dependent and not replays and parallel.cuda_graph_safe and cfg.runner.attention != "torch"
+    capturable = not batch_dependent and not replays and parallel.cuda_graph_safe and attention not in ("torch", "rows")
     if device.type == "cuda" and cfg.runner.cuda_graph and capturable:
         runner.capture_cuda_graphs(list(cfg.runner.cuda_graph_batch_sizes), max_context)
     return BuiltEngine(

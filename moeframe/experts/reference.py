@@ -1,4 +1,9 @@
-"""The oracle: a loop over experts in plain torch, short enough to trust by reading."""
+"""The oracle: a loop over experts in plain torch, short enough to trust by reading.
+
+Each token's output sums its experts in ascending expert id, whatever the
+batch; under batch-invariant mode (``deterministic``) each expert's matmuls
+also run one token at a time (model/layers/batch_invariant.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import torch.nn.functional as F
 
 from moeframe.experts import EXPERTS
 from moeframe.experts.base import ExpertsKernel
+from moeframe.model.layers.batch_invariant import linear
 from moeframe.registry import NoParams
 from moeframe.routers.plan import RoutingPlan
 
@@ -21,7 +27,7 @@ class ReferenceExperts(ExpertsKernel):
         for expert in torch.unique(plan.topk_ids[plan.kept]).tolist():
             token_idx, col = torch.nonzero(plan.topk_ids == expert, as_tuple=True)
             x = hidden[token_idx]
-            gate, up = F.linear(x, w13[expert]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, w2[expert])
+            gate, up = linear(x, w13[expert]).chunk(2, dim=-1)
+            y = linear(F.silu(gate) * up, w2[expert])
             out.index_add_(0, token_idx, y.float() * plan.topk_weights[token_idx, col, None])
         return out.to(hidden.dtype)

@@ -5,7 +5,8 @@ routers cast first), so eager code casts the activations and then runs a
 cuBLAS GEMV with its own split-K reduction: three launches per layer at batch
 1. Up to ``MAX_GEMV_TOKENS`` tokens on CUDA, ``gate_gemv_kernel`` reads the
 activations in their own dtype and the fp32 weight once, in one launch
-(_gate_kernel.py); larger batches and the CPU keep ``F.linear`` on float32.
+(_gate_kernel.py); larger batches and the CPU keep ``F.linear`` on float32
+(row by row under batch-invariant mode).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 import triton
 
 from moeframe.gpu.pdl import pdl_args
+from moeframe.model.layers import batch_invariant
 
 # Decode batch sizes; past them the weight is re-read by too many token blocks
 # and cuBLAS's tiled GEMM wins.
@@ -54,6 +55,11 @@ def gate_gemv(hidden_states: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
 
 def gate_logits(hidden_states: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Float32 router logits [T, E] of hidden_states [T, H] and the gate weight [E, H]."""
-    if hidden_states.is_cuda and hidden_states.dim() == 2 and hidden_states.shape[0] <= MAX_GEMV_TOKENS:
+    if (
+        hidden_states.is_cuda
+        and hidden_states.dim() == 2
+        and hidden_states.shape[0] <= MAX_GEMV_TOKENS
+        and not batch_invariant.batch_invariant()
+    ):
         return gate_gemv(hidden_states, weight)
-    return F.linear(hidden_states.float(), weight.float())
+    return batch_invariant.linear(hidden_states.float(), weight.float())

@@ -28,6 +28,7 @@ import triton
 from torch import nn
 
 from moeframe.gpu.pdl import pdl_args
+from moeframe.model.layers import batch_invariant
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.routers.base import NormedRouting, RouteContext, Router
 from moeframe.routers.fused_topk import MAX_EXPERTS
@@ -186,6 +187,7 @@ class GateTopK:
         """Where gate_logits runs the GEMV and softmax_topk the fused top-k: CUDA, decode-sized, E <= MAX_EXPERTS."""
         return (
             hidden_states.is_cuda
+            and not batch_invariant.batch_invariant()
             and hidden_states.dim() == 2
             and 1 <= hidden_states.shape[0] <= MAX_FUSED_TOKENS
             and weight.shape[0] <= MAX_EXPERTS

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from moeframe.model.layers import batch_invariant
 from moeframe.model.spec import MoESpec
 from moeframe.registry import NoParams
 from moeframe.routers import ROUTERS
@@ -51,7 +52,7 @@ def check_group_limits(moe: MoESpec, k: int) -> None:
 def softmax_topk(
     gate_logits: torch.Tensor, k: int, renormalize: bool, scale: float, bias: torch.Tensor | None = None
 ) -> RoutingPlan:
-    if gate_logits.is_cuda:
+    if gate_logits.is_cuda and not batch_invariant.batch_invariant():
         return fused_softmax_topk(gate_logits, k, renormalize, scale, bias)
     probs = torch.softmax(gate_logits.float(), dim=-1)
     choice = probs if bias is None else probs + bias

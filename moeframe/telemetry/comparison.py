@@ -29,8 +29,9 @@ KEY_METRICS = (
     ("expert_load_max_mean_load", "max/mean load"),
     ("expert_load_drop_rate", "drop rate"),
 )
-# words of workload-specific metrics worth a column: router fidelity, constrained decoding
-EXTRA_METRIC_WORDS = ("kl", "agreement", "perplexity", "accuracy", "validity", "mask", "steps")
+# words of workload-specific metrics worth a column: router fidelity, routing axes (experts per token,
+# expert weight bytes), batch invariance, constrained decoding
+EXTRA_METRIC_WORDS = ("kl", "agreement", "perplexity", "accuracy", "validity", "mask", "steps", "experts", "weight", "invariant", "invariance")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """One PNG over a set of recorded runs: throughput by run, throughput against batch size when a sweep
-varies it, cache hit rate by workload when there is one, and the expert-load heatmaps side by side.
+varies it, cache hit rate by workload when there is one, quality cost (KL vs native) against experts
+per token when runs measured both (the routing axes), and the expert-load heatmaps side by side.
 
 Heatmaps share one colour scale (load / mean load of the layer, 1 =
 balanced) so that routers can be compared by eye, as in the load figures of
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 BATCH_KEYS = ("workload.batch_size", "workload.num_requests", "workload.max_concurrency", "scheduler.max_running")
 HEATMAPS_PER_ROW = 4
+# the routing-axes panel: quality cost (router_fidelity) against the experts a token used (expert-load recorder)
+QUALITY = "kl_vs_native"
+EXPERTS_PER_TOKEN = "expert_load_experts_per_token"
 HEATMAP_HEIGHT = 2.4  # inches per row of heatmaps
 
 
@@ -63,7 +67,8 @@ def comparison_png(runs: list[RunRecord], path: str | Path) -> Path:
     hit_rates = [r.metrics.get("cache_hit_rate") for r in runs]
     show_hits = any(h for h in hit_rates) or differs([r.choice("workload") for r in runs])
     heat = [(label, run.expert_load_counts()) for label, run in zip(labels, runs) if run.expert_load_counts()]
-    top_panels = 1 + (key is not None) + show_hits
+    show_quality = any(QUALITY in r.metrics and EXPERTS_PER_TOKEN in r.metrics for r in runs)
+    top_panels = 1 + (key is not None) + show_hits + show_quality
     heat_rows = (len(heat) + HEATMAPS_PER_ROW - 1) // HEATMAPS_PER_ROW
     top_height = 2.0 + 0.3 * len(runs)
     width = max(5.5 * top_panels, 3.2 * min(len(heat), HEATMAPS_PER_ROW) + 1.0, 6.0)
@@ -85,6 +90,8 @@ def comparison_png(runs: list[RunRecord], path: str | Path) -> Path:
         draw_batch_curve(fig.add_subplot(top[next(panel)]), runs, labels, key)
     if show_hits:
         draw_hit_rates(fig.add_subplot(top[next(panel)]), runs)
+    if show_quality:
+        draw_quality_cost(fig.add_subplot(top[next(panel)]), runs)
     if heat:
         draw_heatmaps(fig, grid, heat, heat_rows)
     path = Path(path)
@@ -105,6 +112,35 @@ def draw_batch_curve(ax: Axes, runs: list[RunRecord], labels: list[str], key: st
     ax.set_xlabel(key)
     ax.set_ylabel("generated tokens / s")
     ax.set_title(f"throughput against {short}")
+    ax.legend(fontsize="small")
+
+
+def routing_axis(run: RunRecord) -> str:
+    """Which routing axis a run moves: its router, and the routing.* options it turns on (routers/adjust.py)."""
+    name = str(run.value("router.name"))
+    routing = run.config.get("routing") or {}
+    if routing.get("prune_experts") is not None:
+        name += f" + prune ({routing.get('prune_by')})"
+    if (routing.get("skip_beta") or 0) > 0:
+        name += " + skip"
+    if routing.get("temperature", 1.0) != 1.0:
+        name += " + temperature"
+    return name
+
+
+def draw_quality_cost(ax: Axes, runs: list[RunRecord]) -> None:
+    """KL vs native routing against the mean experts a token visited, one line per routing axis."""
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        if QUALITY in run.metrics and EXPERTS_PER_TOKEN in run.metrics:
+            point = (float(run.metrics[EXPERTS_PER_TOKEN]), float(run.metrics[QUALITY]))
+            lines.setdefault(routing_axis(run), []).append(point)
+    for name, points in sorted(lines.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel("experts per token (mean over MoE layers)")
+    ax.set_ylabel("KL(native || run), nats per token")
+    ax.set_title("quality cost against experts per token")
     ax.legend(fontsize="small")
 
 

@@ -25,6 +25,7 @@ from moeframe.errors import ConfigError
 from moeframe.model.layers.context import ForwardContext
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.rotary import Rotary
+from moeframe.model.layers.small_gemv import project
 from moeframe.model.spec import AttentionSpec, ModelSpec
 
 MLA_CACHES = ("decompressed", "latent")
@@ -77,13 +78,13 @@ class MultiLatentAttention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         mla, n, heads = self.mla, x.shape[0], self.spec.num_heads
         if mla.q_lora_rank is None:
-            q = self.q_proj(x)
+            q = project(self.q_proj, x)
         else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+            q = project(self.q_b_proj, self.q_a_layernorm(project(self.q_a_proj, x)))
         q = q.view(n, heads, mla.qk_nope_head_dim + mla.qk_rope_head_dim)
         q_nope, q_rot = q.split([mla.qk_nope_head_dim, mla.qk_rope_head_dim], dim=-1)
-        latent, k_rot = self.kv_a_proj_with_mqa(x).split([mla.kv_lora_rank, mla.qk_rope_head_dim], dim=-1)
-        kv = self.kv_b_proj(self.kv_a_layernorm(latent)).view(n, heads, mla.qk_nope_head_dim + mla.v_head_dim)
+        latent, k_rot = project(self.kv_a_proj_with_mqa, x).split([mla.kv_lora_rank, mla.qk_rope_head_dim], dim=-1)
+        kv = project(self.kv_b_proj, self.kv_a_layernorm(latent)).view(n, heads, mla.qk_nope_head_dim + mla.v_head_dim)
         k_nope, v = kv.split([mla.qk_nope_head_dim, mla.v_head_dim], dim=-1)
         cos, sin = self.rotary.cos_sin(positions, q.dtype)
         q_rot = self.rotary.apply(q_rot, cos, sin)
@@ -97,7 +98,7 @@ class MultiLatentAttention(nn.Module):
         k_cache[ctx.batch.out_slots] = k.to(k_cache.dtype)
         v_cache[ctx.batch.out_slots] = v.to(v_cache.dtype)
         out = ctx.attend(q, k_cache, v_cache, ctx.batch, self.scale)
-        return self.o_proj(out.reshape(n, -1))
+        return project(self.o_proj, out.reshape(n, -1))
 
     def _attend_latent(
         self, q_nope: torch.Tensor, q_rot: torch.Tensor, latent: torch.Tensor, k_rot: torch.Tensor, ctx: ForwardContext
@@ -110,4 +111,4 @@ class MultiLatentAttention(nn.Module):
         k_cache = ctx.k_cache[self.layer_idx]
         k_cache[ctx.batch.out_slots] = torch.cat([latent.view(n, 1, -1), k_rot], dim=-1).to(k_cache.dtype)
         out = ctx.attend(q, k_cache, k_cache[..., : mla.kv_lora_rank], ctx.batch, self.scale)
-        return self.o_proj(torch.einsum("nhr,hvr->nhv", out, w_uv).reshape(n, -1))
+        return project(self.o_proj, torch.einsum("nhr,hvr->nhv", out, w_uv).reshape(n, -1))

@@ -21,6 +21,7 @@ from torch import nn
 from moeframe.experts.base import ExpertsKernel
 from moeframe.model.layers.mlp import GatedMLP
 from moeframe.model.layers.routes import StepRoutes
+from moeframe.model.layers.small_gemv import project
 from moeframe.model.layers.topk_sum import MoEOutput, plus, reduced
 from moeframe.model.spec import MoESpec
 from moeframe.routers.base import RouteContext, Router
@@ -131,7 +132,7 @@ class MoEBlock(nn.Module):
         if self.shared_experts is not None:
             shared = self.shared_experts(x)
             if self.shared_expert_gate is not None:
-                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+                shared = torch.sigmoid(project(self.shared_expert_gate, x)) * shared
             out = plus(out, shared)
         # recorded after the experts: the batched recorder's launch at the last MoE layer then reads ids that
         # no longer come from the launch just before it, so it reads them beside the expert launches, off their path

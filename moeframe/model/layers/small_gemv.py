@@ -46,13 +46,13 @@ from types import ModuleType
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moeframe.gpu.l2_prefetch import l2_hints, tail_prefetch, weight_eviction
 from moeframe.gpu.occupancy import resident_programs
 from moeframe.gpu.pdl import pdl_args
 from moeframe.gpu.register_tiles import whole_rows
+from moeframe.model.layers import batch_invariant
 from moeframe.model.layers.norm import RMSNorm
 from moeframe.model.layers.topk_sum import MoEOutput, PendingTopkSum, reduced
 
@@ -302,9 +302,13 @@ def norm_gemv(
 
 
 def uses_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether ``linear(x, weight, bias)`` runs the Triton GEMV: a decode-sized CUDA batch in a GEMV dtype."""
+    """Whether ``linear(x, weight, bias)`` runs the Triton GEMV: a decode-sized CUDA batch in a GEMV dtype.
+
+    Never under batch-invariant mode, whose projections go row by row (batch_invariant.py).
+    """
     return (
         _mode != "cublas"
+        and not batch_invariant.batch_invariant()
         and x.is_cuda
         and x.dim() == 2
         and 0 < x.shape[0] <= MAX_GEMV_TOKENS
@@ -341,7 +345,8 @@ def _prefetches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, l2_prefetch: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``: the Triton GEMV for decode-sized CUDA batches, F.linear itself otherwise.
+    """``F.linear(x, weight, bias)``: the Triton GEMV for decode-sized CUDA batches, F.linear itself otherwise
+    (row by row under batch-invariant mode: batch_invariant.py).
 
     ``l2_prefetch``: a later kernel's weight the prefetching GEMV may pull into L2 (``prefetch_gemv``).
     """
@@ -349,7 +354,7 @@ def linear(
         return prefetch_gemv(x, weight, bias, l2_prefetch=l2_prefetch)
     if _mode != "prefetch" and uses_gemv(x, weight, bias):
         return gemv(x, weight, bias)
-    return F.linear(x, weight, bias)
+    return batch_invariant.linear(x, weight, bias)
 
 
 def project_float(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
