@@ -19,7 +19,10 @@ objects, as vLLM passes them to templates) and the ``tool`` turns as they
 are. Any other template (the tiny presets' plain ChatML) gets the fallback
 of :mod:`moeframe.server.tool_format`: a system message listing the tools
 and the call format, calls written into the assistant's text, and each run
-of tool results as one user turn of ``<tool_response>`` blocks.
+of tool results as one user turn of ``<tool_response>`` blocks. A template
+that reads ``tools`` but never writes ``<tool_call>`` teaches the model
+another format, whose calls this server would not parse: a request that
+lets the model call is then refused (400) instead of answered in text.
 """
 
 from __future__ import annotations
@@ -130,6 +133,14 @@ class ToolPlan:
         """The prompt text; RequestError for a message the format cannot take."""
         check_tool_turns(messages)
         definitions = [t.model_dump(exclude_none=True) for t in self.tools]
+        if self.callable and chat.supports_tools and self.format.trigger not in chat.template_source:
+            # the template teaches the model another call format (Llama 3's JSON, Mistral's [TOOL_CALLS]),
+            # whose calls would come back as unparsed text
+            raise APIError(
+                f"this model's chat template renders tools in a format other than {self.format.trigger} calls, "
+                "the only one this server parses; use tool_choice 'none'",
+                param="tools",
+            )
         if chat.supports_tools:
             turns = [template_turn(m) for m in messages]
             return chat.render(turns, add_generation_prompt=True, tools=definitions or None)

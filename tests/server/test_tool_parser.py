@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moeframe.server.chat_format import CHATML_TEMPLATE, ChatFormat
+from moeframe.server.errors import APIError
 from moeframe.server.protocol import ChatCompletionRequest
 from moeframe.server.tool_calls import ToolPlan
 from moeframe.server.tool_format import HERMES
@@ -128,7 +130,7 @@ def test_fallback_prompt_lists_tools_writes_calls_and_wraps_results() -> None:
 
 
 TOOL_TEMPLATE = (
-    "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}{% endif %}"
+    "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}Call with <tool_call>.{% endif %}"
     "{% for m in messages %}[{{ m.role }}]{{ m.content }}"
     "{% for c in m.tool_calls or [] %}CALL {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}"
     "{% if m.tool_call_id %}(for {{ m.tool_call_id }}){% endif %}{% endfor %}"
@@ -141,9 +143,17 @@ def test_a_template_that_reads_tools_gets_definitions_calls_as_objects_and_tool_
     body = request(messages=ROUND_TRIP, tools=[WEATHER])
     prompt = ToolPlan.of(body).render(chat, body.messages)
     assert prompt == (
-        "TOOLS:get_weather;[system]Be brief.[user]Weather in Oslo and Rome?"
+        "TOOLS:get_weather;Call with <tool_call>.[system]Be brief.[user]Weather in Oslo and Rome?"
         '[assistant]CALL get_weather {"city": "Oslo"}CALL get_weather {"city": "Rome"}[tool]3C(for c1)[tool]18C(for c2)'
     )
+
+
+def test_a_template_teaching_another_call_format_is_refused_unless_no_call_can_be_made() -> None:
+    chat = ChatFormat(TOOL_TEMPLATE.replace("<tool_call>", "<|python_tag|>"))
+    with pytest.raises(APIError, match="format other than <tool_call>"):
+        ToolPlan.of(request(messages=ROUND_TRIP, tools=[WEATHER])).render(chat, request(messages=ROUND_TRIP).messages)
+    body = request(messages=ROUND_TRIP, tools=[WEATHER], tool_choice="none")
+    assert ToolPlan.of(body).render(chat, body.messages).startswith("TOOLS:get_weather;")
 
 
 def test_plain_chat_renders_as_before() -> None:
