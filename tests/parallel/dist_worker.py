@@ -44,6 +44,14 @@ def run_checks(eng: Engine) -> dict:
     }
 
 
+def kept_assignments(stats: dict) -> int | None:
+    """Every forward's kept assignments: served ones and those counted apart (the scoring pass), as the rank load counts."""
+    load = stats.get("expert_load")
+    if load is None:
+        return None
+    return load["total"]["kept"] + sum(phase["kept"] for phase in load["counted_apart"].values())
+
+
 def compare(ours: dict, ref: dict) -> dict:
     diff = torch.linalg.norm(ours["logits"] - ref["logits"]) / torch.linalg.norm(ref["logits"])
     return {
@@ -53,7 +61,7 @@ def compare(ours: dict, ref: dict) -> dict:
         "alone_tokens": ours["alone_tokens"],
         "single_alone_tokens": ref["alone_tokens"],
         "parallel_stats": ours["stats"]["parallel"],
-        "kept_assignments": ours["stats"].get("expert_load", {}).get("total", {}).get("kept"),
+        "kept_assignments": kept_assignments(ours["stats"]),
         "num_params": ours["num_params"],
         "single_num_params": ref["num_params"],
         "kv_layers": ours["kv_layers"],
@@ -90,6 +98,13 @@ def pipeline_overlap(path: str, out_dir: str) -> dict:
     return {"saw_marker": gate.saw_marker, "events": gate.events}
 
 
+def batch_routes(path: str, *overrides: str) -> list:
+    """The routes each rank returns for the check batch (runner.routes=true)."""
+    eng = engine(path, "runner.routes=true", *overrides)
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True, return_routed_experts=True)
+    return [o.routed_experts.tolist() for o in eng.generate(prompts(eng.spec.vocab_size), params)]
+
+
 def start_error(path: str, overrides: list[str]) -> str | None:
     try:
         engine(path, *overrides)
@@ -113,6 +128,10 @@ def main(args_file: str, out_dir: str) -> None:
             load_file = write_expert_counts(counts, Path(out_dir) / f"counts_rank{world.rank}.json")
             overrides = ("parallel=expert", "parallel.redundant_experts=3", f"parallel.load_file={load_file}")
             results[f"{name}/expert_redundant"] = compare(run_checks(engine(path, *overrides)), single)
+    for name in args.get("routes_models", []):
+        single = batch_routes(args["models"][name], "parallel=single")
+        for label in ("tensor", "expert"):
+            results[f"routes/{name}/{label}"] = {"routes": batch_routes(args["models"][name], f"parallel={label}"), "single": single}
     if "overlap_model" in args:
         results["pipeline_overlap"] = pipeline_overlap(args["models"][args["overlap_model"]], out_dir)
     (Path(out_dir) / f"rank{world.rank}.json").write_text(json.dumps(results))

@@ -41,6 +41,7 @@ PIPELINE = {
 }
 PIPELINE_PARITY = [(family, strategy) for family, strategy in PARITY if strategy.startswith("pipeline")]
 GRID_FAMILIES = ("mixtral", "deepseek-v3")
+ROUTES_FAMILIES = ["olmoe", "deepseek-v3"]
 
 
 def free_port() -> int:
@@ -92,6 +93,7 @@ def ranks(checkpoint_factory, tmp_path_factory: pytest.TempPathFactory) -> list[
         "bad": {name: (str(path), overrides) for name, (path, overrides) in bad.items()},
         "redundant_model": "olmoe",
         "overlap_model": "olmoe",
+        "routes_models": ROUTES_FAMILIES,
         "base": {
             "mixtral-expert-choice": ["router=expert_choice"],
             "olmoe-random-weights": ["model=tiny-olmoe", "model.random_weights=true"],
@@ -175,6 +177,15 @@ def test_expert_parallel_reports_all_to_all_bytes_and_comm_share(ranks: list[dic
 def test_tensor_parallel_reports_all_reduce_bytes(ranks: list[dict]) -> None:
     stats = ranks[0]["mixtral/tensor"]["parallel_stats"]
     assert stats["world_size"] == 2 and stats["bytes_sent_per_step"]["all_reduce"] > 0
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "expert"])
+@pytest.mark.parametrize("family", ROUTES_FAMILIES)
+def test_parallel_routes_on_every_rank_match_single(ranks: list[dict], family: str, strategy: str) -> None:
+    """Routers run replicated over whole steps: rank 0 (and every rank) returns single's routes, nothing to gather."""
+    for rank in ranks:
+        result = rank[f"routes/{family}/{strategy}"]
+        assert result["routes"] == result["single"]
 
 
 def test_ranks_generate_the_same_tokens(ranks: list[dict]) -> None:
