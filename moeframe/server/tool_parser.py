@@ -57,7 +57,7 @@ class ParsedDelta:
 
 
 class ToolCallParser:
-    """Incremental: ``feed`` new text, get what became certain; ``finish`` flushes what was held back."""
+    """Incremental: ``feed`` new text, get what became certain; ``finished=True`` flushes what was held back."""
 
     def __init__(self, format: ToolCallFormat, names: tuple[str, ...]) -> None:
         self.format = format
