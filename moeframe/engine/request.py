@@ -141,6 +141,15 @@ class Request:
         )
 
     @property
+    def shares_kv(self) -> bool:
+        """Whether the request may reuse cached KV and leave its own in the cache.
+
+        KV computed under given routes (router=replay) depends on them: such a
+        request neither reuses KV another routing computed nor leaves its own for others.
+        """
+        return self.replay_ids is None
+
+    @property
     def num_routed(self) -> int:
         """Tokens whose routes are final: the computed ones, short of a token fed only to a step still ahead."""
         return min(len(self.slots), self.num_tokens - 1)

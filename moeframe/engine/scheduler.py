@@ -89,7 +89,7 @@ class Scheduler:
 
     def admit(self, req: Request, budget: int) -> int:
         """Pin the request's cached prefix and allocate its first chunk; 0 if the pool cannot."""
-        match = self.cache.match_prefix(req.all_ids)
+        match = self.cache.match_prefix(req.all_ids) if req.shares_kv else PrefixMatch()
         reuse = min(match.num_tokens, len(req.all_ids) - 1)
         req.match, req.slots = match, list(match.slots[:reuse])
         if req.cached_tokens is None:
@@ -120,6 +120,8 @@ class Scheduler:
 
     def cache_prefix(self, req: Request) -> None:
         """Offer a request's computed KV to the cache while it runs, so requests sharing it reuse it now."""
+        if not req.shares_kv:
+            return
         match = self.cache.cache_prefix(req.all_ids[: len(req.slots)], req.slots, req.match)
         req.slots = list(match.slots) + req.slots[match.num_tokens :]
         req.match = match
@@ -135,7 +137,7 @@ class Scheduler:
         """Give a request's slots back to the cache (it keeps what it can reuse)."""
         if req in self.running:
             self.running.remove(req)
-        self.cache.release(req.all_ids[: len(req.slots)], req.slots, req.match, cacheable=True)
+        self.cache.release(req.all_ids[: len(req.slots)], req.slots, req.match, cacheable=req.shares_kv)
         req.slots, req.match = [], PrefixMatch()
 
     def finish(self, req: Request) -> None:

@@ -102,3 +102,18 @@ def test_replay_routes_are_checked(checkpoint_factory) -> None:
     for bad, words in ((good[:, :1], "MoE layers"), (good + 99, "experts in"), ([[1, 2]], "laid out")):
         out = replay.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2, replay_routes=bad))[0]
         assert out.finish_reason == "error" and words in out.error, out.error
+
+
+def test_replayed_kv_is_not_shared_through_the_cache(checkpoint_factory) -> None:
+    """KV depends on the routing that computed it: a replaying request neither reuses cached KV nor leaves its own."""
+    path = checkpoint_factory("tiny-mixtral")
+    engine = make_engine(path, "router=replay", "cache=radix")
+    ids = prompt(engine.spec.vocab_size, 20)
+    first = engine.generate([ids], RECORD)[0]
+    shifted = (first.routed_experts + 1) % engine.spec.moe.num_experts
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True, return_routed_experts=True, replay_routes=shifted)
+    replayed = engine.generate([ids], params)[0]
+    assert replayed.cached_tokens == 0 and torch.equal(replayed.routed_experts, shifted)
+    again = engine.generate([ids], RECORD)[0]  # native again: the first request's KV, not the replayed one's
+    assert again.cached_tokens > 0
+    assert again.token_ids == first.token_ids and torch.equal(again.routed_experts, first.routed_experts)
