@@ -121,3 +121,16 @@ def test_routes_hold_with_jump_forward(olmoe: Path) -> None:
     assert len(ids) <= computed <= len(ids) + len(out.token_ids) - 1
     ref_ids, _, scores = hf_routes(olmoe, (ids + out.token_ids)[:computed])
     assert_routes_match(out.routed_experts, ref_ids, scores)
+
+
+def test_deepseek_v2_routes_are_transformers_router_topk(tmp_path: Path) -> None:
+    """DeepSeek-V2's group-limited greedy routing has no tiny preset: one in V3's tiny sizes."""
+    import transformers
+
+    from moeframe.model.checkpoint_maker import make_checkpoint
+
+    kwargs = PRESETS["tiny-deepseek-v3"].kwargs | dict(topk_method="group_limited_greedy", n_group=4, topk_group=2, num_experts_per_tok=3)
+    path = make_checkpoint(transformers.DeepseekV2Config(**kwargs), tmp_path / "v2", seed=4)
+    engine = make_engine(path, "cache=none")
+    ids = prompt(engine.spec.vocab_size, 13, seed=1)
+    check_against_transformers(path, ids, engine.generate([ids], ROUTES)[0])

@@ -117,3 +117,18 @@ def test_replayed_kv_is_not_shared_through_the_cache(checkpoint_factory) -> None
     again = engine.generate([ids], RECORD)[0]  # native again: the first request's KV, not the replayed one's
     assert again.cached_tokens > 0
     assert again.token_ids == first.token_ids and torch.equal(again.routed_experts, first.routed_experts)
+
+
+def test_replaying_deepseek_v2_routes_reproduces_native(tmp_path: Path) -> None:
+    import transformers
+
+    from moeframe.model.checkpoint_maker import make_checkpoint
+
+    kwargs = PRESETS["tiny-deepseek-v3"].kwargs | dict(topk_method="group_limited_greedy", n_group=4, topk_group=2, num_experts_per_tok=3)
+    path = make_checkpoint(transformers.DeepseekV2Config(**kwargs), tmp_path / "v2", seed=4)
+    native = make_engine(path)
+    ids = prompt(native.spec.vocab_size)
+    recorded = native.generate([ids], RECORD)[0]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True, logprobs=5, replay_routes=recorded.routed_experts)
+    replayed = make_engine(path, "router=replay").generate([ids], params)[0]
+    assert replayed.token_ids == recorded.token_ids and replayed.logprobs == recorded.logprobs
