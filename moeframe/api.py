@@ -296,6 +296,7 @@ class Engine:
             "batch_dependent_routing": built.batch_dependent_routing,
             "expert_weight_bytes": expert_weight_bytes(built.model),
             "experts_kernel": built.experts_kernel,
+            "kept_experts": built.kept_experts,
         }
         if built.recorder is not None:
             stats["expert_load"] = built.recorder.stats() | {"counts": built.recorder.load_counts().tolist()}

@@ -3,8 +3,8 @@
     CUBLAS_WORKSPACE_CONFIG=:4096:8 python tools/bench_deterministic.py --out benchmarks/deterministic_h100.json
 
 Speed: a random-weight real-shape preset (default olmoe-1b-7b, bfloat16),
-greedy decode of ``--new-tokens`` tokens after 64-token prompts, median of
-three runs, with the default engine (experts=triton, CUDA graphs) and with
+generation throughput (64-token prompts, prefill included, then
+``--new-tokens`` greedy tokens each) at each batch size, median of three runs, with the default engine (experts=triton, CUDA graphs) and with
 ``deterministic=true`` (reference experts and attention one token at a
 time, eager). Invariance: workloads/batch_invariance.py on the tiny
 checkpoint on the GPU, 32 prompts alone and in three mixed batches (chunked
@@ -31,7 +31,7 @@ ROUTERS = ("native", "top2", "hash", "random", "top_p", "expert_choice", "balanc
 CHUNKED = ("scheduler.chunk_size=16", "scheduler.max_batch_tokens=64")
 
 
-def decode_tok_s(engine: Engine, batch: int, new_tokens: int) -> float:
+def generate_tok_s(engine: Engine, batch: int, new_tokens: int) -> float:
     generator = torch.Generator().manual_seed(batch)
     prompts = torch.randint(1, engine.spec.vocab_size, (batch, 64), generator=generator).tolist()
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
@@ -58,7 +58,7 @@ def main() -> None:
     base = [f"model={args.preset}", "model.random_weights=true", "device=cuda", "dtype=bfloat16", "cache.max_tokens=16384"]
     for mode, extra in (("default", ["experts=triton"]), ("deterministic", ["deterministic=true"])):
         engine = Engine.from_overrides(base + extra)
-        result["speed"][mode] = {b: decode_tok_s(engine, int(b), args.new_tokens) for b in args.batches.split(",")}
+        result["speed"][mode] = {b: generate_tok_s(engine, int(b), args.new_tokens) for b in args.batches.split(",")}
         engine.close()
         del engine
         torch.cuda.empty_cache()
@@ -67,7 +67,7 @@ def main() -> None:
         result["invariance"][router] = measure_batch_invariance(engine, num_prompts=32, max_new_tokens=8)
         engine.close()
     args.out.write_text(json.dumps(result, indent=2))
-    print("| batch | default tok/s | deterministic tok/s | ratio |\n|---|---|---|---|")
+    print("| batch | default tok/s | deterministic tok/s | deterministic / default |\n|---|---|---|---|")
     for b in args.batches.split(","):
         fast, det = result["speed"]["default"][b], result["speed"]["deterministic"][b]
         print(f"| {b} | {fast:.1f} | {det:.1f} | {det / fast:.3f} |")

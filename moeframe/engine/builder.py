@@ -64,6 +64,7 @@ class BuiltEngine:
     parallel: ParallelStrategy
     recorder: ExpertLoadRecorder | None
     experts_kernel: str  # the registered name of the expert kernel that runs (experts=auto resolved)
+    kept_experts: dict[int, list[int]] | None  # routing.prune_experts: the experts each MoE layer kept (else None)
     routes: RouteBuffer | None
     replay_file: RoutesFile | None  # router=replay's routes file, looked up by prompt
     batch_dependent_routing: bool
@@ -229,9 +230,11 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         routes = RouteBuffer(moe_layers, step_tokens, device, weights=cfg.runner.routes_weights)
     replays = any(r.replays_routes for r in routers.values())
     runner = ModelRunner(model, pool, device, attention, cfg.runner.overlap, routes, replays, parallel.forward)
+    kept_experts = None
     if routing.prune_experts is not None:
         token_ids = calibration_token_ids(path, routing.calibration_text, routing.calibration_tokens)
-        prune(model, calibrate(model, cache, pool, runner.forward, token_ids, routing.prune_by), routing.prune_experts)
+        scores = calibrate(model, cache, pool, runner.forward, token_ids, routing.prune_by)
+        kept_experts = prune(model, scores, routing.prune_experts)
         if recorder is not None:
             recorder.reset()  # the calibration's forwards are not the run's
     # Padding rows would join a batch-dependent router's choice, and a graph cannot take routes to
@@ -254,6 +257,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         parallel=parallel,
         recorder=recorder,
         experts_kernel=kernel_name(kernel),
+        kept_experts=kept_experts,
         routes=routes,
         replay_file=replay_file(cfg),
         batch_dependent_routing=batch_dependent,
