@@ -231,16 +231,12 @@ class XGrammarBackend(ConstraintBackend):
             return "structural_tag", json.dumps(self._structural_tag(spec.structural_tag))
         return "ebnf", spec.grammar or ""
 
-    def _schema_grammar(self, schema: dict[str, Any]) -> str:
-        """EBNF of ``schema`` with the whitespace of ``_compile_schema`` (a structural tag's JSON content
-        takes no compact separators of its own, so its schema goes in as a grammar)."""
+    def _schema_content(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """A tag's JSON-schema content, normalized and checked as a json_schema request is (the compiler process
+        turns it into a grammar with the configured whitespace)."""
         normal = normalize_schema(schema)
         check_supported(normal, "xgrammar")
-        text = json.dumps(portable_schema(normal, self.params.open_objects))
-        if self.params.max_whitespace == 0:
-            return str(xgr.Grammar.from_json_schema(text, any_whitespace=False, separators=(",", ":")))
-        grammar = xgr.Grammar.from_json_schema(text, any_whitespace=True, max_whitespace_cnt=self.params.max_whitespace)
-        return str(grammar)
+        return {"type": "json_schema", "json_schema": portable_schema(normal, self.params.open_objects)}
 
     def _structural_tag(self, tag: StructuralTag) -> dict[str, Any]:
         """xgrammar's structural-tag format: ``triggered_tags`` over free text, else ``tags_with_separator``."""
@@ -248,7 +244,7 @@ class XGrammarBackend(ConstraintBackend):
             {
                 "type": "tag",
                 "begin": t.begin,
-                "content": {"type": "grammar", "grammar": self._schema_grammar(t.schema)},
+                "content": self._schema_content(t.schema),
                 "end": t.end,
             }
             for t in tag.tags

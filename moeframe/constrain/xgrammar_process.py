@@ -11,6 +11,7 @@ parent deserializes against its own TokenizerInfo.
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 from multiprocessing.connection import Connection
@@ -27,6 +28,7 @@ class GrammarCompilerProcess:
                                  stop_token_ids=list(eos_token_ids))
         self.compiler = xgr.GrammarCompiler(info, max_threads=max_threads, cache_enabled=False)
         self.max_whitespace = max_whitespace
+        self.xgr = xgr
 
     def compile(self, kind: str, text: str) -> str:
         if kind == "json_schema":
@@ -37,10 +39,30 @@ class GrammarCompilerProcess:
         elif kind == "regex":
             grammar = self.compiler.compile_regex(text)
         elif kind == "structural_tag":
-            grammar = self.compiler.compile_structural_tag(text)
+            grammar = self.compiler.compile_structural_tag(self.schema_contents_as_grammars(text))
         else:
             grammar = self.compiler.compile_grammar(text)
         return grammar.serialize_json()
+
+    def schema_contents_as_grammars(self, text: str) -> str:
+        """A structural tag whose tags' JSON-schema contents are grammars with this compiler's whitespace.
+
+        xgrammar's ``json_schema`` content format takes no compact separators
+        (its ``max_whitespace_cnt`` must be positive), so each schema is
+        converted here, where the budget holds, as ``compile_json_schema`` would.
+        """
+        tag = json.loads(text)
+        for item in tag["format"]["tags"]:
+            if item["content"].get("type") == "json_schema":
+                schema = json.dumps(item["content"]["json_schema"])
+                if self.max_whitespace == 0:
+                    grammar = self.xgr.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":"))
+                else:
+                    grammar = self.xgr.Grammar.from_json_schema(
+                        schema, any_whitespace=True, max_whitespace_cnt=self.max_whitespace
+                    )
+                item["content"] = {"type": "grammar", "grammar": str(grammar)}
+        return json.dumps(tag)
 
 
 def serve(read_fd: int, write_fd: int, memory_mb: int) -> None:

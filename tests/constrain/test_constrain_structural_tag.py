@@ -47,6 +47,7 @@ CASES = [
     (True, False, "a <tool_call> that opens no tag", False),
     (True, False, '<tool_call>\n{"name": "get_weather", "arguments": {"city":"Oslo"}}\n</tool_call>', False),
     (True, False, '<tool_call>\n{"name": "delete_all", "arguments": {}}\n</tool_call>', False),
+    (True, False, '<tool_call>\n{"name": "get_time", "arguments": {"zone": 3}}\n</tool_call>', False),  # compact JSON
     (True, True, "Sure. " + CALL, True),
     (True, True, CALL + " more", False),
     (False, False, CALL, True),
