@@ -335,8 +335,9 @@ class ExpertLoadRecorder:
         if self.counts is None:
             return
         self._add_apart(phase, self.counts, self.tokens)
-        for live in self._live():
-            live.zero_()
+        with torch.inference_mode():  # the counters were made inside it
+            for live in self._live():
+                live.zero_()
 
     @contextmanager
     def counted_apart(self, phase: str) -> Iterator[None]:
@@ -350,8 +351,9 @@ class ExpertLoadRecorder:
             if self.counts is not None:
                 before = before or [torch.zeros_like(t) for t in self._live()]
                 self._add_apart(phase, self.counts - before[0], self.tokens - before[2])
-                for live, old in zip(self._live(), before):
-                    live.copy_(old)
+                with torch.inference_mode():
+                    for live, old in zip(self._live(), before):
+                        live.copy_(old)
 
     def load_counts(self) -> torch.Tensor:
         """Kept assignments per (layer, expert), [L, E] int64 on the host."""

@@ -39,6 +39,7 @@ def test_after_warm_up_the_engine_reports_and_generates_as_a_fresh_one(checkpoin
     assert stats["num_cached_tokens"] == 0 and stats["num_free_slots"] == stats["num_slots"]
     assert stats["forward_steps"] == stats["generated_tokens"] == stats["cache"]["matched_tokens"] == 0
     assert stats["expert_load"]["counts"] == fresh.stats()["expert_load"]["counts"]
+    assert stats["expert_load"]["counted_apart"]["warmup"]["tokens"] > 0  # counted apart, not dropped
     assert not warmed.core.requests
     prompts = [list(range(3, 19)), list(range(40, 47))]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
