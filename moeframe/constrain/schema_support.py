@@ -36,7 +36,7 @@ WHY = {
 def check_supported(schema: Any, backend: str) -> None:
     """Raise :class:`UnsupportedKeywordError` for the first keyword ``backend`` cannot enforce."""
     enforced = ENFORCED[backend]
-    for node in _nodes(schema):
+    for node in iter_nodes(schema):
         for key in node:
             if key not in enforced:
                 raise UnsupportedKeywordError(key, backend, WHY.get(key, ""))
@@ -52,7 +52,7 @@ def check_supported(schema: Any, backend: str) -> None:
             raise UnsupportedKeywordError("multipleOf", backend, "only an integer multipleOf of type integer is enforced")
 
 
-def _nodes(schema: Any) -> Any:
+def iter_nodes(schema: Any) -> Any:
     """Every schema object inside ``schema`` (definitions included)."""
     stack = [schema]
     while stack:

@@ -97,7 +97,8 @@ REFUSED = {
     "if": ({"if": {"type": "integer"}, "then": {"minimum": 3}}, "if"),
     "dependentRequired": ({"type": "object", "dependentRequired": {"a": ["b"]}}, "dependentRequired"),
     "dependencies": ({"type": "object", "dependencies": {"a": ["b"]}}, "dependentRequired"),
-    "patternProperties": ({"type": "object", "patternProperties": {"^x": {"type": "integer"}}}, "patternProperties"),
+    "patternProperties": ({"type": "object", "patternProperties": {"^x": {"type": "integer"}, "^y": {"type": "string"}}},
+                          "patternProperties"),
     "oneOf-overlapping": ({"oneOf": [{"type": "integer"}, {"type": "number", "maximum": 5}]}, "oneOf"),
     "allOf-two-patterns": ({"type": "string", "allOf": [{"pattern": "^a"}, {"pattern": "b$"}]}, "allOf"),
     "multipleOf-number": ({"type": "number", "multipleOf": 0.5}, "multipleOf"),
@@ -229,3 +230,16 @@ def test_dead_end_is_reported_with_its_row():
     dead = mask_logits(logits, [stuck, free])
     assert list(dead) == [0] and "allows no token" in str(dead[0])
     assert torch.isinf(logits[0]).all() and torch.isfinite(logits[1]).all()
+
+
+XGRAMMAR_CLOSED_PATTERN_PROPERTIES = {
+    "map": ({"type": "object", "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": False},
+            [{"x-a": 1}, {}], [{"x-a": "s"}, {"b": 1}]),
+    "listed": ({"type": "object", "properties": {"x-a": {"minimum": 0}}, "patternProperties": {"^x-": {"type": "integer"}}},
+               [{"x-a": 1}], [{"x-a": 1.5}, {"x-a": -1}]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(XGRAMMAR_CLOSED_PATTERN_PROPERTIES))
+def test_pattern_properties_enforced_on_closed_objects(backends, case):
+    check_enforced(backends["xgrammar"], *XGRAMMAR_CLOSED_PATTERN_PROPERTIES[case])
