@@ -36,6 +36,9 @@ from typing import Any
 import jsonschema
 
 from moeframe.constrain.errors import UnsatisfiableError
+from moeframe.constrain.json_regex import search_pattern, to_regex
+from moeframe.constrain.regex_syntax import Chars, Concat, Alt, Node, Repeat, parse_regex
+from moeframe.errors import RequestError
 
 # Keywords that constrain an instance (JSON Schema 2020-12 core + validation, and older drafts' spellings).
 ASSERTIONS = {
@@ -111,6 +114,9 @@ class _Normalizer:
             out.pop("format", None)
         _draft4(out)
         _drop_no_ops(out)
+        if "not" in out and _negate(out) is False:
+            return False
+        _fold_lengths(out)
         for key in SCHEMA_MAPS:
             if isinstance(out.get(key), dict):
                 out[key] = {name: self.node(sub) for name, sub in out[key].items()}
@@ -194,7 +200,7 @@ class _Normalizer:
                 branches.append(merged)
         if not branches:
             return False
-        if key == "oneOf" and not pairwise_disjoint(branches):
+        if key == "oneOf" and not pairwise_disjoint([self.inline(branch) for branch in branches]):
             return {"oneOf": branches, **{k: out[k] for k in DEFINITIONS if k in out}}
         return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
@@ -213,6 +219,66 @@ def _draft4(out: dict[str, Any]) -> None:
         for name, dep in out.pop("dependencies").items():
             key = "dependentRequired" if isinstance(dep, list) else "dependentSchemas"
             out.setdefault(key, {})[name] = dep
+
+
+def _negate(out: dict[str, Any]) -> Any:
+    """Rewrite ``not`` where its complement is a plain keyword: ``not {}`` matches nothing (False);
+    ``not {"type": T}`` narrows ``type`` to the other types (``integer`` alone stays: "a number
+    that is not an integer" has no keyword)."""
+    negated = out["not"]
+    if negated in ({}, True):
+        return False
+    if isinstance(negated, dict) and set(negated) == {"type"}:
+        excluded = set(negated["type"]) if isinstance(negated["type"], list) else {negated["type"]}
+        if "integer" in excluded and "number" not in excluded:
+            return out
+        if "number" in excluded:
+            excluded.add("integer")
+        kinds = sorted((_types(out) & set(TYPES)) - excluded)
+        if not kinds:
+            return False
+        del out["not"]
+        out["type"] = kinds[0] if len(kinds) == 1 else kinds
+    return out
+
+
+def _fold_lengths(out: dict[str, Any]) -> None:
+    """``minLength``/``maxLength`` beside a ``pattern``: dropped where the pattern already implies them,
+    or folded into it where it is one character class repeated; else left (and refused later)."""
+    if "pattern" not in out or not ("minLength" in out or "maxLength" in out):
+        return
+    try:
+        tree = parse_regex(search_pattern(out["pattern"]))
+    except (RequestError, TypeError):
+        return
+    lo, hi = length_range(tree)
+    if out.get("minLength", 0) <= lo:
+        out.pop("minLength", None)
+    if "maxLength" in out and hi is not None and hi <= out["maxLength"]:
+        del out["maxLength"]
+    if ("minLength" in out or "maxLength" in out) and isinstance(tree, Repeat) and isinstance(tree.item, Chars):
+        low = max(tree.min, out.pop("minLength", 0))
+        bounds = [b for b in (tree.max, out.pop("maxLength", None)) if b is not None]
+        high = min(bounds) if bounds else None
+        out["pattern"] = f"^{to_regex(Repeat(tree.item, low, high))}$"
+
+
+def length_range(node: Node) -> tuple[int, int | None]:
+    """Fewest and most characters a string matching ``node`` has (None: unbounded)."""
+    if isinstance(node, Chars):
+        return 1, 1
+    if isinstance(node, Concat):
+        ranges = [length_range(item) for item in node.items]
+        his = [hi for _, hi in ranges]
+        return sum(lo for lo, _ in ranges), None if None in his else sum(his)
+    if isinstance(node, Alt):
+        ranges = [length_range(option) for option in node.options]
+        his = [hi for _, hi in ranges]
+        return min(lo for lo, _ in ranges), None if None in his else max(his)
+    lo, hi = length_range(node.item)
+    if node.max is None:
+        return lo * node.min, None if hi != 0 else 0
+    return lo * node.min, None if hi is None else hi * node.max
 
 
 def _drop_no_ops(out: dict[str, Any]) -> None:
@@ -310,6 +376,10 @@ def disjoint(a: Any, b: Any) -> bool:
         return True
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return False
+    for x, y in ((a, b), (b, a)):
+        closed = y.get("additionalProperties") is False and "patternProperties" not in y
+        if closed and _possible_types(x) <= {"object"} and set(x.get("required", [])) - set(y.get("properties", {})):
+            return True
     both_required = set(a.get("required", [])) & set(b.get("required", []))
     for name in both_required:
         pa, pb = a.get("properties", {}).get(name), b.get("properties", {}).get(name)
@@ -326,6 +396,10 @@ def merge(a: Any, b: Any) -> Any:
     """A schema matching exactly what matches both; False if nothing can, None if the parts do not combine."""
     if a is False or b is False:
         return False
+    if a in ({}, True):
+        return b
+    if b in ({}, True):
+        return a
     if not isinstance(a, dict) or not isinstance(b, dict):
         return None
     if "$ref" in a or "$ref" in b:

@@ -144,6 +144,8 @@ def _portable(schema: Any, open_objects: bool) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
+    if isinstance(out.get("properties"), dict) and not open_objects:
+        out["properties"] = {name: sub for name, sub in out["properties"].items() if sub is not False}
     for key in SCHEMA_MAPS:
         if isinstance(out.get(key), dict):
             out[key] = {name: _portable(sub, open_objects) for name, sub in out[key].items()}

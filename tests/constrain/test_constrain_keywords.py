@@ -70,6 +70,13 @@ ENFORCED = {
          "required": ["p"]}, [{"p": "ab"}], [{"p": "abc"}, {"p": 1}],
     ),
     "pattern-search": ({"type": "string", "pattern": "b[0-9]"}, ["b1", "xb2y"], ["b", "x1"]),
+    "length-folded-into-pattern": ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 3}, ["abc"], ["abcd", ""]),
+    "length-implied-by-pattern": ({"type": "string", "pattern": "^[0-9]{3}$", "minLength": 1, "maxLength": 5}, ["123"], ["12"]),
+    "not-type": ({"type": ["string", "integer"], "not": {"type": "string"}}, [3], ["a", 1.5]),
+    "not-anything-on-optional-property": ({"type": "object", "properties": {"a": {"not": {}}, "b": {"type": "integer"}}},
+                                          [{"b": 1}, {}], [{"a": 1}]),
+    "oneOf-disjoint-through-ref": ({"$defs": {"s": {"type": "string"}}, "oneOf": [{"$ref": "#/$defs/s"}, {"type": "null"}]},
+                                   ["x", None], [1]),
     "pattern-anchored": ({"type": "string", "pattern": "^[a-z]+$"}, ["abc"], ["ab1", ""]),
     "unknown-format-is-annotation": ({"type": "string", "format": "color-name", "maxLength": 3}, ["red"], ["green"]),
     "integer-bounds": ({"type": "integer", "exclusiveMinimum": -3, "maximum": 12}, [-2, 12], [-3, 13]),
@@ -102,7 +109,7 @@ REFUSED = {
     "oneOf-overlapping": ({"oneOf": [{"type": "integer"}, {"type": "number", "maximum": 5}]}, "oneOf"),
     "allOf-two-patterns": ({"type": "string", "allOf": [{"pattern": "^a"}, {"pattern": "b$"}]}, "allOf"),
     "multipleOf-number": ({"type": "number", "multipleOf": 0.5}, "multipleOf"),
-    "length-beside-pattern": ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "maxLength"),
+    "length-beside-pattern": ({"type": "string", "pattern": "^(ab)+$", "maxLength": 5}, "maxLength"),
 }
 UNSATISFIABLE = {
     "not-anything": {"not": {}},
