@@ -72,6 +72,8 @@ class CompileWorker:
             [sys.executable, self.script, str(to_child_r), str(from_child_w), str(self.memory_mb)],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
+            # glibc reserves 64 MB of address space per thread arena; the cap is on address space
+            env={**os.environ, "MALLOC_ARENA_MAX": "2"},
         )
         os.close(to_child_r)
         os.close(from_child_w)

@@ -77,9 +77,9 @@ def normalize_schema(schema: Any) -> Any:
 
 
 class _Normalizer:
-    def __init__(self, root: dict[str, Any], ref_ignores_siblings: bool) -> None:
+    def __init__(self, root: dict[str, Any], old_draft: bool) -> None:
         self.source = root
-        self.ref_ignores_siblings = ref_ignores_siblings
+        self.old_draft = old_draft
         self.defs: dict[str, dict[str, Any]] = {}
         self.making: set[tuple[str, str]] = set()
         self.inlining: list[str] = []
@@ -107,16 +107,17 @@ class _Normalizer:
             return {}
         if not isinstance(schema, dict):
             return schema
-        if "$ref" in schema and self.ref_ignores_siblings:
+        if "$ref" in schema and self.old_draft:
             schema = {"$ref": schema["$ref"]}
         out = {k: v for k, v in schema.items() if k in ASSERTIONS}
         if out.get("format") not in KNOWN_FORMATS:
             out.pop("format", None)
-        _draft4(out)
+        _draft4(out, self.old_draft)
         _drop_no_ops(out)
         if "not" in out and _negate(out) is False:
             return False
         _fold_lengths(out)
+        _integral_multiple(out)
         for key in SCHEMA_MAPS:
             if isinstance(out.get(key), dict):
                 out[key] = {name: self.node(sub) for name, sub in out[key].items()}
@@ -205,7 +206,9 @@ class _Normalizer:
         return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
 
-def _draft4(out: dict[str, Any]) -> None:
+def _draft4(out: dict[str, Any], old_draft: bool) -> None:
+    """Draft-04 to -07 spellings in their 2020-12 form; ``dependencies`` only where the schema declares
+    such a draft (2019-09 on, it is an unknown word, and so ignored)."""
     for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
         if isinstance(out.get(flag), bool):
             if out.pop(flag) and bound in out:
@@ -215,10 +218,11 @@ def _draft4(out: dict[str, Any]) -> None:
         if "additionalItems" in out:
             out["items"] = out.pop("additionalItems")
     out.pop("additionalItems", None)
-    if isinstance(out.get("dependencies"), dict):
-        for name, dep in out.pop("dependencies").items():
+    if isinstance(out.get("dependencies"), dict) and old_draft:
+        for name, dep in out["dependencies"].items():
             key = "dependentRequired" if isinstance(dep, list) else "dependentSchemas"
             out.setdefault(key, {})[name] = dep
+    out.pop("dependencies", None)
 
 
 def _negate(out: dict[str, Any]) -> Any:
@@ -240,6 +244,80 @@ def _negate(out: dict[str, Any]) -> Any:
         del out["not"]
         out["type"] = kinds[0] if len(kinds) == 1 else kinds
     return out
+
+
+def _integral_multiple(out: dict[str, Any]) -> None:
+    """An integral ``multipleOf`` admits integers only: type number becomes integer, and a multiple of 1 is no constraint."""
+    step = out.get("multipleOf")
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or step != int(step) or "type" not in out:
+        return
+    kinds = _types(out)
+    if "number" in kinds:
+        kinds = (kinds - {"number"}) | {"integer"}
+        out["type"] = sorted(kinds)[0] if len(kinds) == 1 else sorted(kinds)
+    out["multipleOf"] = int(step)
+    if out["multipleOf"] == 1 and kinds <= {"integer"}:
+        del out["multipleOf"]
+
+
+def close_dependencies(schema: Any, max_dependencies: int = 3) -> Any:
+    """``dependentRequired``/``dependentSchemas`` as an ``anyOf`` of "absent" and "present with its dependency".
+
+    Exact only where objects are written closed (a property left out of
+    ``properties`` is never written, and ``additionalProperties`` is absent or
+    false), which is how both backends write them by default; 2^k branches
+    for k dependencies, so at most ``max_dependencies``.
+    """
+    for node in iter_nodes(schema):
+        deps = {**{n: ("required", d) for n, d in node.get("dependentRequired", {}).items()},
+                **{n: ("schema", d) for n, d in node.get("dependentSchemas", {}).items()}}
+        closed = node.get("additionalProperties", False) is False
+        if not deps or len(deps) > max_dependencies or not closed or set(node) & {"anyOf", "oneOf", "allOf", "patternProperties"}:
+            continue
+        base = {k: v for k, v in node.items() if k not in ("dependentRequired", "dependentSchemas") and k not in DEFINITIONS}
+        branches: list[Any] = [base]
+        for name, (kind, dep) in deps.items():
+            grown: list[Any] = []
+            for branch in branches:
+                if name not in branch.get("required", []):
+                    grown.append({**branch, "properties": {k: v for k, v in branch.get("properties", {}).items() if k != name}})
+                extra = {"required": [name] + list(dep)} if kind == "required" else merge({"required": [name]}, dep)
+                present = merge(branch, extra) if extra not in (None, False) else extra
+                if present is None:
+                    break
+                if present is not False:
+                    _add_required_entries(present)
+                    grown.append(present)
+            else:
+                branches = grown
+                continue
+            break
+        else:
+            for key in ("dependentRequired", "dependentSchemas"):
+                node.pop(key, None)
+            for key in list(base):
+                del node[key]
+            node["anyOf"] = branches
+    return schema
+
+
+def iter_nodes(schema: Any) -> Any:
+    """Every schema object inside ``schema`` (definitions included), parents before children."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        yield node
+        for key in SCHEMA_MAPS:
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+        for key in SCHEMA_LISTS:
+            if isinstance(node.get(key), list):
+                stack.extend(node[key])
+        for key in SCHEMA_VALUES:
+            if key in node:
+                stack.append(node[key])
 
 
 def _fold_lengths(out: dict[str, Any]) -> None:

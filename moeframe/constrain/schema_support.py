@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from moeframe.constrain.errors import UnsupportedKeywordError
-from moeframe.constrain.schema_normal import DEFINITIONS, SCHEMA_LISTS, SCHEMA_MAPS, SCHEMA_VALUES
+from moeframe.constrain.schema_normal import DEFINITIONS, iter_nodes
 
 COMMON = {"type", "enum", "const", "properties", "required", "additionalProperties", "items",
           "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
@@ -50,22 +50,3 @@ def check_supported(schema: Any, backend: str) -> None:
             raise UnsupportedKeywordError("format", backend, "beside 'pattern'")
         if "multipleOf" in node and not (node.get("type") == "integer" and isinstance(node["multipleOf"], int)):
             raise UnsupportedKeywordError("multipleOf", backend, "only an integer multipleOf of type integer is enforced")
-
-
-def iter_nodes(schema: Any) -> Any:
-    """Every schema object inside ``schema`` (definitions included)."""
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict):
-            continue
-        yield node
-        for key in SCHEMA_MAPS:
-            if isinstance(node.get(key), dict):
-                stack.extend(node[key].values())
-        for key in SCHEMA_LISTS:
-            if isinstance(node.get(key), list):
-                stack.extend(node[key])
-        for key in SCHEMA_VALUES:
-            if key in node:
-                stack.append(node[key])

@@ -50,8 +50,16 @@ from moeframe.constrain.dfa import prune
 from moeframe.constrain.errors import UnsatisfiableError, UnsupportedKeywordError
 from moeframe.constrain.json_regex import FORMATS, STRING_CHAR, json_string_pattern, search_pattern
 from moeframe.constrain.regex_syntax import parse_regex
-from moeframe.constrain.schema_normal import SCHEMA_LISTS, SCHEMA_MAPS, SCHEMA_VALUES, merge, normalize_schema
-from moeframe.constrain.schema_support import check_supported, iter_nodes
+from moeframe.constrain.schema_normal import (
+    SCHEMA_LISTS,
+    SCHEMA_MAPS,
+    SCHEMA_VALUES,
+    close_dependencies,
+    iter_nodes,
+    merge,
+    normalize_schema,
+)
+from moeframe.constrain.schema_support import check_supported
 from moeframe.constrain.structural_tag import StructuralTag
 from moeframe.constrain.vocab import TokenVocab
 from moeframe.errors import RequestError
@@ -114,8 +122,7 @@ def close_pattern_properties(schema: Any) -> Any:
     """
     for node in iter_nodes(schema):
         patterns = node.get("patternProperties")
-        extra = node.get("additionalProperties", {})
-        if not isinstance(patterns, dict) or "propertyNames" in node or extra not in ({}, False):
+        if not isinstance(patterns, dict) or "propertyNames" in node or node.get("additionalProperties", False) is not False:
             continue
         properties = dict(node.get("properties", {}))
         try:
@@ -260,7 +267,7 @@ class XGrammarBackend(ConstraintBackend):
         if spec.kind == "json_schema":
             schema = normalize_schema(spec.schema())
             if not self.params.open_objects:
-                schema = close_pattern_properties(schema)
+                schema = close_dependencies(close_pattern_properties(schema))
             check_supported(schema, "xgrammar")
             return "json_schema", json.dumps(portable_schema(schema, self.params.open_objects))
         if spec.kind == "regex":
