@@ -50,7 +50,11 @@ class CompileWorker:
         status, value = answer
         if status == "ok":
             return value
-        raise (BudgetError if status == "budget" else RequestError)(value)
+        if status == "budget":  # a compiler that ran out of memory mid-way is not trusted with the next call
+            with self.lock:
+                self._stop()
+            raise BudgetError(value)
+        raise RequestError(value)
 
     def _answer(self, timeout_s: float, late: str) -> Any:
         assert self.recv is not None

@@ -260,6 +260,44 @@ def _integral_multiple(out: dict[str, Any]) -> None:
         del out["multipleOf"]
 
 
+def close_one_of(schema: Any) -> Any:
+    """``oneOf`` as ``anyOf`` where objects are written closed and no branch's output can match another.
+
+    A closed object writes only its listed properties, so its output fails
+    every branch that requires a property it does not list; branches that
+    pairwise fail each other that way (or are disjoint anyway) are exclusive
+    in every output, though not in every instance.
+    """
+    root = schema if isinstance(schema, dict) else {}
+    for node in iter_nodes(schema):
+        if not isinstance(node.get("oneOf"), list) or set(node) - {"oneOf"} - set(DEFINITIONS):
+            continue
+        branches = [_resolve(root, branch) for branch in node["oneOf"]]
+        if all(disjoint(a, b) or (_closed_excludes(a, b) and _closed_excludes(b, a))
+               for i, a in enumerate(branches) for b in branches[i + 1 :]):
+            node["anyOf"] = node.pop("oneOf")
+    return schema
+
+
+def _resolve(root: dict[str, Any], schema: Any, depth: int = 8) -> Any:
+    """``schema`` with a top-level local ``$ref`` chain into definitions followed (at most ``depth`` links)."""
+    while depth and isinstance(schema, dict) and set(schema) == {"$ref"} and isinstance(schema["$ref"], str):
+        key, _, name = schema["$ref"].removeprefix("#/").partition("/")
+        if key not in DEFINITIONS or name not in root.get(key, {}):
+            break
+        schema, depth = root[key][name], depth - 1
+    return schema
+
+
+def _closed_excludes(writer: Any, other: Any) -> bool:
+    """Whether no output of the closed object ``writer`` has every property ``other`` requires."""
+    if not (isinstance(writer, dict) and isinstance(other, dict)) or _possible_types(writer) != {"object"}:
+        return False
+    if writer.get("additionalProperties", False) is not False or "patternProperties" in writer:
+        return False
+    return bool(set(other.get("required", [])) - set(writer.get("properties", {})))
+
+
 def close_dependencies(schema: Any, max_dependencies: int = 3) -> Any:
     """``dependentRequired``/``dependentSchemas`` as an ``anyOf`` of "absent" and "present with its dependency".
 
@@ -325,8 +363,13 @@ def _fold_lengths(out: dict[str, Any]) -> None:
     or folded into it where it is one character class repeated; else left (and refused later)."""
     if "pattern" not in out or not ("minLength" in out or "maxLength" in out):
         return
+    pattern = out["pattern"]
     try:
-        tree = parse_regex(search_pattern(out["pattern"]))
+        if "maxLength" in out and "|" not in pattern:
+            core = pattern.removeprefix("^").removesuffix("$") if not pattern.endswith("\\$") else pattern.removeprefix("^")
+            if out["maxLength"] <= length_range(parse_regex(core))[0]:
+                out["pattern"] = pattern = f"^(?:{core})$"  # no room left for text around a match
+        tree = parse_regex(search_pattern(pattern))
     except (RequestError, TypeError):
         return
     lo, hi = length_range(tree)
@@ -452,6 +495,10 @@ def disjoint(a: Any, b: Any) -> bool:
     ca, cb = _constants(a), _constants(b)
     if ca is not None and cb is not None and not any(_same(x, y) for x in ca for y in cb):
         return True
+    for values, other in ((ca, b), (cb, a)):
+        if values is not None and isinstance(other, dict) and "$ref" not in json.dumps(other):
+            if not any(jsonschema.Draft202012Validator(other).is_valid(v) for v in values):
+                return True
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return False
     for x, y in ((a, b), (b, a)):

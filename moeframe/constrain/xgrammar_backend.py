@@ -27,9 +27,11 @@ items) refers to one recursive "any value" schema, because xgrammar's
 built-in one separates array items with ", " even when compact separators
 are asked for, and its strict mode forbids unlisted properties.
 
-Compilation runs in a child process (:mod:`moeframe.constrain.compile_worker`)
-under ``compile_timeout_s`` and ``compile_memory_mb``: xgrammar cannot be
-interrupted, and one real schema took 209 s.
+Every compilation runs first in a child process
+(:mod:`moeframe.constrain.compile_worker`) under ``compile_timeout_s`` and
+``compile_memory_mb``, since xgrammar cannot be interrupted and one real
+schema took 209 s; only what compiled there within budget is then compiled
+here (see :mod:`moeframe.constrain.xgrammar_process` for why twice).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from moeframe.constrain.schema_normal import (
     SCHEMA_MAPS,
     SCHEMA_VALUES,
     close_dependencies,
+    close_one_of,
     iter_nodes,
     merge,
     normalize_schema,
@@ -246,6 +249,7 @@ class XGrammarBackend(ConstraintBackend):
         super().__init__(vocab, eos_token_ids, params.jump_forward, params.cache_size)
         self.params = params
         self.info = tokenizer_info(list(vocab.token_bytes), vocab.vocab_size, eos_token_ids)
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=params.max_threads, cache_enabled=False)
         init = (list(vocab.token_bytes), vocab.vocab_size, tuple(eos_token_ids), params.max_threads, params.max_whitespace)
         key = (hashlib.sha256(b"\0".join(vocab.token_bytes)).hexdigest(), *init[1:])
         self.worker = shared_worker(xgrammar_process.__file__, init, key, params.compile_timeout_s, params.compile_memory_mb)
@@ -253,12 +257,12 @@ class XGrammarBackend(ConstraintBackend):
     def _compile(self, spec: ConstraintSpec) -> xgr.CompiledGrammar:
         kind, text = self.grammar_text(spec)
         try:
-            serialized = self.worker.call("compile", kind, text)
+            self.worker.call("compile", kind, text)
         except RequestError as err:
             if type(err) is not RequestError:
                 raise
             raise RequestError(f"xgrammar cannot compile this {spec.kind}: {err}") from None
-        return xgr.CompiledGrammar.deserialize_json(serialized, self.info)
+        return xgrammar_process.compile_text(self.compiler, self.params.max_whitespace, kind, text)
 
     def grammar_text(self, spec: ConstraintSpec) -> tuple[str, str]:
         """What the compiler process compiles: (json_schema | regex | ebnf, its text)."""
@@ -267,7 +271,7 @@ class XGrammarBackend(ConstraintBackend):
         if spec.kind == "json_schema":
             schema = normalize_schema(spec.schema())
             if not self.params.open_objects:
-                schema = close_dependencies(close_pattern_properties(schema))
+                schema = close_one_of(close_dependencies(close_pattern_properties(schema)))
             check_supported(schema, "xgrammar")
             return "json_schema", json.dumps(portable_schema(schema, self.params.open_objects))
         if spec.kind == "regex":
