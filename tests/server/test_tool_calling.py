@@ -84,6 +84,20 @@ def test_named_tool_choice_streams_openai_deltas_that_add_up_to_the_whole_reply(
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
 
 
+def test_the_raw_stream_ends_with_the_tool_calls_finish_then_done(served: Served) -> None:
+    body = {"model": MODEL, "messages": QUESTION, "tools": [WEATHER], "tool_choice": NAMED, "max_tokens": 80,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=60) as response:
+        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    opening = next(d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or [])
+    assert set(opening) == {"index", "id", "type", "function"} and opening["function"]["name"] == "get_weather"
+    later = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []][1:]
+    assert all(set(d) == {"index", "function"} and set(d["function"]) == {"arguments"} for d in later)
+
+
 def test_the_clients_stream_helper_assembles_the_same_calls(client: openai.OpenAI) -> None:
     kwargs = dict(model=MODEL, messages=QUESTION, tools=[WEATHER], tool_choice=NAMED, max_tokens=80, temperature=0)
     whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls
@@ -226,7 +240,7 @@ BAD = {
 def test_unsupported_or_invalid_tool_requests_are_400_naming_the_field(served: Served, case: str) -> None:
     extra, param = BAD[case]
     body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, **extra}
-    response = httpx.post(f"{served.url}/v1/chat/completions", json=body)
+    response = httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
