@@ -137,7 +137,7 @@ def test_cli_misspelt_key_fails_in_one_line_naming_the_valid_keys() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: cache.max_tokenz: not a key of cache 'radix'; valid keys: max_tokens, mem_fraction, name, page_size"
+        "error: cache.max_tokenz: not a key of cache 'radix'; valid keys: eviction, max_tokens, mem_fraction, name, page_size"
     ]
 
 

@@ -55,8 +55,8 @@ class KVCache(ABC):
         self.stats = CacheStats()
 
     @abstractmethod
-    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
-        """Longest cached prefix of ``token_ids``, pinned until ``release``.
+    def match_prefix(self, token_ids: list[int], priority: int = 0) -> PrefixMatch:
+        """Longest cached prefix of ``token_ids``, pinned until ``release``: a reuse by a request of ``priority``.
 
         The match may cover all of ``token_ids``; a caller that needs the
         logits of the last token keeps only the first ``len - 1`` matched
@@ -70,10 +70,11 @@ class KVCache(ABC):
         """n new slots for a request that already holds ``owned``; None if the pool cannot give them."""
 
     @abstractmethod
-    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool) -> None:
+    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool, priority: int = 0) -> None:
         """Take back a request's slots (``slots[i]`` holds the KV of ``token_ids[i]``).
 
-        When ``cacheable``, the cache may keep them for reuse; otherwise they return to the pool.
+        When ``cacheable``, the cache may keep them for reuse (ranked for
+        eviction with the request's ``priority``); otherwise they return to the pool.
         """
 
     @abstractmethod
@@ -95,7 +96,7 @@ class KVCache(ABC):
         """
         return self.pool.num_free_slots >= n * len(owned)
 
-    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
+    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch, priority: int = 0) -> PrefixMatch:
         """Share a running request's computed KV now, not only when it ends (SGLang caches after prefill).
 
         Returns the request's new pinned match; its slots replace the

@@ -5,8 +5,11 @@ A block is ``block_size`` consecutive slots taken from the pool at once
 committed under a key chained over its parent's hash and its own tokens
 (vLLM v1's prefix caching, also nano-vllm's ``BlockManager``), so equal
 prefixes map to equal key chains whatever the request. Blocks carry a
-reference count; a committed block nobody references stays cached in an
-LRU queue until a new block is needed and none is free.
+reference count; a committed block nobody references stays cached until a
+new block is needed and none is free, then goes in the eviction policy's
+order (least recently used first by default, as vLLM's free queue), only
+once no cached block continues it: a chain goes tail first, as vLLM frees a
+request's blocks in reverse order, and a prefix never outlives its use.
 
 Keys keep the block's tokens, so two blocks are confused only when their
 parents' 64-bit hashes collide, the risk vLLM accepts with its builtin hash.
@@ -14,11 +17,15 @@ parents' 64-bit hashes collide, the risk vLLM accepts with its builtin hash.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from moeframe.cache.eviction.base import EvictionPolicy
+from moeframe.cache.eviction.lru import LeastRecentlyUsed
 from moeframe.cache.pool import KVPool
+from moeframe.registry import NoParams
 
 BlockKey = tuple[int, tuple[int, ...]]
 
@@ -33,6 +40,11 @@ class Block:
     ref_count: int = 0
     num_used: int = 0  # slots handed out so far, from first_slot up
     key: BlockKey | None = None  # set once committed to the prefix cache
+    # what eviction ranks a cached block by (moeframe/cache/eviction), in the manager's ticks
+    last_access: int = 0
+    hit_count: int = 0
+    created: int = 0
+    priority: int = 0
 
     @property
     def slots(self) -> list[int]:
@@ -49,14 +61,21 @@ def chain_keys(token_ids: list[int], block_size: int) -> Iterator[BlockKey]:
 
 
 class BlockManager:
-    def __init__(self, pool: KVPool, block_size: int) -> None:
+    def __init__(self, pool: KVPool, block_size: int, eviction: EvictionPolicy | None = None) -> None:
         self.pool = pool
         self.block_size = block_size
         self.num_blocks = pool.num_slots // block_size
+        self.eviction = eviction or LeastRecentlyUsed(NoParams())
+        self._clock = itertools.count(1)
         self._taken: dict[int, Block] = {}  # every block out of the pool, by first slot
         self._block_of_slot: dict[int, Block] = {}
         self._cached: dict[BlockKey, Block] = {}
-        self._evictable: OrderedDict[int, Block] = OrderedDict()  # unreferenced cached blocks, oldest first
+        self._cached_by_hash: dict[int, Block] = {}
+        self._num_children: dict[int, int] = {}  # cached blocks continuing each cached block, by its key's hash
+        self._evictable: dict[int, Block] = {}  # unreferenced cached blocks, by first slot
+        # (eviction key, entry number, block): the evictable blocks; an entry is current while _entry_of names it
+        self._heap: list[tuple[tuple[int, ...], int, Block]] = []
+        self._entry_of: dict[int, int] = {}
         # Slots of running requests' blocks not handed out yet: held, neither free nor anyone's.
         self.num_reserved_slots = 0
 
@@ -106,38 +125,71 @@ class BlockManager:
         self.num_reserved_slots -= n
         return list(range(start, start + n))
 
-    def take(self, block: Block) -> None:
+    def take(self, block: Block, hit_priority: int | None = None) -> None:
+        """One reference more; with ``hit_priority`` a prefix hit by a request of that priority."""
         block.ref_count += 1
+        block.last_access = next(self._clock)
+        if hit_priority is not None:
+            block.hit_count += 1
+            block.priority = max(block.priority, hit_priority)
         if block.ref_count == 1:
             self._evictable.pop(block.first_slot)
 
     def drop(self, block: Block) -> None:
-        """One reference fewer; at none a cached block waits in the LRU queue, another goes back to the pool."""
+        """One reference fewer; at none a cached block becomes evictable, another goes back to the pool."""
         block.ref_count -= 1
         if block.ref_count > 0:
             return
         if block.key is not None:
+            block.last_access = next(self._clock)
             self._evictable[block.first_slot] = block
+            self._push(block)
         else:
             self.num_reserved_slots -= block.size - block.num_used
             self._give_back(block)
 
-    def commit(self, block: Block, key: BlockKey) -> bool:
-        """Cache a full block under ``key``; False when an equal block is cached already."""
+    def commit(self, block: Block, key: BlockKey, priority: int = 0) -> bool:
+        """Cache a full block under ``key`` for a request of ``priority``; False when an equal block is cached already."""
         if key in self._cached:
             return False
         block.key = key
+        block.created = block.last_access = next(self._clock)
+        block.priority = priority
         self._cached[key] = block
+        self._cached_by_hash[hash(key)] = block
+        self._num_children[key[0]] = self._num_children.get(key[0], 0) + 1
         return True
 
-    def evict_oldest(self) -> None:
-        _, block = self._evictable.popitem(last=False)
+    def evict_one(self) -> None:
+        """Evict the evictable block no cached block continues whose eviction key is smallest."""
+        while self._heap:
+            _, entry, block = heapq.heappop(self._heap)
+            current = self._evictable.get(block.first_slot) is block and self._entry_of[block.first_slot] == entry
+            if current and not self._num_children.get(hash(block.key)):
+                break
+        else:
+            raise RuntimeError("evict_one with no evictable block")
+        del self._evictable[block.first_slot]
         del self._cached[block.key]
+        del self._cached_by_hash[hash(block.key)]
+        parent_hash = block.key[0]
+        self._num_children[parent_hash] -= 1
+        if not self._num_children[parent_hash]:
+            del self._num_children[parent_hash]
+            parent = self._cached_by_hash.get(parent_hash)
+            if parent is not None and parent.ref_count == 0:
+                self._push(parent)  # a leaf now: its earlier entry was dropped while it was not
         self._give_back(block)
+
+    def _push(self, block: Block) -> None:
+        entry = next(self._clock)
+        self._entry_of[block.first_slot] = entry
+        heapq.heappush(self._heap, (self.eviction.key(block), entry, block))
 
     def _give_back(self, block: Block) -> None:
         slots = block.slots
         self.pool.free(slots)
+        self._entry_of.pop(block.first_slot, None)
         del self._taken[block.first_slot]
         for slot in slots:
             del self._block_of_slot[slot]

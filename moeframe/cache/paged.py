@@ -6,9 +6,11 @@ the request's last block before it takes a new one. With ``prefix_reuse``,
 a released request's full blocks are committed under hash-chained keys and
 a later prompt reuses its longest chain of cached blocks short of its last
 token (vLLM v1's automatic prefix caching), so a request's slot list stays
-aligned with its blocks; unreferenced cached blocks are evicted least
-recently used first, a request's last block before its first, as vLLM frees
-them in reverse order. Without it, blocks go back to the pool on release.
+aligned with its blocks; unreferenced cached blocks are evicted in the
+order of ``eviction`` (lru, lfu, fifo, priority: moeframe/cache/eviction),
+a block only once no cached block continues it, so a chain goes tail first,
+as vLLM frees a request's blocks in reverse order. Without it, blocks go back
+to the pool on release.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from moeframe.cache import CACHES
 from moeframe.cache.base import KVCache, PoolParams, PrefixMatch
 from moeframe.cache.block_manager import Block, BlockManager, chain_keys
+from moeframe.cache.eviction import EVICTIONS, check_eviction
 from moeframe.cache.pool import KVPool
 
 
@@ -25,11 +28,13 @@ from moeframe.cache.pool import KVPool
 class PagedParams(PoolParams):
     block_size: int = 16
     prefix_reuse: bool = True
+    eviction: str = "lru"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        check_eviction(self.eviction)
 
 
 @CACHES.register("paged", params=PagedParams)
@@ -40,9 +45,9 @@ class PagedCache(KVCache):
             raise ValueError(f"block_size {params.block_size} exceeds the pool's {pool.num_slots} slots")
         self.block_size = params.block_size
         self.prefix_reuse = params.prefix_reuse
-        self.blocks = BlockManager(pool, params.block_size)
+        self.blocks = BlockManager(pool, params.block_size, EVICTIONS.build({"name": params.eviction}))
 
-    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
+    def match_prefix(self, token_ids: list[int], priority: int = 0) -> PrefixMatch:
         """The cached blocks over all but the last token (vLLM v1 caps a hit at ``num_tokens - 1`` likewise).
 
         The caller recomputes the last token for its logits. Were its block
@@ -60,7 +65,7 @@ class PagedCache(KVCache):
         chain = self.blocks.lookup(token_ids[:-1])
         slots: list[int] = []
         for block in chain:
-            self.blocks.take(block)
+            self.blocks.take(block, hit_priority=priority)
             slots.extend(block.slots)
         self.stats.matched_tokens += len(slots)
         return PrefixMatch(slots, chain)
@@ -84,7 +89,7 @@ class PagedCache(KVCache):
         if need > self.blocks.num_free_blocks + self.blocks.num_evictable_blocks:
             return None
         while self.blocks.num_free_blocks < need:
-            self.blocks.evict_oldest()
+            self.blocks.evict_one()
             self.stats.evicted_tokens += self.block_size
         fresh: list[Block] = []
         for _ in range(need):
@@ -100,7 +105,7 @@ class PagedCache(KVCache):
             slots.extend(self.blocks.hand_out(block, min(self.block_size, n - len(slots))))
         return slots
 
-    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool) -> None:
+    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool, priority: int = 0) -> None:
         if len(token_ids) != len(slots):
             raise ValueError(f"release needs one slot per token, got {len(token_ids)} tokens and {len(slots)} slots")
         lent: list[Block] = match.handle or []
@@ -114,11 +119,11 @@ class PagedCache(KVCache):
                 seen.add(id(block))
                 own.append(block)
         if cacheable and self.prefix_reuse:
-            self._commit_full_blocks(token_ids, slots)
+            self._commit_full_blocks(token_ids, slots, priority)
         for block in reversed(lent + own):
             self.blocks.drop(block)
 
-    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
+    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch, priority: int = 0) -> PrefixMatch:
         """Full blocks become reusable as soon as they are computed (vLLM caches a block once it fills).
 
         The returned match is the chain of cached blocks over ``token_ids``:
@@ -129,7 +134,7 @@ class PagedCache(KVCache):
         """
         if not self.prefix_reuse:
             return match
-        self._commit_full_blocks(token_ids, slots)
+        self._commit_full_blocks(token_ids, slots, priority)
         chain = self.blocks.lookup(token_ids)
         covered = self.block_size * len(chain)
         lent: list[Block] = match.handle or []
@@ -145,14 +150,14 @@ class PagedCache(KVCache):
             self.blocks.drop(block)
         return PrefixMatch([slot for block in chain for slot in block.slots], chain)
 
-    def _commit_full_blocks(self, token_ids: list[int], slots: list[int]) -> None:
+    def _commit_full_blocks(self, token_ids: list[int], slots: list[int], priority: int) -> None:
         size = self.block_size
         for i, key in enumerate(chain_keys(token_ids, size)):
             block = self.blocks.block_of(slots[i * size])
             if block is None or block.key is not None or block.ref_count != 1 or block.num_used != size:
                 continue
             if slots[i * size : (i + 1) * size] == block.slots:
-                self.blocks.commit(block, key)
+                self.blocks.commit(block, key, priority)
 
     def num_cached_tokens(self) -> int:
         """Slots in cached blocks, plus the not yet used tail of running requests' last blocks."""
@@ -177,4 +182,4 @@ class PagedCache(KVCache):
 
     def clear(self) -> None:
         while self.blocks.num_evictable_blocks:
-            self.blocks.evict_oldest()
+            self.blocks.evict_one()

@@ -3,8 +3,9 @@
 Finished (and preempted) requests insert their tokens and slots into a radix
 tree; a new prompt reuses the slots of its longest cached prefix, pinned
 until the request releases it. When ``allocate`` finds the pool short it
-evicts unpinned leaves, least recently used first (SGLang's
-``RadixCache.evict``). ``page_size`` > 1 caches whole pages only.
+evicts unpinned leaves in the order of ``eviction`` (lru, lfu, fifo,
+priority: moeframe/cache/eviction; SGLang's ``RadixCache.evict``).
+``page_size`` > 1 caches whole pages only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from moeframe.cache import CACHES
 from moeframe.cache.base import KVCache, PoolParams, PrefixMatch
+from moeframe.cache.eviction import EVICTIONS, check_eviction
 from moeframe.cache.pool import KVPool
 from moeframe.cache.radix_tree import RadixTree
 
@@ -20,11 +22,13 @@ from moeframe.cache.radix_tree import RadixTree
 @dataclass
 class RadixParams(PoolParams):
     page_size: int = 1
+    eviction: str = "lru"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        check_eviction(self.eviction)
 
 
 def _own_slots(slots: list[int], match: PrefixMatch) -> list[int]:
@@ -37,10 +41,10 @@ def _own_slots(slots: list[int], match: PrefixMatch) -> list[int]:
 class RadixCache(KVCache):
     def __init__(self, params: RadixParams, pool: KVPool, **_: object) -> None:
         super().__init__(pool)
-        self.tree = RadixTree(params.page_size)
+        self.tree = RadixTree(params.page_size, EVICTIONS.build({"name": params.eviction}))
 
-    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
-        slots, node = self.tree.match(token_ids)
+    def match_prefix(self, token_ids: list[int], priority: int = 0) -> PrefixMatch:
+        slots, node = self.tree.match(token_ids, hit_priority=priority)
         self.tree.lock(node)
         self.stats.queried_tokens += len(token_ids)
         self.stats.matched_tokens += len(slots)
@@ -54,23 +58,23 @@ class RadixCache(KVCache):
             self.stats.evicted_tokens += self.tree.evict(short, self.pool.free)
         return self.pool.alloc(n)
 
-    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool) -> None:
+    def release(self, token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool, priority: int = 0) -> None:
         if len(token_ids) != len(slots):
             raise ValueError(f"release needs one slot per token, got {len(token_ids)} tokens and {len(slots)} slots")
         if cacheable:
             # insert hands back every slot past the last whole page, lent ones too when a request
             # gives back fewer tokens than it matched (its admission failed): those stay the tree's.
             lent = set(match.slots)
-            self.pool.free([slot for slot in self.tree.insert(token_ids, slots) if slot not in lent])
+            self.pool.free([slot for slot in self.tree.insert(token_ids, slots, priority) if slot not in lent])
         else:
             self.pool.free(_own_slots(slots, match))
         if match.handle is not None:
             self.tree.unlock(match.handle)
 
-    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch) -> PrefixMatch:
+    def cache_prefix(self, token_ids: list[int], slots: list[int], match: PrefixMatch, priority: int = 0) -> PrefixMatch:
         """Insert a running request's computed whole pages now and pin them as its match (SGLang's cache_unfinished_req)."""
         end = self.tree.aligned_len(len(token_ids))
-        self.pool.free(self.tree.insert(token_ids[:end], slots[:end]))
+        self.pool.free(self.tree.insert(token_ids[:end], slots[:end], priority))
         shared, node = self.tree.match(token_ids[:end])
         self.tree.lock(node)
         if match.handle is not None:

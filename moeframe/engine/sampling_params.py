@@ -48,6 +48,8 @@ class SamplingParams:
     # follow given routes [tokens, MoE layers, k] (needs router=replay), in the layout routed_experts returns
     return_routed_experts: bool = False
     replay_routes: Any = None
+    # larger runs first under scheduler=priority and is evicted last under cache eviction=priority (SGLang's sense)
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -73,6 +75,8 @@ class SamplingParams:
             raise RequestError("stop strings must not be empty")
         if not isinstance(self.stop_token_ids, list) or not all(is_int(t) for t in self.stop_token_ids):
             raise RequestError("stop_token_ids must be a list of integers")
+        if not is_int(self.priority) or not SEED_MIN <= self.priority < 2**63:
+            raise RequestError(f"priority must be a 64-bit integer, got {self.priority!r}")
         if not isinstance(self.ignore_eos, bool) or not isinstance(self.json_object, bool):
             raise RequestError("ignore_eos and json_object must be booleans")
         if not isinstance(self.return_routed_experts, bool):

@@ -3,8 +3,9 @@
 Each step packs, within a token budget: one new token for every decoding
 request, the next prompt chunk of every request still prefilling, then new
 requests in the policy's order (SGLang's and vLLM v1's mixed batches). When
-the pool runs short the cache evicts unpinned entries; if that is not
-enough, the newest running request is preempted: its KV goes back to the
+the pool runs short the cache evicts unpinned entries (in its eviction
+policy's order); if that is not enough, a running request is preempted (the
+policy's victim: the newest, or the least important under ``priority``): its KV goes back to the
 cache and it is recomputed later (vLLM's recompute preemption), so no request
 is ever corrupted and the engine never stops.
 """
@@ -89,7 +90,7 @@ class Scheduler:
 
     def admit(self, req: Request, budget: int) -> int:
         """Pin the request's cached prefix and allocate its first chunk; 0 if the pool cannot."""
-        match = self.cache.match_prefix(req.all_ids) if req.shares_kv else PrefixMatch()
+        match = self.cache.match_prefix(req.all_ids, req.params.priority) if req.shares_kv else PrefixMatch()
         reuse = min(match.num_tokens, len(req.all_ids) - 1)
         req.match, req.slots = match, list(match.slots[:reuse])
         if req.cached_tokens is None:
@@ -97,7 +98,7 @@ class Scheduler:
         n = min(req.num_pending, self.params.chunk_size, budget)
         fresh = self.cache.allocate(req.slots, n)
         if fresh is None:
-            self.cache.release(req.all_ids[:reuse], req.slots, match, cacheable=True)
+            self.cache.release(req.all_ids[:reuse], req.slots, match, cacheable=True, priority=req.params.priority)
             req.slots, req.match = [], PrefixMatch()
             if not self.running:
                 req.cached_tokens = None
@@ -109,12 +110,12 @@ class Scheduler:
         return n
 
     def grow(self, req: Request, n: int, protect: list[Request]) -> bool:
-        """Allocate n slots for a running request, preempting newer requests while short."""
+        """Allocate n slots for a running request, preempting others (the policy's victim first) while short."""
         while (fresh := self.cache.allocate(req.slots, n)) is None:
             victims = [r for r in self.running if r is not req and r not in protect]
             if not victims:
                 return False
-            self.preempt(max(victims, key=lambda r: (r.arrival_s, r.rid)))
+            self.preempt(self.policy.victim(victims))
         req.slots.extend(fresh)
         return True
 
@@ -122,7 +123,7 @@ class Scheduler:
         """Offer a request's computed KV to the cache while it runs, so requests sharing it reuse it now."""
         if not req.shares_kv:
             return
-        match = self.cache.cache_prefix(req.all_ids[: len(req.slots)], req.slots, req.match)
+        match = self.cache.cache_prefix(req.all_ids[: len(req.slots)], req.slots, req.match, req.params.priority)
         req.slots = list(match.slots) + req.slots[match.num_tokens :]
         req.match = match
 
@@ -137,7 +138,9 @@ class Scheduler:
         """Give a request's slots back to the cache (it keeps what it can reuse)."""
         if req in self.running:
             self.running.remove(req)
-        self.cache.release(req.all_ids[: len(req.slots)], req.slots, req.match, cacheable=req.shares_kv)
+        self.cache.release(
+            req.all_ids[: len(req.slots)], req.slots, req.match, cacheable=req.shares_kv, priority=req.params.priority
+        )
         req.slots, req.match = [], PrefixMatch()
 
     def finish(self, req: Request) -> None:

@@ -130,6 +130,7 @@ class SamplingFields(RequestBody):
     regex: str | None = None
     choices: list[str] | None = None
     return_routed_experts: bool = False
+    priority: Int64 = 0  # larger first under scheduler=priority (SGLang's request field)
 
     @model_validator(mode="before")
     @classmethod

@@ -3,7 +3,7 @@
 ``n`` choices become n engine requests (SGLang and vLLM do the same); with a
 ``seed`` each gets ``seed + i`` so the choices differ yet the whole response
 is reproducible. ``response_format`` maps to the engine's json_schema /
-json_object constraint; ``regex`` and ``choices`` are SGLang's extra fields.
+json_object constraint; ``regex``, ``choices`` and ``priority`` are SGLang's extra fields.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def sampling_params(
             ignore_eos=body.ignore_eos,
             return_routed_experts=body.return_routed_experts,
             logprobs=logprobs,
+            priority=body.priority,
             **constraint,
         )
         for i in range(body.n)

@@ -40,14 +40,14 @@ class InsertedRecord:
 def spy_on(cache, record: InsertedRecord, expected: dict[tuple[int, ...], int]) -> None:
     match_prefix, release = cache.match_prefix, cache.release
 
-    def spied_match(token_ids: list[int]) -> PrefixMatch:
+    def spied_match(token_ids: list[int], priority: int = 0) -> PrefixMatch:
         expected.setdefault(tuple(token_ids), record.longest_prefix(token_ids))
-        return match_prefix(token_ids)
+        return match_prefix(token_ids, priority)
 
-    def spied_release(token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool) -> None:
+    def spied_release(token_ids: list[int], slots: list[int], match: PrefixMatch, cacheable: bool, priority: int = 0) -> None:
         if cacheable:
             record.sequences.append(list(token_ids[: record.aligned(len(token_ids))]))
-        release(token_ids, slots, match, cacheable)
+        release(token_ids, slots, match, cacheable, priority)
 
     cache.match_prefix, cache.release = spied_match, spied_release
 

@@ -31,6 +31,12 @@ def test_response_format_maps_to_engine_constraints() -> None:
     assert p.constraint_kwargs == {"choices": ["a", "b"]}
 
 
+def test_priority_reaches_every_choice_and_defaults_to_zero() -> None:
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], priority=7, n=2)
+    assert [p.priority for p in sampling_params(chat, 4, None)] == [7, 7]
+    assert sampling_params(CompletionRequest(model="m", prompt="x"), 4, None)[0].priority == 0
+
+
 def test_two_constraints_in_one_request_are_refused() -> None:
     with pytest.raises(APIError, match="at most one"):
         sampling_params(CompletionRequest(model="m", prompt="x", regex="a", response_format={"type": "json_object"}), 4, None)

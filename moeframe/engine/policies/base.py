@@ -1,4 +1,4 @@
-"""A scheduling policy orders the waiting queue; the batch limits every policy shares are its params."""
+"""A scheduling policy orders the waiting queue and picks whom to preempt; the batch limits every policy shares are its params."""
 
 from __future__ import annotations
 
@@ -28,3 +28,7 @@ class SchedulingPolicy(ABC):
     @abstractmethod
     def order(self, waiting: list[Request], cache: KVCache) -> list[Request]:
         """The waiting requests in the order they should be admitted."""
+
+    def victim(self, running: list[Request]) -> Request:
+        """The running request to preempt when another cannot grow: the newest (vLLM's recompute preemption)."""
+        return max(running, key=lambda r: (r.arrival_s, r.rid))
