@@ -7,9 +7,11 @@ committed under a key chained over its parent's hash and its own tokens
 prefixes map to equal key chains whatever the request. Blocks carry a
 reference count; a committed block nobody references stays cached until a
 new block is needed and none is free, then goes in the eviction policy's
-order (least recently used first by default, as vLLM's free queue), only
-once no cached block continues it: a chain goes tail first, as vLLM frees a
-request's blocks in reverse order, and a prefix never outlives its use.
+order (least recently used first by default, as vLLM's free queue), but
+never while an unreferenced cached block continues it: a chain goes tail
+first, as vLLM frees a request's blocks in reverse order, so no policy
+strands a cached continuation behind an evicted prefix. (A continuation in
+use does not hold its prefix: its request owns an equal copy of it.)
 
 Keys keep the block's tokens, so two blocks are confused only when their
 parents' 64-bit hashes collide, the risk vLLM accepts with its builtin hash.
@@ -71,7 +73,7 @@ class BlockManager:
         self._block_of_slot: dict[int, Block] = {}
         self._cached: dict[BlockKey, Block] = {}
         self._cached_by_hash: dict[int, Block] = {}
-        self._num_children: dict[int, int] = {}  # cached blocks continuing each cached block, by its key's hash
+        self._evictable_children: dict[int, int] = {}  # evictable blocks continuing each cached block, by its key's hash
         self._evictable: dict[int, Block] = {}  # unreferenced cached blocks, by first slot
         # (eviction key, entry number, block): the evictable blocks; an entry is current while _entry_of names it
         self._heap: list[tuple[tuple[int, ...], int, Block]] = []
@@ -134,6 +136,7 @@ class BlockManager:
             block.priority = max(block.priority, hit_priority)
         if block.ref_count == 1:
             self._evictable.pop(block.first_slot)
+            self._lose_evictable_child(block.key[0])
 
     def drop(self, block: Block) -> None:
         """One reference fewer; at none a cached block becomes evictable, another goes back to the pool."""
@@ -143,6 +146,7 @@ class BlockManager:
         if block.key is not None:
             block.last_access = next(self._clock)
             self._evictable[block.first_slot] = block
+            self._evictable_children[block.key[0]] = self._evictable_children.get(block.key[0], 0) + 1
             self._push(block)
         else:
             self.num_reserved_slots -= block.size - block.num_used
@@ -157,29 +161,36 @@ class BlockManager:
         block.priority = priority
         self._cached[key] = block
         self._cached_by_hash[hash(key)] = block
-        self._num_children[key[0]] = self._num_children.get(key[0], 0) + 1
         return True
 
     def evict_one(self) -> None:
-        """Evict the evictable block no cached block continues whose eviction key is smallest."""
+        """Evict the smallest-keyed evictable block that no evictable block continues.
+
+        One always exists while any block is evictable: follow evictable
+        continuations from any evictable block to the last.
+        """
         while self._heap:
             _, entry, block = heapq.heappop(self._heap)
             current = self._evictable.get(block.first_slot) is block and self._entry_of[block.first_slot] == entry
-            if current and not self._num_children.get(hash(block.key)):
+            if current and not self._evictable_children.get(hash(block.key)):
                 break
         else:
             raise RuntimeError("evict_one with no evictable block")
         del self._evictable[block.first_slot]
         del self._cached[block.key]
         del self._cached_by_hash[hash(block.key)]
-        parent_hash = block.key[0]
-        self._num_children[parent_hash] -= 1
-        if not self._num_children[parent_hash]:
-            del self._num_children[parent_hash]
-            parent = self._cached_by_hash.get(parent_hash)
-            if parent is not None and parent.ref_count == 0:
-                self._push(parent)  # a leaf now: its earlier entry was dropped while it was not
+        self._lose_evictable_child(block.key[0])
         self._give_back(block)
+
+    def _lose_evictable_child(self, parent_hash: int) -> None:
+        """One evictable continuation fewer; a cached prefix left with none may be evicted again."""
+        self._evictable_children[parent_hash] -= 1
+        if self._evictable_children[parent_hash]:
+            return
+        del self._evictable_children[parent_hash]
+        parent = self._cached_by_hash.get(parent_hash)
+        if parent is not None and parent.ref_count == 0:
+            self._push(parent)  # its earlier entry was passed over while a continuation was evictable
 
     def _push(self, block: Block) -> None:
         entry = next(self._clock)

@@ -57,7 +57,10 @@ class PagedMachine(CacheMachine):
         model = self.model
         evict = max(0, self.blocks_needed(req, len(fresh)) - self.num_free_blocks())
         assert evicted_tokens == self.unit * evict
-        model.remove(sorted(model.unpinned(), key=model.last_use.__getitem__)[:evict])
+        for _ in range(evict):  # least recently used first, never a block an unpinned block continues
+            unpinned = set(model.unpinned())
+            ends = [key for key in unpinned if not any(k[: len(key)] == key and len(k) == len(key) + self.unit for k in unpinned)]
+            model.remove([min(ends, key=model.last_use.__getitem__)])
         room = -len(req.own) % self.unit
         for i, slot in enumerate(fresh):
             previous = fresh[i - 1] if i else req.slots[-1] if room else None
