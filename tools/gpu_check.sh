@@ -34,9 +34,9 @@ fi
 
 if [ "$steps" != bench ]; then
     # -o addopts= drops the project's -q so that pytest prints its summary line
-    tests=${TESTS:-tests/gpu tests/kernels tests/routers/test_router_cuda.py tests/routers/test_router_route_hidden.py \
-        tests/routers/test_router_route_residual.py tests/engine/test_overlap_cuda.py tests/model/test_deferred_topk_sum_model.py \
-        tests/model/test_topk_sum.py tests/telemetry/test_expert_load_batched.py}
+    tests=${TESTS:-tests/gpu tests/kernels tests/telemetry tests/routers/test_router_cuda.py tests/routers/test_router_route_hidden.py \
+        tests/routers/test_router_route_residual.py tests/engine/test_overlap_cuda.py tests/engine/test_warmup.py \
+        tests/model/test_deferred_topk_sum_model.py tests/model/test_topk_sum.py tests/model/test_mla_latent_cache.py}
     # the suite's time is mostly Triton compiling each kernel variant on the host: spread it over processes
     workers=$(python3 -c "import xdist" 2> /dev/null && echo "-n 12")
     # shellcheck disable=SC2086
