@@ -226,7 +226,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         if not spec.is_moe:
             raise ConfigError("runner.routes: this model has no MoE layers, so no routes to record")
         moe_layers = [i for i, sparse in enumerate(spec.sparse_layers) if sparse]
-        step_tokens = max(policy.params.max_batch_tokens, *cfg.runner.cuda_graph_batch_sizes)
+        step_tokens = max(policy.params.max_batch_tokens, policy.params.max_running, *cfg.runner.cuda_graph_batch_sizes)
         routes = RouteBuffer(moe_layers, step_tokens, device, weights=cfg.runner.routes_weights)
     replays = any(r.replays_routes for r in routers.values())
     runner = ModelRunner(model, pool, device, attention, cfg.runner.overlap, routes, replays, parallel.forward)

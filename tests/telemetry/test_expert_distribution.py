@@ -66,16 +66,20 @@ def test_per_pass_counts_and_batch_composition(olmoe: Path) -> None:
     assert passes[-1]["kind"] == "decode" and all(p["decode_tokens"] == p["tokens"] for p in passes[1:])
 
 
-def test_stat_counts_served_tokens_only(olmoe: Path) -> None:
+@pytest.mark.parametrize("routes", ["true", "false"], ids=["from_routes", "from_load_totals"])
+def test_stat_counts_served_tokens_only(olmoe: Path, routes: str) -> None:
     engine = make_engine(olmoe, "runner.routes=true")
-    recorder = engine.core.distribution
+    counted = make_engine(olmoe, f"runner.routes={routes}")
+    recorder = counted.core.distribution
+    asked = prompts(engine.spec.vocab_size)
     recorder.start("stat")
-    outs = engine.generate(prompts(engine.spec.vocab_size), PARAMS)
-    engine.score([1, 2, 3, 4, 5, 6, 7])  # a scoring pass is counted apart
+    counted.generate(asked, SamplingParams(max_new_tokens=5, ignore_eos=True))
+    counted.score([1, 2, 3, 4, 5, 6, 7])  # a scoring pass is counted apart
     recorder.stop()
-    routes = torch.cat([o.routed_experts for o in outs]).long()
-    assert torch.equal(torch.tensor(recorder.dump()["counts"]), bincount(routes, engine.spec.moe.num_experts))
-    apart = engine.stats()["expert_load"]["counted_apart"]["scoring"]
+    counted.generate([[9, 9, 9]], SamplingParams(max_new_tokens=3))  # after the recording
+    routes_of = torch.cat([o.routed_experts for o in engine.generate(asked, PARAMS)]).long()
+    assert torch.equal(torch.tensor(recorder.dump()["counts"]), bincount(routes_of, engine.spec.moe.num_experts))
+    apart = counted.stats()["expert_load"]["counted_apart"]["scoring"]
     assert apart["tokens"] == 7 * sum(engine.spec.sparse_layers)
 
 
