@@ -208,8 +208,9 @@ class ModelRunner:
                 hosts.append(None)
                 continue
             pinned = self.pinned_routes[i]
-            if pinned is None or pinned.numel() < tensor.numel():
-                pinned = self.pinned_routes[i] = torch.empty(max(tensor.numel(), 1 << 16), dtype=tensor.dtype, pin_memory=True)
+            if pinned is None:  # one half of the buffer: the most any step copies, so never reallocated
+                half_size = self.routes.ids[0].numel()
+                pinned = self.pinned_routes[i] = torch.empty(half_size, dtype=tensor.dtype, pin_memory=True)
             hosts.append(pinned[: tensor.numel()].view(tensor.shape))
         stream = self.readback_stream
         stream.wait_stream(torch.cuda.current_stream())
