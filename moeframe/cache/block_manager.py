@@ -196,6 +196,10 @@ class BlockManager:
         entry = next(self._clock)
         self._entry_of[block.first_slot] = entry
         heapq.heappush(self._heap, (self.eviction.key(block), entry, block))
+        if len(self._heap) > 2 * len(self._evictable) + 64:
+            # Entries of blocks taken again go stale; without evictions nothing pops them, so drop them here.
+            self._heap = [(self.eviction.key(b), self._entry_of[b.first_slot], b) for b in self._evictable.values()]
+            heapq.heapify(self._heap)
 
     def _give_back(self, block: Block) -> None:
         slots = block.slots

@@ -133,3 +133,18 @@ def test_priority_eviction_keeps_the_prefix_of_the_more_important_request(
 def test_an_unknown_eviction_policy_is_refused_naming_the_valid_ones(make_pool: Callable[[int], KVPool]) -> None:
     with pytest.raises(ConfigError, match="eviction must be one of fifo, lfu, lru, priority, got 'lifo'"):
         CACHES.build({"name": "paged", "eviction": "lifo"}, pool=make_pool(8))
+
+
+def test_the_eviction_queue_stays_bounded_when_nothing_is_evicted(make_pool: Callable[[int], KVPool]) -> None:
+    """A server with a roomy pool takes and lets go of the same cached blocks forever: its queue must not grow."""
+    blocks = BlockManager(make_pool(16), 2)
+    block = blocks.new_block()
+    blocks.hand_out(block, 2)
+    blocks.commit(block, next(chain_keys([1, 2], 2)))
+    blocks.drop(block)
+    for _ in range(1000):
+        blocks.take(block, hit_priority=0)
+        blocks.drop(block)
+    assert len(blocks._heap) <= 2 * blocks.num_evictable_blocks + 64
+    blocks.evict_one()
+    assert blocks.lookup([1, 2]) == [] and blocks.num_evictable_blocks == 0
