@@ -20,6 +20,12 @@ of a stage split its routed experts (expert parallel, dispatch.py) and run
 its attention replicated; rank (s, i) sends to rank (s+1, i). Consecutive
 ranks share a node on a GPU cluster, so the heavy all-to-alls stay inside it
 and only the light stage-to-stage sends cross nodes.
+
+Per-layer telemetry stays per rank: the expert-load recorder of a rank
+counts its stage's layers only, so a run's summary (rank 0) reports the
+first stage's. Recording routes (``runner.routes``) needs every MoE layer
+on one rank and is refused; routes to follow (``router=replay``) are cut
+per micro-batch.
 """
 
 from __future__ import annotations
