@@ -10,11 +10,11 @@ import torch
 
 from moeframe import Engine
 from moeframe.attention.batch import ForwardBatch
-from moeframe.parallel.stages import balanced_split, layer_parameters, micro_batch_bounds, split_bounds
+from moeframe.parallel.stages import balanced_split, layer_parameters, micro_batch_bounds, model_parameters, split_bounds
 
 # full q/k norm (OLMoE), per-head norm (Qwen3), shared experts with a gate and qkv bias (Qwen2-MoE),
-# MLA with a dense first layer and shared experts (DeepSeek-V3), a dense model (Llama)
-PRESETS = ["tiny-olmoe", "tiny-qwen3-moe", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-llama"]
+# MLA with a dense first layer and shared experts (DeepSeek-V3), dense models (Llama; Qwen2 with tied embeddings)
+PRESETS = ["tiny-olmoe", "tiny-qwen3-moe", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-llama", "tiny-qwen2"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -22,6 +22,7 @@ def test_layer_parameters_count_the_built_layers(preset: str) -> None:
     eng = Engine.from_overrides([f"model={preset}", "model.random_weights=true", "device=cpu", "cache=none"])
     for i, layer in enumerate(eng.built.model.layers):
         assert layer_parameters(eng.spec, i) == sum(p.numel() for p in layer.parameters())
+    assert model_parameters(eng.spec) == sum(p.numel() for p in eng.built.model.parameters())
 
 
 def brute_force_max(weights: list[int], stages: int, first: int, last: int) -> int:
@@ -86,3 +87,15 @@ def test_a_batch_of_some_requests_equals_the_batch_built_from_them(all_logits: b
         for field in ("input_ids", "positions", "out_slots", "q_indptr", "kv_indptr", "kv_indices", "logits_indices"):
             assert torch.equal(getattr(part, field), getattr(built, field)), field
         assert (part.q_lens, part.kv_lens) == (built.q_lens, built.kv_lens)
+
+
+def test_a_micro_batch_follows_its_own_rows_of_replayed_routes() -> None:
+    from moeframe.model.layers.context import ForwardContext
+    from moeframe.model.layers.routes import StepRoutes
+    from moeframe.parallel.pipeline import micro_context
+
+    batch = ForwardBatch.build([[5, 6, 7], [8], [9, 10]], [[0, 1, 2], [3, 4], [5, 6]], "cpu")
+    replay = torch.arange(6 * 2 * 3).view(6, 2, 3)  # [T, MoE layers, k]
+    ctx = ForwardContext(batch, [], [], attend=None, routes=StepRoutes({0: 0, 1: 1}, None, replay))
+    part = micro_context(ctx, 1, 3)
+    assert torch.equal(part.routes.replay, replay[3:6]) and part.batch.q_lens == [1, 2]
