@@ -127,6 +127,11 @@ def load_model(
     raw_config, hf_config = read_hf_config(path)
     spec = spec or family_of(hf_config.model_type).parse(hf_config)
     tensors = iter_tensors(path, family_of(spec.family), raw_config)
+    if torch.device(device).type == "cpu":
+        # safetensors hands out views of the file's mapping; a view kept as a weight pins the mapping, and with it
+        # every page read (an MoE's per-expert tensors, read once to be stacked, would stay resident beside the
+        # stacked copy). Copied out as read, the mapping goes when loading ends.
+        tensors = ((name, tensor.clone()) for name, tensor in tensors)
     return assemble_model(spec, hf_config, tensors, moe_factory, dtype, device, str(path), shard), spec
 
 
