@@ -29,6 +29,7 @@ from moeframe.telemetry.expert_distribution import ExpertDistributionRecorder
 from moeframe.engine.sampling_params import SamplingParams
 from moeframe.engine.warmup import warm_up
 from moeframe.errors import ConfigError, RequestError
+from moeframe.telemetry.memory import model_bytes, pool_bytes
 
 __all__ = ["Engine", "GenerateOutput", "SamplingParams", "compose_config"]
 
@@ -303,6 +304,11 @@ class Engine:
         stats["parallel"] = built.parallel.stats()
         if built.device.type == "cuda":
             stats["peak_memory_bytes"] = torch.cuda.max_memory_allocated(built.device)
+        stats["memory"] = {
+            "weights_bytes": model_bytes(built.model),
+            "kv_pool_bytes": pool_bytes(built.pool),
+            "measured": built.memory.report(),
+        }
         return stats
 
     def close(self) -> None:

@@ -109,6 +109,9 @@ def engine_metrics(stats: dict[str, Any]) -> dict[str, Any]:
         "expert_weight_bytes": stats["expert_weight_bytes"],
         "experts_kernel": stats["experts_kernel"],
     }
+    memory, measured = stats["memory"], stats["memory"]["measured"]
+    metrics["weights_bytes"], metrics["kv_pool_bytes"] = memory["weights_bytes"], memory["kv_pool_bytes"]
+    metrics["run_peak_bytes"], metrics["activation_peak_bytes"] = measured["run_peak_bytes"], measured["activation_peak_bytes"]
     if "expert_load" in stats:
         metrics.update({f"expert_load_{k}": v for k, v in stats["expert_load"]["total"].items()})
     parallel = stats["parallel"]

@@ -1,4 +1,4 @@
-"""Write an MoE checkpoint and a dense one with the same total parameter count, for MoE-vs-dense runs.
+"""Write an MoE checkpoint, a dense one of the same total parameter count and one of its active count.
 
     python tools/make_moe_dense_pair.py outputs/checkpoints/pair-h512 --hidden-size 512 --layers 4 --expert-size 256 --top-k 2
     python -m moeframe.run -m model.path=outputs/checkpoints/pair-h512/moe,outputs/checkpoints/pair-h512/dense
@@ -8,7 +8,9 @@ dense side is a Llama-family model with one MLP of width E*I and the same
 attention, vocabulary and depth, so their total parameters differ only by
 the router gates and OLMoE's q/k norms (printed). Per token the MoE runs
 k*I of the E*I MLP width: the setting of the "same total size" comparisons
-in the Switch Transformer and Mixtral papers.
+in the Switch Transformer and Mixtral papers. The third, ``dense-active``,
+has an MLP k*I wide: the dense model that does the MoE's per-token work
+(the "same active size" comparison).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import transformers
 from moeframe.model.checkpoint_maker import make_checkpoint
 
 
-def pair_configs(args: argparse.Namespace) -> tuple[transformers.PretrainedConfig, transformers.PretrainedConfig]:
+def pair_configs(args: argparse.Namespace) -> dict[str, transformers.PretrainedConfig]:
     common = dict(
         vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.heads, max_position_embeddings=1024,
@@ -33,7 +35,8 @@ def pair_configs(args: argparse.Namespace) -> tuple[transformers.PretrainedConfi
         norm_topk_prob=False,
     )
     dense = transformers.LlamaConfig(**common, intermediate_size=args.experts * args.expert_size)
-    return moe, dense
+    active = transformers.LlamaConfig(**common, intermediate_size=args.top_k * args.expert_size)
+    return {"moe": moe, "dense": dense, "dense-active": active}
 
 
 def parameter_count(folder: Path) -> int:
@@ -58,8 +61,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    moe, dense = pair_configs(args)
-    for name, config in (("moe", moe), ("dense", dense)):
+    for name, config in pair_configs(args).items():
         folder = make_checkpoint(config, args.out_dir / name, seed=args.seed)
         print(f"{name}: {folder}  {parameter_count(folder):,} parameters")
 

@@ -44,6 +44,7 @@ from moeframe.routers.adjust import Adjustments, adjusted
 from moeframe.routers.gate_topk import set_fused_norm
 from moeframe.routers.replay import ReplayParams, RoutesFile
 from moeframe.telemetry.expert_load import ExpertLoadRecorder
+from moeframe.telemetry.memory import MemoryMeter
 
 CPU_DEFAULT_SLOTS = 16384
 
@@ -69,6 +70,7 @@ class BuiltEngine:
     replay_file: RoutesFile | None  # router=replay's routes file, looked up by prompt
     batch_dependent_routing: bool
     max_context: int
+    memory: MemoryMeter
 
 
 def checkpoint_path(cfg: DictConfig) -> Path:
@@ -155,6 +157,8 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     check_groups(cfg, engine_groups())
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    memory = MemoryMeter(device)
+    memory.mark("start")
     torch.manual_seed(cfg.seed)
     attention = deterministic_attention(cfg) if cfg.deterministic else cfg.runner.attention
     set_batch_invariant(cfg.deterministic)
@@ -217,8 +221,10 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         max_context = min(max_context, cfg.model.max_context)
     _, cache_params = CACHES.parse_params(cfg.cache)
     att = parallel.local_attention(spec.attention)
+    memory.mark("weights")
     slots = pool_slots(cache_params, sum(held), att, dtype, device)
     pool = KVPool(spec.num_layers, slots, att.cache_kv_heads, att.k_dim, att.v_dim, dtype, device, held)
+    memory.mark("kv_pool")
     cache = CACHES.build(cfg.cache, pool=pool)
     policy = SCHEDULERS.build(cfg.scheduler)
     routes = None
@@ -242,6 +248,7 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
     capturable = not batch_dependent and not replays and parallel.cuda_graph_safe and attention not in ("torch", "rows")
     if device.type == "cuda" and cfg.runner.cuda_graph and capturable:
         runner.capture_cuda_graphs(list(cfg.runner.cuda_graph_batch_sizes), max_context)
+    memory.mark("built")
     return BuiltEngine(
         cfg=cfg,
         device=device,
@@ -262,4 +269,5 @@ def build(cfg: DictConfig, weights: Iterable[tuple[str, torch.Tensor]] | None = 
         replay_file=replay_file(cfg),
         batch_dependent_routing=batch_dependent,
         max_context=max_context,
+        memory=memory,
     )

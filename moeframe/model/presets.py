@@ -147,6 +147,16 @@ PRESETS: dict[str, Preset] = {
             eos_token_id=50279,
         ),
     ),
+    # A dense model of OLMoE-1B-7B's active size (one MLP 8 x 1024 wide: the width a token runs): the other baseline.
+    "dense-olmoe-1b-7b-active": Preset(
+        "LlamaConfig",
+        dict(
+            vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+            num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=4096, rope_theta=1e4,
+            rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=1, bos_token_id=None,
+            eos_token_id=50279,
+        ),
+    ),
     "qwen1.5-moe-a2.7b": Preset(
         "Qwen2MoeConfig",
         dict(

@@ -51,6 +51,13 @@ def layer_parameters(spec: ModelSpec, layer_idx: int) -> int:
     return total
 
 
+def model_parameters(spec: ModelSpec) -> int:
+    """Every parameter of the model: its layers, the embedding, the final norm and (untied) the LM head."""
+    table = spec.vocab_size * spec.hidden_size
+    layers = sum(layer_parameters(spec, i) for i in range(spec.num_layers))
+    return layers + table + spec.hidden_size + (0 if spec.tie_word_embeddings else table)
+
+
 def stage_costs(spec: ModelSpec, bounds: list[tuple[int, int]]) -> list[int]:
     """Parameters each stage holds: its layers, plus the embedding on the first and the norm and head on the last."""
     layers = [layer_parameters(spec, i) for i in range(spec.num_layers)]

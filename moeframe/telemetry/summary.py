@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-UNITS = {"peak_memory_bytes": ("peak_memory_MiB", 1 / 2**20)}
+MIB = 1 / 2**20
+UNITS = {
+    "peak_memory_bytes": ("peak_memory_MiB", MIB),
+    "weights_bytes": ("weights_MiB", MIB),
+    "kv_pool_bytes": ("kv_pool_MiB", MIB),
+    "run_peak_bytes": ("run_peak_MiB", MIB),
+    "activation_peak_bytes": ("activation_peak_MiB", MIB),
+}
 # in metrics.json, but not worth a line on screen
 HIDDEN = frozenset(
     {

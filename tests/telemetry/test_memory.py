@@ -1,0 +1,45 @@
+"""Memory accounting: counted weight and KV bytes, and the meter's phases and peaks on hand-made allocations."""
+
+from __future__ import annotations
+
+import torch
+
+from moeframe import Engine
+from moeframe.cache.pool import KVPool
+from moeframe.telemetry.memory import MemoryMeter, model_bytes, pool_bytes
+
+MIB = 2**20
+
+
+def test_tied_embeddings_are_counted_once() -> None:
+    eng = Engine.from_overrides(["model=tiny-qwen2", "model.random_weights=true", "device=cpu", "dtype=float32", "cache=none"])
+    model = eng.built.model
+    assert model.lm_head.weight is model.embed_tokens.weight
+    distinct = {id(p): p for p in model.parameters()}.values()
+    assert model_bytes(model) == sum(p.numel() * 4 for p in distinct) + sum(b.numel() * b.element_size() for b in model.buffers())
+    assert eng.stats()["memory"]["weights_bytes"] == model_bytes(model)
+
+
+def test_pool_bytes_count_only_the_layers_held_here() -> None:
+    pool = KVPool(4, 100, 2, 8, 6, torch.float32, "cpu", held_layers=[True, False, True, False])
+    assert pool_bytes(pool) == 2 * 100 * 2 * (8 + 6) * 4
+
+
+def test_cpu_meter_sees_each_phase_and_the_run_peak_apart_from_the_build() -> None:
+    meter = MemoryMeter(torch.device("cpu"))
+    meter.mark("start")
+    weights = torch.ones(64 * MIB // 4)  # written, so resident
+    meter.mark("weights")
+    pool = torch.ones(32 * MIB // 4)
+    meter.mark("kv_pool")
+    transient = torch.ones(96 * MIB // 4)  # held during the build only
+    del transient
+    meter.mark("built")
+    activations = torch.ones(48 * MIB // 4)
+    del activations
+    report = meter.report()
+    assert report["weights_bytes"] >= 60 * MIB and 28 * MIB <= report["kv_pool_bytes"] < 60 * MIB
+    assert report["build_peak_bytes"] >= (64 + 32 + 90) * MIB
+    if meter.peak_reset:  # Linux lets a process reset its VmHWM
+        assert 44 * MIB <= report["activation_peak_bytes"] < 90 * MIB
+    del weights, pool
