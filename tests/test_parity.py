@@ -14,7 +14,7 @@ import torch
 
 from moeframe import Engine, SamplingParams
 from moeframe.model.checkpoint_maker import make_checkpoint
-from moeframe.model.presets import make_config, tiny_presets
+from moeframe.model.presets import ensure_checkpoint, make_config, tiny_presets, trained_presets
 
 UNUSUAL_SHAPES = {
     "mixtral-e6-k3-gqa4": ("mixtral", dict(num_local_experts=6, num_experts_per_tok=3, num_attention_heads=8, num_key_value_heads=2)),
@@ -115,3 +115,8 @@ def test_deepseek_v2_matches_transformers(shape: str, tmp_path: Path) -> None:
 
     config = transformers.DeepseekV2Config(**{**PRESETS["tiny-deepseek-v3"].kwargs, **DEEPSEEK_V2_SHAPES[shape]})
     check_parity(make_checkpoint(config, tmp_path / shape, seed=4))
+
+
+@pytest.mark.parametrize("preset", trained_presets("shipped"))
+def test_trained_preset_matches_transformers(preset: str) -> None:
+    check_parity(ensure_checkpoint(preset))

@@ -24,6 +24,16 @@ from moeframe.training.trainer import train
 SHIPPED_CORPUS_CHARS = 6_000_000
 
 
+def print_evaluations(row: dict) -> None:
+    """One line per held-out evaluation, so a log without the progress bar still shows the run advancing."""
+    if "heldout_loss" in row:
+        print(
+            f"step {row['step']}: train LM loss {row['lm_loss']:.4f}, aux {row['aux_loss']:.4f}, held-out perplexity "
+            f"{row['heldout_perplexity']:.2f}, accuracy {row['heldout_accuracy']:.4f} ({row['elapsed_s']:.0f} s)",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="trained-tiny-olmoe")
@@ -49,7 +59,7 @@ def main() -> None:
     command = "python tools/train_moe.py " + shlex.join(sys.argv[1:])
     result = train(
         recipe, out, device=args.device, resume=not args.no_resume, time_limit_s=args.time_limit_s,
-        progress=not args.no_progress, name=args.recipe, command=command,
+        progress=not args.no_progress, name=args.recipe, command=command, on_log=print_evaluations,
     )  # fmt: skip
     final = result.final
     print(

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-_TINY_COMMON = dict(max_position_embeddings=512, tie_word_embeddings=False, rms_norm_eps=1e-5)
+_TINY_COMMON = dict(max_position_embeddings=1024, tie_word_embeddings=False, rms_norm_eps=1e-5)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Recipe:
     heldout_fraction: float = 0.05
     seq_len: int = 128
     batch_size: int = 16
-    steps: int = 600
+    steps: int = 1000
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -100,6 +100,16 @@ RECIPES: dict[str, Recipe] = {
         ),
         router_aux_loss_coef=0.02,
     ),
+    # trained-tiny-olmoe's dense twin for experiments/moe_vs_dense: same attention, vocabulary and depth,
+    # one MLP as wide as its 16 experts together (16 x 64), so the totals match.
+    "trained-tiny-dense": Recipe(
+        "Llama-family dense model of trained-tiny-olmoe's total size, trained on CPython's standard library (trained weights)",
+        "LlamaConfig",
+        dict(
+            _TINY_COMMON, hidden_size=96, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, rope_theta=1e4,
+        ),
+    ),
     "trained-olmoe-small": Recipe(
         "OLMoE-family model of ~160 M parameters, 32 experts, top-4, trained on one GPU on the standard library "
         "and installed packages of its Python (trained weights)",
@@ -114,7 +124,7 @@ RECIPES: dict[str, Recipe] = {
         corpus_max_chars=120_000_000,
         seq_len=512,
         batch_size=64,
-        steps=2000,
+        steps=1500,
         lr=1.5e-3,
         warmup_steps=100,
         eval_every=250,

@@ -86,13 +86,20 @@ def stream(tokenizer, docs: list[Document], eos: int) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int64)
 
 
+def is_moe(config: transformers.PretrainedConfig) -> bool:
+    return getattr(config, "num_experts_per_tok", None) is not None
+
+
 def build_model(recipe: Recipe, vocab_size: int, eos_id: int) -> transformers.PreTrainedModel:
+    """The recipe's model; an MoE one returns its load-balancing loss (a dense baseline has none)."""
     config = getattr(transformers, recipe.config_class)(
-        **recipe.model, vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
-        output_router_logits=True, router_aux_loss_coef=recipe.router_aux_loss_coef,
-    )  # fmt: skip
+        **recipe.model, vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id
+    )
+    if is_moe(config):
+        config.output_router_logits = True
+        config.router_aux_loss_coef = recipe.router_aux_loss_coef
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if recipe.experts_implementation is not None:
+    if recipe.experts_implementation is not None and is_moe(config):
         try:
             model.set_experts_implementation(recipe.experts_implementation)
         except (AttributeError, ValueError, ImportError) as err:
@@ -135,7 +142,8 @@ def evaluate(model: torch.nn.Module, tokens: torch.Tensor, seq_len: int, max_tok
         batch = torch.stack(group) if len({w.numel() for w in group}) == 1 else group[0][None]
         batch = batch.to(device)
         with _autocast(device, autocast):
-            logits = model(input_ids=batch[:, :-1], output_router_logits=False).logits.float()
+            extra = {"output_router_logits": False} if is_moe(model.config) else {}
+            logits = model(input_ids=batch[:, :-1], **extra).logits.float()
         targets = batch[:, 1:]
         nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
         correct += (logits.argmax(-1) == targets).sum().item()
@@ -213,7 +221,8 @@ def train(
         batch = batch_at(data.train, recipe, step).to(dev, non_blocking=True)
         with _autocast(dev, recipe.autocast):
             outputs = model(input_ids=batch, labels=batch)
-        loss, aux = outputs.loss, outputs.aux_loss
+        loss = outputs.loss
+        aux = outputs.aux_loss if is_moe(model.config) else torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
@@ -246,11 +255,11 @@ def train(
         "active_parameters": active_parameters(model), "device": device_name(dev),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "data_s": round(data_s, 1), "train_s": round(train_s, 1), "command": command,
-        "experts_implementation": experts_impl, "top_k": model.config.num_experts_per_tok, "last_train_row": log[-1] if log else {},
+        "experts_implementation": experts_impl, "top_k": getattr(model.config, "num_experts_per_tok", None), "last_train_row": log[-1] if log else {},
     }  # fmt: skip
     (out / "train_result.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     write_log(log, out)
-    plot_losses(log, out, name or out.name, model.config.num_experts_per_tok)
+    plot_losses(log, out, name or out.name, summary["top_k"])
     write_card(name or out.name, summary, command, out)
     shutil.rmtree(state_dir, ignore_errors=True)
     shutil.rmtree(out / ".tokenizer", ignore_errors=True)
@@ -267,6 +276,7 @@ def save_state(state_dir: Path, model, optimizer, schedule, step: int, log: list
 
 def save_checkpoint(model: transformers.PreTrainedModel, tokenizer, recipe: Recipe, out: Path) -> None:
     """safetensors in ``save_dtype``, config.json as hub checkpoints spell it, the tokenizer beside them."""
+    moe = is_moe(model.config)
     model.config.output_router_logits = False
     dtype = DTYPES[recipe.save_dtype]
     cpu_copy = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
@@ -283,7 +293,7 @@ def save_checkpoint(model: transformers.PreTrainedModel, tokenizer, recipe: Reci
     hub.pop("experts_implementation", None)
     (out / "config.json").write_text(json.dumps(hub, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_tokenizer(tokenizer, out)
-    model.config.output_router_logits = True
+    model.config.output_router_logits = moe
 
 
 def evaluate_saved(out: Path, heldout: torch.Tensor, recipe: Recipe, device: torch.device) -> dict:
@@ -295,6 +305,8 @@ def evaluate_saved(out: Path, heldout: torch.Tensor, recipe: Recipe, device: tor
 def active_parameters(model: transformers.PreTrainedModel) -> int:
     """Parameters one token uses: all but the unchosen experts' (top-k of E)."""
     cfg = model.config
+    if not is_moe(cfg):
+        return sum(p.numel() for p in model.parameters())
     num_experts = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts")
     expert_params = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
     total = sum(p.numel() for p in model.parameters())
