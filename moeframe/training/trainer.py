@@ -132,25 +132,25 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, device: torch.device)
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: torch.Tensor, seq_len: int, max_tokens: int, device: torch.device, autocast: str | None) -> dict:
     """Held-out next-token loss, perplexity and accuracy over non-overlapping windows (no auxiliary loss)."""
+    num_windows = (min(tokens.numel(), max_tokens + 1) - 1) // seq_len
+    if num_windows < 1:
+        raise ValueError(f"the held-out split has {tokens.numel()} tokens, fewer than one window of {seq_len + 1}")
+    windows = tokens[: num_windows * seq_len + 1].unfold(0, seq_len + 1, seq_len)
+    extra = {"output_router_logits": False} if is_moe(model.config) else {}
     was_training = model.training
     model.eval()
-    nll, correct, count = 0.0, 0, 0
-    usable = min(tokens.numel() - 1, max_tokens)
-    windows = [tokens[s : s + seq_len + 1] for s in range(0, usable - 1, seq_len)]
-    for i in range(0, len(windows), 16):
-        group = [w for w in windows[i : i + 16] if w.numel() == seq_len + 1] or windows[i : i + 1]
-        batch = torch.stack(group) if len({w.numel() for w in group}) == 1 else group[0][None]
+    nll, correct = 0.0, 0
+    for batch in windows.split(16):
         batch = batch.to(device)
         with _autocast(device, autocast):
-            extra = {"output_router_logits": False} if is_moe(model.config) else {}
             logits = model(input_ids=batch[:, :-1], **extra).logits.float()
         targets = batch[:, 1:]
         nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
         correct += (logits.argmax(-1) == targets).sum().item()
-        count += targets.numel()
     model.train(was_training)
-    loss = nll / max(count, 1)
-    return {"heldout_loss": loss, "heldout_perplexity": math.exp(loss), "heldout_accuracy": correct / max(count, 1), "heldout_positions": count}
+    count = num_windows * seq_len
+    loss = nll / count
+    return {"heldout_loss": loss, "heldout_perplexity": math.exp(loss), "heldout_accuracy": correct / count, "heldout_positions": count}
 
 
 def _autocast(device: torch.device, dtype: str | None):
@@ -195,7 +195,7 @@ def train(
     torch.use_deterministic_algorithms(recipe.deterministic, warn_only=True)
     torch.manual_seed(recipe.seed)
     started = time.perf_counter()
-    tokenizer, data = prepare_data(recipe, state_dir if resume else out / ".tokenizer")
+    tokenizer, data = prepare_data(recipe, state_dir)
     eos = tokenizer.token_to_id(EOS_TOKEN)
     model = build_model(recipe, tokenizer.get_vocab_size(), eos).to(dev)
     experts_impl = model.config._experts_implementation if hasattr(model.config, "_experts_implementation") else "default"
@@ -262,7 +262,6 @@ def train(
     plot_losses(log, out, name or out.name, summary["top_k"])
     write_card(name or out.name, summary, command, out)
     shutil.rmtree(state_dir, ignore_errors=True)
-    shutil.rmtree(out / ".tokenizer", ignore_errors=True)
     return result
 
 
