@@ -3,7 +3,7 @@
 #
 #     bash tools/gpu_train_and_sweep.sh OUT_DIR          # on the device machine, from the repo root
 #
-# TRAIN_S (default 300) caps the training's wall time (tools/train_moe.py --time-limit-s: it stops early and
+# TRAIN_S (default 270) caps the training's wall time (tools/train_moe.py --time-limit-s: it stops early and
 # the model card says so); the sweep then gets what is left of BUDGET_S (default 560, under the device tool's
 # 600 s). ROUTERS picks the swept routers. Writes into OUT_DIR: train.log, checkpoint/ (the model card, training
 # log, loss curve, train_result.json and held-out text; the weights stay on the machine, 350 MB),
@@ -11,10 +11,10 @@
 # (tools/compare.py), and commit.txt. The checkpoint is written where the preset looks for it:
 # $MOEFRAME_CACHE/trained/trained-olmoe-small (MOEFRAME_CACHE defaults to /tmp/moeframe_cache here).
 # Wheels in .whl/ (tools/device_wheels.sh) are installed into /tmp/site first, as tools/gpu_check.sh does.
-# DEVICE=cpu TRAIN_SET="steps=4 ..." (recipe overrides) runs the same steps at toy size on a CPU (tests/training).
+# DEVICE=cpu TRAIN_SET="steps=6 model.hidden_size=32 ..." (recipe overrides) runs the same steps at toy size on a CPU.
 set -u
-out=${1:?usage: [TRAIN_S=300] [BUDGET_S=560] [ROUTERS=...] bash tools/gpu_train_and_sweep.sh OUT_DIR}
-train_s=${TRAIN_S:-300}
+out=${1:?usage: [TRAIN_S=270] [BUDGET_S=560] [ROUTERS=...] bash tools/gpu_train_and_sweep.sh OUT_DIR}
+train_s=${TRAIN_S:-270}
 budget_s=${BUDGET_S:-560}
 routers=${ROUTERS:-native,top1,top2,expert_choice,balanced,balanced_sinkhorn,aux_free,hash,random}
 device=${DEVICE:-cuda}

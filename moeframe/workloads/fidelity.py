@@ -74,7 +74,8 @@ def measure_fidelity(engine: "Engine", text: str, chunk_tokens: int, max_chunks:
     # native routing with every routing axis off (no temperature, skipping or pruning)
     baseline = {"router": NATIVE, "routing": asdict(RoutingConfig())}
     already_native = all(OmegaConf.to_container(engine.cfg[key], resolve=True) == value for key, value in baseline.items())
-    native = engine if already_native else engine.variant(baseline)
+    # the baseline only scores (prefill-shaped forwards): no decode graphs to capture, no warm-up to pay for
+    native = engine if already_native else engine.variant({**baseline, "runner.warmup": False, "runner.cuda_graph": False})
     ids = engine.encode(text)
     chunk = min(chunk_tokens, engine.built.max_context)
     totals = dict.fromkeys(("kl", "agree", "nll_router", "nll_native", "correct_router", "correct_native", "positions"), 0.0)
