@@ -16,7 +16,7 @@ set -u
 out=${1:?usage: [TRAIN_S=270] [BUDGET_S=560] [ROUTERS=...] bash tools/gpu_train_and_sweep.sh OUT_DIR}
 train_s=${TRAIN_S:-270}
 budget_s=${BUDGET_S:-560}
-routers=${ROUTERS:-native,top1,top2,expert_choice,balanced,balanced_sinkhorn,aux_free,hash,random}
+routers=${ROUTERS:-native,top1,top2,top_p,expert_choice,balanced,balanced_sinkhorn,aux_free,hash,random}
 device=${DEVICE:-cuda}
 started=$(date +%s)
 mkdir -p "$out"
