@@ -228,6 +228,9 @@ def main() -> None:
             "schemas": len(cases),
             **{k: status.get(k, 0) for k in ("compiled", "refused", "over_budget", "crashed")},
             "judged_right": sum(o.judged_right for o in outcomes),
+            # instances judged wrong: an accepted invalid one is text the constraint could write though it violates the schema
+            "invalid_accepted": sum("(invalid)" in w for o in outcomes for w in o.wrong),
+            "valid_rejected": sum("(valid)" in w for o in outcomes for w in o.wrong),
             "compile_s_p50": percentile(times, 0.5),
             "compile_s_p95": percentile(times, 0.95),
             "compile_s_max": max(times, default=0.0),
