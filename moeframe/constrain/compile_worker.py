@@ -46,7 +46,7 @@ class CompileWorker:
                 self._start()
             assert self.send is not None and self.recv is not None
             self.send.send((method, args))
-            answer = self._answer(self.timeout_s, f"compiling passed its time budget of {self.timeout_s:g} s (compile_timeout_s)")
+            answer = self._answer(self.timeout_s, f"compiling passed its time budget ({self.timeout_s:g} s in the compiler process; compile_timeout_s)")
         status, value = answer
         if status == "ok":
             return value

@@ -50,8 +50,9 @@ class FSMParams:
     # nesting depth of free-form JSON values (json_object, untyped schemas)
     json_max_depth: int = 2
     max_dfa_states: int = 20000
-    # a schema's regex may not pass this many characters (checked as it is built)
-    max_regex_chars: int = 1_000_000
+    # a schema's regex may not pass this many characters (checked as it is built); one
+    # longer than ~0.4 x 8 x max_dfa_states would overflow the NFA anyway, after seconds of parsing
+    max_regex_chars: int = 500_000
     # wall-clock budget of one compilation, seconds
     compile_timeout_s: float = 10.0
     # longest forced run one jump appends, in bytes
@@ -139,7 +140,7 @@ class FSMBackend(ConstraintBackend):
         elif spec.kind == "grammar":
             raise RequestError("constraint backend 'fsm' handles regular languages only; EBNF grammars need constraint=xgrammar")
         if regex is not None:
-            tree = parse_regex(regex)
+            tree = parse_regex(regex, deadline)
         else:
             tree = Alt(tuple(literal(choice) for choice in spec.choices or []))
         dfa = compile_dfa(tree, self.params.max_dfa_states, deadline)

@@ -371,7 +371,7 @@ def schema_to_regex(
     schema: dict[str, Any] | bool,
     max_whitespace: int = 0,
     max_depth: int = 2,
-    max_chars: int = 1_000_000,
+    max_chars: int = 500_000,
     timeout_s: float = 10.0,
 ) -> str:
     """The regex of ``schema``'s instances as compact JSON (a normal form the fsm backend supports).

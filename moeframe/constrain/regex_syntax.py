@@ -15,8 +15,11 @@ refused with a :class:`RequestError` that names it.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
+from moeframe.constrain.errors import BudgetError
 from moeframe.errors import RequestError
 
 MAX_CODE_POINT = 0x10FFFF
@@ -99,9 +102,11 @@ def literal(text: str) -> Node:
 
 
 class _Parser:
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, deadline: float) -> None:
         self.text = pattern
         self.pos = 0
+        self.deadline = deadline
+        self.atoms = 0
 
     def fail(self, message: str) -> RequestError:
         return RequestError(f"regex {self.text!r}: {message} at position {self.pos}")
@@ -178,6 +183,9 @@ class _Parser:
         return lo, hi
 
     def atom(self) -> Node:
+        self.atoms += 1
+        if self.atoms % 4096 == 0 and time.monotonic() > self.deadline:
+            raise BudgetError("constraint too large: parsing its regex passed the compile time budget (compile_timeout_s)")
         start = self.pos
         ch = self.take()
         if ch == "(":
@@ -282,6 +290,9 @@ class _Parser:
         return normalize([(code, code)])
 
 
-def parse_regex(pattern: str) -> Node:
-    """Parse ``pattern`` into a syntax tree; :class:`RequestError` on bad or non-regular syntax."""
-    return _Parser(pattern).parse()
+def parse_regex(pattern: str, deadline: float = math.inf) -> Node:
+    """Parse ``pattern`` into a syntax tree; :class:`RequestError` on bad or non-regular syntax.
+
+    :class:`BudgetError` once ``time.monotonic()`` passes ``deadline``.
+    """
+    return _Parser(pattern, deadline).parse()
