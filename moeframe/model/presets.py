@@ -270,6 +270,7 @@ def checkpoint_key(name: str) -> str:
 # "cache": trained on a GPU into $MOEFRAME_CACHE/trained/ (too big to ship).
 TRAINED_PRESETS: dict[str, str] = {
     "trained-tiny-olmoe": "shipped",
+    "trained-tiny-qwen3-moe": "shipped",
     "trained-olmoe-small": "cache",
 }
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
