@@ -119,6 +119,7 @@ def test_real_shape_random_weights_run_the_default_workload_from_the_cli(tmp_pat
     result = subprocess.run(
         [sys.executable, "-m", "moeframe.run", "model=olmoe-1b-7b", "model.random_weights=true", "device=cuda",
          "workload.num_requests=4", "workload.progress=false", "runner.cuda_graph_batch_sizes=[1,2,4]",
+         "workload.fidelity_chunks=2", "workload.fidelity_chunk_tokens=64",
          f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -52,7 +52,8 @@ def test_random_weight_engine_runs_a_text_workload(tmp_path) -> None:
     """The real presets' path on a shape this machine holds: random weights and a made tokenizer, no checkpoint."""
     engine = Engine.from_overrides(
         ["model=tiny-qwen2-moe", "model.random_weights=true", f"model.cache_dir={tmp_path}", "device=cpu",
-         "workload.num_requests=2", "workload.max_new_tokens=3", "workload.progress=false", "workload.fidelity_chunk_tokens=16"]
+         "workload.num_requests=2", "workload.max_new_tokens=3", "workload.progress=false", "workload.fidelity_chunks=2",
+         "workload.fidelity_chunk_tokens=16"]
     )  # fmt: skip
     assert engine.built.checkpoint is None and len(engine.tokenizer) == engine.spec.vocab_size == 2112
     out = engine.generate(["The capital of France is"], SamplingParams(max_new_tokens=4, ignore_eos=True))[0]
