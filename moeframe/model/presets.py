@@ -271,6 +271,7 @@ def checkpoint_key(name: str) -> str:
 TRAINED_PRESETS: dict[str, str] = {
     "trained-tiny-olmoe": "shipped",
     "trained-tiny-qwen3-moe": "shipped",
+    "trained-tiny-dense": "shipped",
     "trained-olmoe-small": "cache",
 }
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
