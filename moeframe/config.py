@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from moeframe.errors import ConfigError
+from moeframe.gpu.triton_mode import triton_unavailable
 from moeframe.registry import Registry
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -140,6 +141,8 @@ def validate(cfg: DictConfig) -> None:
     resolve_dtype(cfg.dtype, device)
     if cfg.runner.attention not in ("auto", "torch", "triton"):
         raise ConfigError(f"runner.attention: unknown choice '{cfg.runner.attention}'; valid choices: auto, torch, triton")
+    if cfg.runner.attention == "triton" and (problem := triton_unavailable(device)) is not None:
+        raise ConfigError(f"runner.attention: {problem}; on the CPU choose auto or torch")
     if cfg.runner.routes_weights and not cfg.runner.routes:
         raise ConfigError("runner.routes_weights: routes' weights are recorded only with runner.routes=true")
     if cfg.model.path is None and cfg.model.preset is None:

@@ -165,3 +165,13 @@ def test_valid_keys_added_keys_and_reruns_pass_the_key_check() -> None:
     assert override_problem(["--config-dir", "/tmp/run", "--config-name", "config", "cache.block_size=4"]) is None
     with pytest.raises(ConfigError, match=r"^cache.max_tokenz: not a key of cache 'radix'"):
         compose_config(["cache.max_tokenz=5"])
+
+
+def test_triton_attention_on_cpu_without_the_interpreter_is_one_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moeframe.config import validate
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match=r"^runner.attention: Triton kernels need a CUDA device, and this run's device is cpu"):
+        validate(compose_config(["device=cpu", "runner.attention=triton"]))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    validate(compose_config(["device=cpu", "runner.attention=triton"]))

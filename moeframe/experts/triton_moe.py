@@ -24,7 +24,6 @@ has it (moeframe/gpu/pdl.py).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -38,6 +37,7 @@ from moeframe.experts.gate_up_gemv import gate_up_gemv_rows, run_gate_up_gemv
 from moeframe.experts.moe_align import ExpertBlocks, align_by_expert, max_padded_rows, one_per_block
 from moeframe.experts.moe_configs import MoEConfig, TileConfig, pick_config
 from moeframe.gpu.pdl import pdl_args
+from moeframe.gpu.triton_mode import triton_unavailable
 from moeframe.model.layers.topk_sum import DEFERRABLE_DTYPES, MoEOutput, PendingTopkSum, reduced, sum_assignments
 from moeframe.routers.plan import RoutingPlan
 
@@ -300,19 +300,11 @@ class TritonMoEParams:
             raise ValueError(f"down_topk_sum_tokens must be >= 0, got {self.down_topk_sum_tokens}")
 
 
-def triton_interpreted() -> bool:
-    """Whether Triton will interpret kernels on the CPU (TRITON_INTERPRET, as Triton itself reads it)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
 @EXPERTS.register("triton", params=TritonMoEParams)
 class TritonFusedMoE(ExpertsKernel):
     def __init__(self, params: TritonMoEParams, device: torch.device | None = None, **_: object) -> None:
-        if device is not None and device.type != "cuda" and not triton_interpreted():
-            raise ValueError(
-                f"Triton kernels need a CUDA device, and this run's device is {device.type} "
-                "(set TRITON_INTERPRET=1 to interpret them, slowly); on the CPU choose experts=auto, grouped_mm or reference"
-            )
+        if device is not None and (problem := triton_unavailable(device)) is not None:
+            raise ValueError(f"{problem}; on the CPU choose experts=auto, grouped_mm or reference")
         self.use_tuned_configs = params.use_tuned_configs
         self.single_pass_tokens = params.single_pass_tokens
         self.down_topk_sum_tokens = params.down_topk_sum_tokens
