@@ -19,10 +19,13 @@ from moeframe.parallel.distributed import init_distributed
 from moeframe.parallel.load_file import write_expert_counts
 
 
+DEVICE = "cpu"  # main() sets it from the args: "cuda" runs each rank on its LOCAL_RANK GPU over NCCL
+
+
 def engine(path: str | None, *overrides: str) -> Engine:
     """``path`` None: the model comes from the overrides (a preset with random weights)."""
     source = [f"model.path={path}"] if path is not None else []
-    return Engine.from_overrides([*source, "device=cpu", "dtype=float32", "cache=none", *overrides])
+    return Engine.from_overrides([*source, f"device={DEVICE}", "dtype=float32", "cache=none", *overrides])
 
 
 def prompts(vocab: int) -> list[list[int]]:
@@ -115,7 +118,9 @@ def start_error(path: str, overrides: list[str]) -> str | None:
 
 def main(args_file: str, out_dir: str) -> None:
     args = json.loads(Path(args_file).read_text())
-    world = init_distributed(torch.device("cpu"))
+    global DEVICE
+    DEVICE = args.get("device", "cpu")
+    world = init_distributed(torch.device(DEVICE))
     bad = args.get("bad", {})
     results: dict = {"errors": {name: start_error(path, overrides) for name, (path, overrides) in bad.items()}}
     for name, path in args["models"].items():
