@@ -53,22 +53,25 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--out", type=Path, default=Path("deterministic.json"))
+    parser.add_argument("--part", choices=["both", "speed", "invariance"], default="both", help="to split it over two calls")
     args = parser.parse_args()
+    batches = args.batches.split(",") if args.part != "invariance" else []
+    routers = ROUTERS if args.part != "speed" else ()
     result: dict = {"device": torch.cuda.get_device_name(), "preset": args.preset, "speed": {}, "invariance": {}}
     base = [f"model={args.preset}", "model.random_weights=true", "device=cuda", "dtype=bfloat16", "cache.max_tokens=16384"]
-    for mode, extra in (("default", ["experts=triton"]), ("deterministic", ["deterministic=true"])):
+    for mode, extra in (("default", ["experts=triton"]), ("deterministic", ["deterministic=true"])) if batches else ():
         engine = Engine.from_overrides(base + extra)
-        result["speed"][mode] = {b: generate_tok_s(engine, int(b), args.new_tokens) for b in args.batches.split(",")}
+        result["speed"][mode] = {b: generate_tok_s(engine, int(b), args.new_tokens) for b in batches}
         engine.close()
         del engine
         torch.cuda.empty_cache()
-    for router in ROUTERS:
+    for router in routers:
         engine = Engine.from_overrides(["model=tiny-olmoe", "device=cuda", "deterministic=true", f"router={router}", *CHUNKED])
         result["invariance"][router] = measure_batch_invariance(engine, num_prompts=32, max_new_tokens=8)
         engine.close()
     args.out.write_text(json.dumps(result, indent=2))
     print("| batch | default tok/s | deterministic tok/s | deterministic / default |\n|---|---|---|---|")
-    for b in args.batches.split(","):
+    for b in batches:
         fast, det = result["speed"]["default"][b], result["speed"]["deterministic"][b]
         print(f"| {b} | {fast:.1f} | {det:.1f} | {det / fast:.3f} |")
     print("\n| router | batch_invariant | differing share | max logprob diff |\n|---|---|---|---|")
