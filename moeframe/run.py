@@ -115,7 +115,7 @@ def engine_metrics(stats: dict[str, Any]) -> dict[str, Any]:
     if "expert_load" in stats:
         metrics.update({f"expert_load_{k}": v for k, v in stats["expert_load"]["total"].items()})
     parallel = stats["parallel"]
-    metrics.update({f"parallel_{k}": parallel[k] for k in ("comm_time_share", "rank_load_imbalance") if k in parallel})
+    metrics.update({f"parallel_{k}": parallel[k] for k in ("comm_time_share", "rank_load_imbalance", "stage_busy_share") if k in parallel})
     metrics.update({f"parallel_{kind}_bytes_per_step": v for kind, v in parallel.get("bytes_sent_per_step", {}).items()})
     return metrics
 
