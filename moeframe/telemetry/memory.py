@@ -15,7 +15,9 @@ mapped and unmapped one by one). The builder marks each phase (start, weights
 loaded, KV pool made, built), and at the end of the build resets the peak
 (``reset_peak_memory_stats``; on Linux, writing 5 to /proc/self/clear_refs
 resets VmHWM), so the run's peak is measured apart from the build's, where
-a checkpoint tensor can be held twice while it is converted.
+a checkpoint tensor can be held twice while it is converted. On CUDA the
+engine's warm-up (``Engine.warm_up``) resets it once more, so the run's
+peak leaves the warm-up's forwards out.
 """
 
 from __future__ import annotations
