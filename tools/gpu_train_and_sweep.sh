@@ -45,6 +45,7 @@ done
 [ -f "$ckpt/config.json" ] || { echo "no checkpoint at $ckpt: see $out/train.log"; exit 1; }
 
 left=$((budget_s - ($(date +%s) - started)))
+left=$((left > 60 ? left : 60))
 echo "sweep: ${left}s left for routers $routers"
 # One process runs every job (Hydra's basic launcher), so Triton compiles each kernel once. Small CUDA-graph set and
 # no torch.compile: their start-up cost would eat the sweep's time, and the table compares routers, not runners.

@@ -56,19 +56,22 @@ def test_writes_checkpoint_card_log_and_heldout_text(trained) -> None:
     assert len((out / "training_log.jsonl").read_text().splitlines()) == result.steps_done == 24
 
 
-def test_checkpoint_matches_transformers_through_the_loader(trained) -> None:
+def assert_loader_matches_transformers(out: Path) -> None:
+    """moeframe's loader and transformers give the same logits on the checkpoint's own held-out text."""
     from transformers import AutoModelForCausalLM
 
     from moeframe import Engine
 
-    out = trained[1]
     engine = Engine.from_overrides([f"model.path={out}", "device=cpu", "dtype=float32", "cache=none"])
     ids = engine.encode((out / "heldout.txt").read_text()[:400])[:40]
     ref = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         ref_logits = ref(torch.tensor([ids])).logits[0]
-    ours = engine.score(ids)
-    assert torch.linalg.norm(ours - ref_logits) / torch.linalg.norm(ref_logits) < 1e-4
+    assert torch.linalg.norm(engine.score(ids) - ref_logits) / torch.linalg.norm(ref_logits) < 1e-4
+
+
+def test_checkpoint_matches_transformers_through_the_loader(trained) -> None:
+    assert_loader_matches_transformers(trained[1])
 
 
 def test_resumed_run_equals_uninterrupted_run(trained, tmp_path: Path) -> None:
@@ -84,3 +87,17 @@ def test_resumed_run_equals_uninterrupted_run(trained, tmp_path: Path) -> None:
     assert [r["lm_loss"] for r in resumed.log] == [r["lm_loss"] for r in trained[0].log]
     ours, straight = load_file(str(out / "model.safetensors")), load_file(str(trained[1] / "model.safetensors"))
     assert all(torch.equal(ours[k], straight[k]) for k in straight)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "shape"),
+    [
+        ("trained-tiny-qwen3-moe", ["model.num_experts=4", "model.head_dim=16", "model.moe_intermediate_size=16"]),
+        ("trained-tiny-mixtral", ["model.num_local_experts=4"]),
+    ],
+)
+def test_other_families_write_checkpoints_the_loader_reads_as_transformers_does(recipe: str, shape: list[str], tmp_path: Path) -> None:
+    common = [item for item in TOY if not item.startswith("model.num_experts")] + ["steps=4", "eval_every=4"]
+    out = tmp_path / recipe
+    train(get_recipe(recipe).with_overrides(common + shape), out, progress=False)
+    assert_loader_matches_transformers(out)
