@@ -310,11 +310,12 @@ def json_string_pattern(pattern: str, astral_braces: bool = False, escapes: bool
     ``"`` and ``\\`` become ``\\"`` and ``\\\\``; control characters are dropped
     from classes (JSON would need ``\\u`` escapes for them). ``astral_braces``:
     spell code points past U+FFFF ``\\u{...}`` (ECMA-262, xgrammar) instead of
-    ``\\U........`` (Python). ``escapes=False`` leaves ``"`` and ``\\`` out
+    ``\\U........`` (Python). The result is one group, so text around it
+    cannot split a top-level alternation. ``escapes=False`` leaves ``"`` and ``\\`` out
     altogether (a narrower language), for xgrammar 0.2.8, which rejects
     escaped spellings inside a repeated alternation.
     """
-    return to_regex(_escape_for_json(parse_regex(pattern), escapes), astral_braces)
+    return f"(?:{to_regex(_escape_for_json(parse_regex(pattern), escapes), astral_braces)})"
 
 
 def _escape_for_json(node: Node, escapes: bool) -> Node:

@@ -91,6 +91,8 @@ ENFORCED = {
     "oneOf-enum-outside-pattern": ({"oneOf": [{"type": "string", "pattern": "^[0-9]{3}$"}, {"enum": [""]}]},
                                    ["123", ""], ["12", 1]),
     "unanchored-pattern-filling-maxLength": ({"type": "string", "pattern": "[0-9]{4}", "maxLength": 4}, ["1234"], ["x1234", "123"]),
+    "pattern-alternation-in-group": ({"type": "string", "pattern": "^(true|false)$"}, ["true", "false"], ["tru", "truex", "xfalse"]),
+    "pattern-top-level-alternation": ({"type": "string", "pattern": "^ab$|^cd$"}, ["ab", "cd"], ["abcd", "a", "xcd"]),
     "pattern-anchored": ({"type": "string", "pattern": "^[a-z]+$"}, ["abc"], ["ab1", ""]),
     "unknown-format-is-annotation": ({"type": "string", "format": "color-name", "maxLength": 3}, ["red"], ["green"]),
     "integer-bounds": ({"type": "integer", "exclusiveMinimum": -3, "maximum": 12}, [-2, 12], [-3, 13]),
