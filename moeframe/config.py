@@ -28,7 +28,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class ModelConfig:
-    preset: str | None = "tiny-olmoe"  # a name from moeframe.model.presets, made on first use
+    preset: str | None = "trained-tiny-olmoe"  # a name from moeframe.model.presets (trained ones ship, tiny random ones are made on first use)
     path: str | None = None  # an HF checkpoint folder; wins over preset
     cache_dir: str | None = None  # where presets are written (default $MOEFRAME_CACHE or ~/.cache/moeframe)
     max_context: int | None = None  # cap on the checkpoint's context length
