@@ -1,7 +1,7 @@
 """Coverage of real-world JSON schemas per constraint backend (JSONSchemaBench's MaskBench files).
 
     python tools/bench_schemas.py --source GIT_DIR_OR_FOLDER [--per-split 25] [--seed 0] \
-        [--backends xgrammar,fsm] [--generate 64] [--json out.json]
+        [--backends xgrammar,fsm] [--generate 64] [--set open_objects=true] [--json out.json]
 
 ``--source`` is either a git directory of github:guidance-ai/jsonschemabench
 (its ``maskbench/data/*.json``, read with ``git cat-file``) or a folder of
@@ -205,13 +205,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="sampled outputs per decoded schema")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a constraint config override for every backend, e.g. open_objects=true (repeatable)")
     args = parser.parse_args()
 
     cases = sample_cases(args.source, args.per_split, args.seed)
     print(f"{len(cases)} schemas with tests from {len(set(c.split for c in cases))} splits")
-    report: dict[str, Any] = {"cases": [c.name for c in cases], "backends": {}}
+    report: dict[str, Any] = {"cases": [c.name for c in cases], "overrides": args.set, "backends": {}}
     for name in args.backends.split(","):
-        engine = Engine.from_overrides(["model=tiny-olmoe", "device=cpu", "dtype=float32", f"constraint={name}"])
+        overrides = [f"constraint.{item}" for item in args.set]
+        engine = Engine.from_overrides(["model=tiny-olmoe", "device=cpu", "dtype=float32", f"constraint={name}", *overrides])
         backend = CONSTRAINTS.build(engine.cfg.constraint, tokenizer=engine.tokenizer, vocab_size=engine.spec.vocab_size,
                                     eos_token_ids=engine.spec.eos_token_ids)
         backend.compile(ConstraintSpec(json_schema={"type": "null"}))  # starts xgrammar's compiler process, outside any budget

@@ -33,7 +33,8 @@ from moeframe.constrain.base import ConstraintBackend, ConstraintSpec, Constrain
 from moeframe.constrain.dfa import DEAD, START, ByteDFA, compile_dfa
 from moeframe.constrain.errors import UnsatisfiableError
 from moeframe.constrain.json_regex import schema_to_regex
-from moeframe.constrain.schema_normal import close_dependencies, close_one_of, normalize_schema
+from moeframe.constrain.schema_closed import close_objects
+from moeframe.constrain.schema_normal import normalize_schema
 from moeframe.constrain.schema_support import check_supported
 from moeframe.constrain.regex_syntax import Alt, literal, parse_regex
 from moeframe.constrain.structural_tag import structural_tag_regex
@@ -150,7 +151,7 @@ class FSMBackend(ConstraintBackend):
 
     def _schema_regex(self, schema: dict) -> str:
         """The regex of ``schema``'s normal form, refused by keyword where fsm cannot enforce it."""
-        normal = close_one_of(close_dependencies(normalize_schema(schema)))
+        normal = close_objects(normalize_schema(schema))
         check_supported(normal, "fsm")
         p = self.params
         return schema_to_regex(normal, p.max_whitespace, p.json_max_depth, p.max_regex_chars, p.compile_timeout_s)

@@ -23,6 +23,13 @@ valid instances exactly, or narrows it only where noted, never widens it:
   generates listed properties still writes them.
 - ``enum``/``const`` beside other keywords become the values that pass
   those keywords (checked with ``jsonschema``; exact, since the set is finite).
+- ``not {}`` matches nothing and ``not {"type": T}`` narrows ``type``; an
+  integral ``multipleOf`` makes a number an integer; ``minLength`` /
+  ``maxLength`` beside a ``pattern`` are dropped where the pattern implies
+  them or folded into it where it repeats one character class.
+
+Rewrites that are exact only over closed objects live in
+:mod:`moeframe.constrain.schema_closed`.
 
 Schemas that no instance satisfies raise :class:`UnsatisfiableError`.
 """
@@ -140,7 +147,7 @@ class _Normalizer:
         out = self.distribute(out)
         if out is False or "anyOf" in out and len(out) == 1:
             return out
-        _add_required_entries(out)
+        add_required_entries(out)
         return _filter_constants(out)
 
     def inline(self, schema: Any) -> Any:
@@ -260,85 +267,6 @@ def _integral_multiple(out: dict[str, Any]) -> None:
         del out["multipleOf"]
 
 
-def close_one_of(schema: Any) -> Any:
-    """``oneOf`` as ``anyOf`` where objects are written closed and no branch's output can match another.
-
-    A closed object writes only its listed properties, so its output fails
-    every branch that requires a property it does not list; branches that
-    pairwise fail each other that way (or are disjoint anyway) are exclusive
-    in every output, though not in every instance.
-    """
-    root = schema if isinstance(schema, dict) else {}
-    for node in iter_nodes(schema):
-        if not isinstance(node.get("oneOf"), list) or set(node) - {"oneOf"} - set(DEFINITIONS):
-            continue
-        branches = [_resolve(root, branch) for branch in node["oneOf"]]
-        if all(disjoint(a, b) or (_closed_excludes(a, b) and _closed_excludes(b, a))
-               for i, a in enumerate(branches) for b in branches[i + 1 :]):
-            node["anyOf"] = node.pop("oneOf")
-    return schema
-
-
-def _resolve(root: dict[str, Any], schema: Any, depth: int = 8) -> Any:
-    """``schema`` with a top-level local ``$ref`` chain into definitions followed (at most ``depth`` links)."""
-    while depth and isinstance(schema, dict) and set(schema) == {"$ref"} and isinstance(schema["$ref"], str):
-        key, _, name = schema["$ref"].removeprefix("#/").partition("/")
-        if key not in DEFINITIONS or name not in root.get(key, {}):
-            break
-        schema, depth = root[key][name], depth - 1
-    return schema
-
-
-def _closed_excludes(writer: Any, other: Any) -> bool:
-    """Whether no output of the closed object ``writer`` has every property ``other`` requires."""
-    if not (isinstance(writer, dict) and isinstance(other, dict)) or _possible_types(writer) != {"object"}:
-        return False
-    if writer.get("additionalProperties", False) is not False or "patternProperties" in writer:
-        return False
-    return bool(set(other.get("required", [])) - set(writer.get("properties", {})))
-
-
-def close_dependencies(schema: Any, max_dependencies: int = 3) -> Any:
-    """``dependentRequired``/``dependentSchemas`` as an ``anyOf`` of "absent" and "present with its dependency".
-
-    Exact only where objects are written closed (a property left out of
-    ``properties`` is never written, and ``additionalProperties`` is absent or
-    false), which is how both backends write them by default; 2^k branches
-    for k dependencies, so at most ``max_dependencies``.
-    """
-    for node in iter_nodes(schema):
-        deps = {**{n: ("required", d) for n, d in node.get("dependentRequired", {}).items()},
-                **{n: ("schema", d) for n, d in node.get("dependentSchemas", {}).items()}}
-        closed = node.get("additionalProperties", False) is False
-        if not deps or len(deps) > max_dependencies or not closed or set(node) & {"anyOf", "oneOf", "allOf", "patternProperties"}:
-            continue
-        base = {k: v for k, v in node.items() if k not in ("dependentRequired", "dependentSchemas") and k not in DEFINITIONS}
-        branches: list[Any] = [base]
-        for name, (kind, dep) in deps.items():
-            grown: list[Any] = []
-            for branch in branches:
-                if name not in branch.get("required", []):
-                    grown.append({**branch, "properties": {k: v for k, v in branch.get("properties", {}).items() if k != name}})
-                extra = {"required": [name] + list(dep)} if kind == "required" else merge({"required": [name]}, dep)
-                present = merge(branch, extra) if extra not in (None, False) else extra
-                if present is None:
-                    break
-                if present is not False:
-                    _add_required_entries(present)
-                    grown.append(present)
-            else:
-                branches = grown
-                continue
-            break
-        else:
-            for key in ("dependentRequired", "dependentSchemas"):
-                node.pop(key, None)
-            for key in list(base):
-                del node[key]
-            node["anyOf"] = branches
-    return schema
-
-
 def iter_nodes(schema: Any) -> Any:
     """Every schema object inside ``schema`` (definitions included), parents before children."""
     stack = [schema]
@@ -418,7 +346,7 @@ def _drop_no_ops(out: dict[str, Any]) -> None:
         del out["required"]
 
 
-def _add_required_entries(out: dict[str, Any]) -> None:
+def add_required_entries(out: dict[str, Any]) -> None:
     required = out.get("required")
     if not isinstance(required, list) or "patternProperties" in out:
         return
@@ -475,7 +403,7 @@ def _type_of(value: Any) -> str:
     return {float: "number", str: "string", list: "array", dict: "object"}[type(value)]
 
 
-def _possible_types(schema: Any) -> set[str]:
+def possible_types(schema: Any) -> set[str]:
     if not isinstance(schema, dict) or "$ref" in schema or "anyOf" in schema or "oneOf" in schema:
         return set(TYPES)
     if "enum" in schema:
@@ -490,7 +418,7 @@ def _constants(schema: Any) -> list[Any] | None:
 
 def disjoint(a: Any, b: Any) -> bool:
     """Whether no instance can match both ``a`` and ``b`` (a sufficient test, not a complete one)."""
-    if not _possible_types(a) & _possible_types(b):
+    if not possible_types(a) & possible_types(b):
         return True
     ca, cb = _constants(a), _constants(b)
     if ca is not None and cb is not None and not any(_same(x, y) for x in ca for y in cb):
@@ -503,7 +431,7 @@ def disjoint(a: Any, b: Any) -> bool:
         return False
     for x, y in ((a, b), (b, a)):
         closed = y.get("additionalProperties") is False and "patternProperties" not in y
-        if closed and _possible_types(x) <= {"object"} and set(x.get("required", [])) - set(y.get("properties", {})):
+        if closed and possible_types(x) <= {"object"} and set(x.get("required", [])) - set(y.get("properties", {})):
             return True
     both_required = set(a.get("required", [])) & set(b.get("required", []))
     for name in both_required:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,16 +52,8 @@ from moeframe.constrain.dfa import prune
 from moeframe.constrain.errors import UnsatisfiableError, UnsupportedKeywordError
 from moeframe.constrain.json_regex import FORMATS, STRING_CHAR, json_string_pattern, search_pattern
 from moeframe.constrain.regex_syntax import parse_regex
-from moeframe.constrain.schema_normal import (
-    SCHEMA_LISTS,
-    SCHEMA_MAPS,
-    SCHEMA_VALUES,
-    close_dependencies,
-    close_one_of,
-    iter_nodes,
-    merge,
-    normalize_schema,
-)
+from moeframe.constrain.schema_closed import close_objects
+from moeframe.constrain.schema_normal import SCHEMA_LISTS, SCHEMA_MAPS, SCHEMA_VALUES, normalize_schema
 from moeframe.constrain.schema_support import check_supported
 from moeframe.constrain.structural_tag import StructuralTag
 from moeframe.constrain.vocab import TokenVocab
@@ -112,41 +103,6 @@ def portable_schema(schema: Any, open_objects: bool = False) -> Any:
     if out == ANY_REF or ANY_VALUE in json.dumps(out):
         out = {**(out if out != ANY_REF else {"$ref": ANY_REF["$ref"]}), "$defs": {**out.get("$defs", {}), ANY_VALUE: ANY_VALUE_SCHEMA}}
     return out
-
-
-def close_pattern_properties(schema: Any) -> Any:
-    """``patternProperties`` made enforceable where objects are written closed (``open_objects`` false).
-
-    A listed property whose name a pattern finds must also match that
-    pattern's schema (merged into it); with no listed properties and one
-    schema for all patterns, keys are written from the patterns
-    (``propertyNames``) with that schema as their values. Unlisted keys are
-    never written otherwise, so the result is exact or narrower. Anything
-    else keeps ``patternProperties``, which the keyword check then refuses.
-    """
-    for node in iter_nodes(schema):
-        patterns = node.get("patternProperties")
-        if not isinstance(patterns, dict) or "propertyNames" in node or node.get("additionalProperties", False) is not False:
-            continue
-        properties = dict(node.get("properties", {}))
-        try:
-            for name in properties:
-                for pattern, sub in patterns.items():
-                    if re.search(pattern, name):
-                        merged = merge(properties[name], sub)
-                        if merged is None:
-                            raise ValueError(name)
-                        properties[name] = merged
-        except (re.error, ValueError):
-            continue
-        if properties:
-            node["properties"] = properties
-            del node["patternProperties"]
-        elif len({json.dumps(sub, sort_keys=True) for sub in patterns.values()}) == 1:
-            node["propertyNames"] = {"pattern": "|".join(patterns)}
-            node["additionalProperties"] = next(iter(patterns.values()))
-            del node["patternProperties"]
-    return schema
 
 
 def _portable(schema: Any, open_objects: bool) -> Any:
@@ -273,7 +229,7 @@ class XGrammarBackend(ConstraintBackend):
         if spec.kind == "json_schema":
             schema = normalize_schema(spec.schema())
             if not self.params.open_objects:
-                schema = close_one_of(close_dependencies(close_pattern_properties(schema)))
+                schema = close_objects(schema)
             check_supported(schema, "xgrammar")
             return "json_schema", json.dumps(portable_schema(schema, self.params.open_objects))
         if spec.kind == "regex":
