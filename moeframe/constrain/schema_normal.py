@@ -148,6 +148,7 @@ class _Normalizer:
         if out is False or "anyOf" in out and len(out) == 1:
             return out
         add_required_entries(out)
+        _explicit_types(out)
         return _filter_constants(out)
 
     def inline(self, schema: Any) -> Any:
@@ -328,6 +329,24 @@ def length_range(node: Node) -> tuple[int, int | None]:
     if node.max is None:
         return lo * node.min, None if hi != 0 else 0
     return lo * node.min, None if hi is None else hi * node.max
+
+
+# keywords that constrain only values of some types: untyped, they leave every other type free
+TYPED_KEYWORDS = {"pattern", "format", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
+                  "exclusiveMaximum", "multipleOf", "items", "prefixItems", "minItems", "maxItems"}
+
+
+def _explicit_types(out: dict[str, Any]) -> None:
+    """Give an untyped schema with string, number or array keywords every type explicitly.
+
+    JSON Schema applies ``pattern`` to strings only and lets a number
+    through; grammar backends read an untyped ``{"pattern": ...}`` as any
+    value and drop the pattern (xgrammar 0.2.8), so the type list makes each
+    keyword apply to its own type. Untyped objects keep being read as objects
+    (a narrower language).
+    """
+    if "type" not in out and TYPED_KEYWORDS & set(out) and "enum" not in out and "const" not in out:
+        out["type"] = [kind for kind in TYPES if kind != "integer"]
 
 
 def _drop_no_ops(out: dict[str, Any]) -> None:
