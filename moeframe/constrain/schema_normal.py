@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from typing import Any
 
 import jsonschema
@@ -125,6 +126,7 @@ class _Normalizer:
             return False
         _fold_lengths(out)
         _integral_multiple(out)
+        _integer_bounds(out)
         for key in SCHEMA_MAPS:
             if isinstance(out.get(key), dict):
                 out[key] = {name: self.node(sub) for name, sub in out[key].items()}
@@ -252,6 +254,21 @@ def _negate(out: dict[str, Any]) -> Any:
         del out["not"]
         out["type"] = kinds[0] if len(kinds) == 1 else kinds
     return out
+
+
+def _integer_bounds(out: dict[str, Any]) -> None:
+    """Bounds of an integer as inclusive whole numbers (``minimum: 1.5`` is ``2``; ``exclusiveMaximum: 3`` is ``2``)."""
+    if out.get("type") != "integer":
+        return
+    for key, whole in (("minimum", math.ceil), ("maximum", math.floor)):
+        if isinstance(out.get(key), float) and math.isfinite(out[key]):
+            out[key] = whole(out[key])
+    for key, bound, whole, step in (("exclusiveMinimum", "minimum", math.floor, 1), ("exclusiveMaximum", "maximum", math.ceil, -1)):
+        value = out.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            inclusive = whole(value) + step
+            del out[key]
+            out[bound] = inclusive if bound not in out else (max if step > 0 else min)(out[bound], inclusive)
 
 
 def _integral_multiple(out: dict[str, Any]) -> None:

@@ -96,6 +96,7 @@ ENFORCED = {
     "untyped-pattern": ({"anyOf": [{"type": "boolean"}, {"pattern": "^(true|false)$"}]}, [True, "true", 3, None],
                         ["tru", "yes"]),
     "untyped-bounds": ({"minimum": 3, "maxLength": 2}, [3, "ab", None], [2, "abc"]),
+    "integer-fractional-bounds": ({"type": "integer", "minimum": 1.5, "exclusiveMaximum": 4.5}, [2, 4], [1, 5]),
     "pattern-anchored": ({"type": "string", "pattern": "^[a-z]+$"}, ["abc"], ["ab1", ""]),
     "unknown-format-is-annotation": ({"type": "string", "format": "color-name", "maxLength": 3}, ["red"], ["green"]),
     "integer-bounds": ({"type": "integer", "exclusiveMinimum": -3, "maximum": 12}, [-2, 12], [-3, 13]),
