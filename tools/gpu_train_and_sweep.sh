@@ -48,10 +48,10 @@ left=$((budget_s - ($(date +%s) - started)))
 left=$((left > 60 ? left : 60))
 echo "sweep: ${left}s left for routers $routers"
 # One process runs every job (Hydra's basic launcher), so Triton compiles each kernel once. Small CUDA-graph set and
-# no torch.compile: their start-up cost would eat the sweep's time, and the table compares routers, not runners.
+# no torch.compile or warm-up: their start-up cost would eat the sweep's time, and the table compares routers, not runners.
 timeout "$left" python3 -m moeframe.run -m model=trained-olmoe-small "device=$device" "router=$routers" \
     workload=router_fidelity workload.num_requests=32 workload.max_new_tokens=64 workload.max_chunks=32 \
-    workload.chunk_tokens=256 workload.progress=false runner.compile=false "runner.cuda_graph_batch_sizes=[1,2,4,8,16,32]" \
+    workload.chunk_tokens=256 workload.progress=false runner.compile=false runner.warmup=false "runner.cuda_graph_batch_sizes=[1,2,4,8,16,32]" \
     hydra.sweep.dir="$out/sweep" 'hydra.sweep.subdir=${hydra.job.num}_${hydra.runtime.choices.router}' > "$out/sweep.log" 2>&1
 echo "sweep: exit $?"
 python3 tools/compare.py --multirun "$out/sweep" --csv "$out/router_table.csv" > "$out/router_table.md" 2> "$out/compare.log"
