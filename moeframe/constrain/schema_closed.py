@@ -2,8 +2,10 @@
 
 Both backends write objects that way by default (fsm always; xgrammar
 unless ``open_objects``): an object with ``properties`` and no
-``additionalProperties`` never gets a property it does not list. Over the
-outputs a backend can write, these keywords then become enforceable:
+``additionalProperties`` never gets a property it does not list. Each
+rewrite marks the objects it relies on with ``additionalProperties: false``,
+so they stay closed under ``open_objects`` too (a narrower language there).
+Over the outputs a backend can write, these keywords then become enforceable:
 ``patternProperties`` (a pattern's schema merged into the listed properties
 it names; with none listed, keys from ``propertyNames``), ``dependentRequired``
 and ``dependentSchemas`` (absent, or present with the dependency), and
@@ -59,6 +61,7 @@ def close_pattern_properties(schema: Any) -> Any:
             continue
         if properties:
             node["properties"] = properties
+            node["additionalProperties"] = False
             del node["patternProperties"]
         elif len({json.dumps(sub, sort_keys=True) for sub in patterns.values()}) == 1:
             node["propertyNames"] = {"pattern": "|".join(patterns)}
@@ -80,8 +83,12 @@ def close_one_of(schema: Any) -> Any:
         if not isinstance(node.get("oneOf"), list) or set(node) - {"oneOf"} - set(DEFINITIONS):
             continue
         branches = [_resolve(root, branch) for branch in node["oneOf"]]
-        if all(disjoint(a, b) or (_closed_excludes(a, b) and _closed_excludes(b, a))
-               for i, a in enumerate(branches) for b in branches[i + 1 :]):
+        overlapping = [(i, j) for i in range(len(branches)) for j in range(i + 1, len(branches))
+                       if not disjoint(branches[i], branches[j])]
+        if all(_closed_excludes(branches[i], branches[j]) and _closed_excludes(branches[j], branches[i])
+               for i, j in overlapping):
+            for k in {k for pair in overlapping for k in pair}:
+                branches[k]["additionalProperties"] = False
             node["anyOf"] = node.pop("oneOf")
     return schema
 
@@ -142,5 +149,5 @@ def close_dependencies(schema: Any, max_dependencies: int = 3) -> Any:
                 node.pop(key, None)
             for key in list(base):
                 del node[key]
-            node["anyOf"] = branches
+            node["anyOf"] = [{**branch, "additionalProperties": False} for branch in branches]
     return schema

@@ -227,9 +227,7 @@ class XGrammarBackend(ConstraintBackend):
         if spec.kind == "json_object":
             return "ebnf", json_object_grammar(self.params.max_whitespace)
         if spec.kind == "json_schema":
-            schema = normalize_schema(spec.schema())
-            if not self.params.open_objects:
-                schema = close_objects(schema)
+            schema = close_objects(normalize_schema(spec.schema()))
             check_supported(schema, "xgrammar")
             return "json_schema", json.dumps(portable_schema(schema, self.params.open_objects))
         if spec.kind == "regex":
@@ -244,7 +242,7 @@ class XGrammarBackend(ConstraintBackend):
     def _schema_content(self, schema: dict[str, Any]) -> dict[str, Any]:
         """A tag's JSON-schema content, normalized and checked as a json_schema request is (the compiler process
         turns it into a grammar with the configured whitespace)."""
-        normal = normalize_schema(schema)
+        normal = close_objects(normalize_schema(schema))
         check_supported(normal, "xgrammar")
         return {"type": "json_schema", "json_schema": portable_schema(normal, self.params.open_objects)}
 

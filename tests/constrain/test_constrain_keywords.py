@@ -272,3 +272,19 @@ XGRAMMAR_CLOSED_PATTERN_PROPERTIES = {
 @pytest.mark.parametrize("case", sorted(XGRAMMAR_CLOSED_PATTERN_PROPERTIES))
 def test_pattern_properties_enforced_on_closed_objects(backends, case):
     check_enforced(backends["xgrammar"], *XGRAMMAR_CLOSED_PATTERN_PROPERTIES[case])
+
+
+@pytest.fixture(scope="module")
+def open_xgrammar(tokenizer, eos_id):
+    return CONSTRAINTS.build({"name": "xgrammar", "open_objects": True}, tokenizer=tokenizer, vocab_size=4100,
+                             eos_token_ids=(eos_id,))
+
+
+def test_open_objects_take_unlisted_properties(open_xgrammar):
+    check_enforced(open_xgrammar, {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                   [{"a": 1}, {"a": 1, "b": [1, 2], "c": {"d": None}}], [{"b": 1}, {"a": "x", "b": 1}])
+
+
+@pytest.mark.parametrize("case", ["oneOf-closed-objects", "dependentRequired", "allOf-properties"])
+def test_open_objects_still_enforce_what_closed_rewrites_need(open_xgrammar, case):
+    check_enforced(open_xgrammar, *ENFORCED[case])
