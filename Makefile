@@ -13,8 +13,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m moeframe.run
 
+# The suite runs on pytest-xdist workers (one per core, at most 4), a file's tests on
+# one worker so that its module fixtures (servers, torchrun groups) start once; then
+# the tests marked serial, whose assertions measure wall time, run alone.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := $(PY) -m pytest tests -p no:cacheprovider
+
 test: $(STAMP)
-	$(PY) -m pytest tests -x -p no:cacheprovider
+	$(PYTEST) -n $(WORKERS) --dist loadfile --maxfail=1 -m "not serial"
+	$(PYTEST) -x -m serial
 
 clean:
 	rm -rf .venv outputs multirun

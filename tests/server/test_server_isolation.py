@@ -7,7 +7,8 @@ give the tokens they give without it, with no inter-token gap over 1 s while
 it is handled. Then: rejected 10 MB bodies do not grow the process, the API
 key is enforced, and SIGTERM during 16 streams ends each with a
 finish_reason and ``[DONE]`` and the process within 10 s. The SIGTERM test
-ends the module's server, so it comes last in this file.
+ends the module's server, so it comes last in this file. The gaps and the exit
+are wall time, so ``make test`` runs this module alone (marker ``serial``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ STREAM_PROMPTS = [f"Stream {i} tells about topic {i * 5 % 11}" for i in range(8)
 STREAM_TOKENS = 24
 TEN_MB = 10 * 2**20
 MAX_GAP_S = 1.0
+
+pytestmark = pytest.mark.serial
 
 
 @pytest.fixture(scope="module")
