@@ -14,6 +14,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist workers share the cores (make test starts one per core): each
+# takes its share of intra-op threads, as do the processes it starts, since
+# threads beyond it would only preempt the other workers' threads.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    share = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    torch.set_num_threads(share)
+
 from moeframe.model.presets import ensure_checkpoint  # noqa: E402
 
 
