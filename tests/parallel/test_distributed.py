@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from moeframe.model.checkpoint_maker import make_checkpoint
 from moeframe.model.presets import make_config
@@ -43,12 +43,6 @@ PIPELINE = {
 PIPELINE_PARITY = [(family, strategy) for family, strategy in PARITY if strategy.startswith("pipeline")]
 GRID_FAMILIES = ("mixtral", "deepseek-v3")
 ROUTES_FAMILIES = ["olmoe", "deepseek-v3"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(world_size: int, args: dict, root: Path) -> list[dict]:
