@@ -75,6 +75,9 @@ class SamplingParams:
             raise RequestError("stop strings must not be empty")
         if not isinstance(self.stop_token_ids, list) or not all(is_int(t) for t in self.stop_token_ids):
             raise RequestError("stop_token_ids must be a list of integers")
+        if self.stop and (self.json_schema is not None or self.json_object):
+            # a stop string could cut the JSON anywhere, and the output would end with "stop" but break its schema
+            raise RequestError("stop strings cannot be combined with a JSON schema or JSON object constraint: the schema decides where the output ends")
         if not is_int(self.priority) or not SEED_MIN <= self.priority < 2**63:
             raise RequestError(f"priority must be a 64-bit integer, got {self.priority!r}")
         if not isinstance(self.ignore_eos, bool) or not isinstance(self.json_object, bool):

@@ -173,3 +173,12 @@ def test_a_bad_field_is_refused_at_admission_naming_it(make_engine, field, value
     outs = engine.generate(PROMPTS[:2], [GREEDY, params])
     assert outs[1].finish_reason == "error" and field in outs[1].error
     assert outs[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("constraint", [{"json_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}, {"json_object": True}])
+def test_a_stop_string_beside_a_json_constraint_is_refused_alone(make_engine, constraint) -> None:
+    """A stop string could cut the JSON anywhere and end it with "stop" while it breaks the schema."""
+    engine = make_engine("cache=none")
+    outs = engine.generate(PROMPTS[:2], [GREEDY, SamplingParams(max_new_tokens=4, stop=["}"], **constraint)])
+    assert outs[1].finish_reason == "error" and "stop strings cannot be combined" in outs[1].error
+    assert outs[0].finish_reason == "length"
