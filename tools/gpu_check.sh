@@ -20,13 +20,7 @@ preset=${PRESET:-olmoe-1b-7b}
 steps=${STEPS:-all}
 test_timeout=$([ "$steps" = tests ] && echo 560 || echo 150)
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > /dev/null 2>&1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+source tools/device_env.sh
 # a missing package fails every step the same way: stop before the first (tools/device_wheels.sh makes them)
 if ! python3 -c "import moeframe.engine.builder" 2> "$out/import.log"; then
     echo "the engine does not import (carry the wheels of tools/device_wheels.sh in .whl/):"; tail -3 "$out/import.log"; exit 1

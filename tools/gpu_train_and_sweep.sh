@@ -21,13 +21,7 @@ device=${DEVICE:-cuda}
 started=$(date +%s)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > /dev/null 2>&1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+source tools/device_env.sh
 export MOEFRAME_CACHE=${MOEFRAME_CACHE:-/tmp/moeframe_cache}
 git rev-parse HEAD > "$out/commit.txt" 2> /dev/null || echo "not a git checkout" > "$out/commit.txt"
 git status --short >> "$out/commit.txt" 2> /dev/null
